@@ -1,0 +1,348 @@
+"""Load and validate lab.yaml and scenario files into frozen objects.
+
+Every error names the file, the line and the key, and says what would be
+accepted, so a typo in a nightly job's scenario is fixed in one read.
+YAML is read with yaml.safe_load; line numbers come from yaml.compose over the
+same text, never from evaluating anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from labctl.errors import ConfigError
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "hang")
+SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd")
+PATTERNS = ("flip", "zero", "random", "bit")
+PLACEMENTS = ("start", "middle", "end", "tail")
+TRIGGERS = ("sysrq",)
+LOAD_METHODS = ("kexec_file_load",)
+SCENARIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a mapping: accepted types, default, and an optional check."""
+
+    types: type | tuple[type, ...]
+    default: Any = REQUIRED
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None
+    schema: dict[str, "Field"] | None = None  # nested mapping
+    values: "Field | None" = None  # mapping of free-form names to this
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+class _Located:
+    """Line numbers of keys in a YAML document, by key path."""
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple, int] = {}
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            root = None
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (key.value,)
+                self.lines[sub] = key.start_mark.line + 1
+                self._walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def line(self, path: tuple) -> int | None:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path)
+
+
+def read_yaml(path: Path) -> tuple[Any, _Located]:
+    """Parse a YAML file safely; syntax errors become ConfigError with the line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML: {problem}", str(path),
+                          mark.line + 1 if mark else None) from None
+    return data, _Located(text)
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {int: "an integer", str: "a string", bool: "true or false",
+             dict: "a mapping", float: "a number", list: "a list"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+class Validator:
+    """Checks a parsed document against a schema of Fields, with locations."""
+
+    def __init__(self, path: Path, located: _Located):
+        self.path = str(path)
+        self.located = located
+
+    def fail(self, keypath: tuple, message: str) -> None:
+        key = ".".join(str(k) for k in keypath)
+        prefix = f"key '{key}': " if key else ""
+        raise ConfigError(prefix + message, self.path, self.located.line(keypath))
+
+    def mapping(self, data: Any, schema: dict[str, Field], keypath: tuple = ()) -> dict:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(keypath, f"must be a mapping, got {type(data).__name__}")
+        unknown = [k for k in data if k not in schema]
+        if unknown:
+            self.fail(keypath + (unknown[0],),
+                      f"unknown key; known keys here: {', '.join(sorted(schema))}")
+        out = {}
+        for name, spec in schema.items():
+            sub = keypath + (name,)
+            if name not in data:
+                if spec.default is REQUIRED:
+                    self.fail(sub, "is required")
+                out[name] = spec.default
+                continue
+            out[name] = self.value(data[name], spec, sub)
+        return out
+
+    def value(self, value: Any, spec: Field, keypath: tuple) -> Any:
+        if value is None and spec.default is None:
+            return None
+        if spec.schema is not None:
+            return self.mapping(value, spec.schema, keypath)
+        if spec.values is not None:
+            if not isinstance(value, dict):
+                self.fail(keypath, "must be a mapping of names to entries")
+            return {str(k): self.value(v, spec.values, keypath + (k,)) for k, v in value.items()}
+        types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
+        if isinstance(value, bool) and bool not in types:
+            self.fail(keypath, f"must be {_type_name(spec.types)}, got {value!r}")
+        if not isinstance(value, types):
+            self.fail(keypath, f"must be {_type_name(spec.types)}, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            self.fail(keypath, f"{value!r} is not one of: {', '.join(map(str, spec.choices))}")
+        if spec.check is not None:
+            problem = spec.check(value)
+            if problem:
+                self.fail(keypath, f"{value!r} {problem}")
+        return value
+
+
+# ---------------------------------------------------------------- lab.yaml
+
+KERNEL_SCHEMA = {
+    "debian_package": Field(str, default=None),
+    "path": Field(str, default=None),
+    "description": Field(str, default=""),
+}
+
+LAB_SCHEMA = {
+    "accel": Field(str, default="auto", choices=ACCELERATORS),
+    "machine": Field(dict, schema={
+        "type": Field(str, default="pc", choices=("pc", "q35")),
+        "memory_mib": Field(int, default=1024, check=lambda v: None if 256 <= v <= 3072
+                            else "must be between 256 and 3072 (RAM below the PCI hole)"),
+        "smp": Field(int, default=1, check=_positive),
+        "crashkernel_mib": Field(int, default=256, check=_positive),
+        "cmdline": Field(str, default=""),
+        "capture_cmdline": Field(str, default="irqpoll nr_cpus=1 reset_devices"),
+        "tcg_threads": Field(str, default="multi", choices=("multi", "single")),
+    }, default={}),
+    "timeouts": Field(dict, schema={
+        "boot": Field((int, float), default=90, check=_positive),
+        "load": Field((int, float), default=60, check=_positive),
+        "verdict": Field((int, float), default=90, check=_positive),
+    }, default={}),
+    "artifacts_dir": Field(str, default="artifacts"),
+    "cache_dir": Field(str, default=None),
+    "default_kernel": Field(str),
+    "kernels": Field(dict, values=Field(dict, schema=KERNEL_SCHEMA)),
+}
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    type: str = "pc"
+    memory_mib: int = 1024
+    smp: int = 1
+    crashkernel_mib: int = 256
+    cmdline: str = ""
+    capture_cmdline: str = "irqpoll nr_cpus=1 reset_devices"
+    tcg_threads: str = "multi"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    boot: float = 90
+    load: float = 60
+    verdict: float = 90
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    """A catalogue entry: a Debian package (resolved at run time) or a bzImage path."""
+
+    name: str
+    debian_package: str | None = None
+    path: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    path: Path
+    accel: str
+    machine: MachineConfig
+    timeouts: Timeouts
+    artifacts_dir: Path
+    cache_dir: Path
+    default_kernel: str
+    kernels: dict[str, KernelEntry] = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kexec-lab"
+
+
+def load_lab(path: Path) -> LabConfig:
+    """Read lab.yaml; relative directories are relative to the file's folder."""
+    path = Path(path)
+    data, located = read_yaml(path)
+    check = Validator(path, located)
+    raw = check.mapping(data, LAB_SCHEMA)
+    kernels = {}
+    for name, entry in raw["kernels"].items():
+        if bool(entry["debian_package"]) == bool(entry["path"]):
+            check.fail(("kernels", name), "needs exactly one of 'debian_package' or 'path'")
+        kernels[name] = KernelEntry(name=name, **entry)
+    if raw["default_kernel"] not in kernels:
+        check.fail(("default_kernel",), f"{raw['default_kernel']!r} is not in 'kernels' "
+                   f"(known: {', '.join(sorted(kernels))})")
+    base = path.parent.resolve()
+    cache = Path(os.path.expanduser(raw["cache_dir"])) if raw["cache_dir"] else default_cache_dir()
+    return LabConfig(
+        path=path,
+        accel=raw["accel"],
+        machine=MachineConfig(**raw["machine"]),
+        timeouts=Timeouts(**raw["timeouts"]),
+        artifacts_dir=base / os.path.expanduser(raw["artifacts_dir"]),
+        cache_dir=base / cache,
+        default_kernel=raw["default_kernel"],
+        kernels=kernels,
+    )
+
+
+# ---------------------------------------------------------------- scenarios
+
+def _offset_check(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value in PLACEMENTS else f"is not an integer nor one of: {', '.join(PLACEMENTS)}"
+    return _non_negative(value)
+
+
+SCENARIO_SCHEMA = {
+    "description": Field(str, default=""),
+    "load": Field(dict, schema={
+        "method": Field(str, default="kexec_file_load", choices=LOAD_METHODS),
+        "cmdline": Field(str, default=""),
+    }, default={}),
+    "corrupt": Field(dict, default=None, schema={
+        "segment": Field(str, choices=SEGMENT_ROLES),
+        "offset": Field((int, str), default="middle", check=_offset_check),
+        "length": Field(int, default=16, check=_positive),
+        "pattern": Field(str, default="flip", choices=PATTERNS),
+        "seed": Field(int, default=0),
+    }),
+    "trigger": Field(str, default="sysrq", choices=TRIGGERS),
+    "expect": Field(str, choices=OUTCOMES),
+}
+
+
+@dataclass(frozen=True)
+class Corruption:
+    segment: str
+    offset: int | str = "middle"
+    length: int = 16
+    pattern: str = "flip"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    method: str = "kexec_file_load"
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: Path
+    description: str
+    load: LoadStep
+    corrupt: Corruption | None
+    trigger: str
+    expect: str
+
+
+def load_scenario(path: Path) -> Scenario:
+    path = Path(path)
+    data, located = read_yaml(path)
+    raw = Validator(path, located).mapping(data, SCENARIO_SCHEMA)
+    return Scenario(
+        name=path.stem,
+        path=path,
+        description=raw["description"],
+        load=LoadStep(**raw["load"]),
+        corrupt=Corruption(**raw["corrupt"]) if raw["corrupt"] else None,
+        trigger=raw["trigger"],
+        expect=raw["expect"],
+    )
+
+
+def find_scenario(name_or_path: str, scenarios_dir: Path) -> Path:
+    """A scenario name from scenarios/, or a path to a YAML file anywhere."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise ConfigError(f"scenario file not found: {name_or_path}")
+        return candidate
+    if not SCENARIO_NAME.match(name_or_path):
+        raise ConfigError(f"bad scenario name {name_or_path!r}: use letters, digits, '.', '_', '-'")
+    found = scenarios_dir / f"{name_or_path}.yaml"
+    if not found.is_file():
+        known = sorted(p.stem for p in scenarios_dir.glob("*.yaml"))
+        raise ConfigError(f"unknown scenario {name_or_path!r}; known: {', '.join(known) or 'none'} "
+                          f"(in {scenarios_dir})")
+    return found

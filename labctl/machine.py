@@ -1,0 +1,226 @@
+"""The QEMU guest: command line, launch, channels, and a shutdown that always cleans up.
+
+Modelled on QEMU's own python/qemu/machine: a context manager whose exit
+path runs however the run ends.  The lab listens on three Unix sockets in a
+private 0700 run directory (console, control, QMP) and QEMU connects to them,
+so there is no race on start-up.  Guest RAM is a file in the same directory
+(memory-backend-file, share=on) that the host maps to read and write guest
+physical memory.  QEMU gets SIGKILL if the lab itself dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from labctl.errors import InfraError
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything that decides the QEMU command line."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    accel: str = "tcg"  # resolved: kvm | tcg
+    machine_type: str = "pc"
+    memory_mib: int = 1024
+    smp: int = 1
+    tcg_threads: str = "multi"
+    gdb_port: int | None = None
+
+
+class RunDir:
+    """A private (0700) directory for sockets and the RAM file, removed on close."""
+
+    def __init__(self) -> None:
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.path = Path(tempfile.mkdtemp(prefix="kexec-lab-", dir=base))
+        os.chmod(self.path, 0o700)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: Path,
+              binary: str = "qemu-system-x86_64") -> list[str]:
+    """The QEMU command line for a spec; pure, so a golden test can pin it."""
+    if spec.accel == "kvm":
+        accel = ["-accel", "kvm", "-cpu", "host"]
+    else:
+        accel = ["-accel", f"tcg,thread={spec.tcg_threads}", "-cpu", "max"]
+    argv = [
+        binary, *accel,
+        "-machine", f"{spec.machine_type},memory-backend=ram",
+        "-object", f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={ram},share=on",
+        "-m", f"{spec.memory_mib}M",
+        "-smp", str(spec.smp),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
+        "-chardev", f"socket,id=console,path={console}",
+        "-serial", "chardev:console",
+        "-chardev", f"socket,id=control,path={control}",
+        "-serial", "chardev:control",
+        "-chardev", f"socket,id=qmp,path={qmp}",
+        "-mon", "chardev=qmp,mode=control",
+    ]
+    if spec.gdb_port is not None:
+        argv += ["-gdb", f"tcp:127.0.0.1:{spec.gdb_port}"]
+    return argv
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: QEMU must not outlive the lab."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
+
+
+class Machine:
+    """One running guest.  Use as a context manager; exit always cleans up."""
+
+    def __init__(self, spec: MachineSpec, qemu_log: Path, binary: str = "qemu-system-x86_64"):
+        self.spec = spec
+        self.qemu_log = qemu_log
+        self.binary = binary
+        self.rundir: RunDir | None = None
+        self.proc: subprocess.Popen | None = None
+        self.console: socket.socket | None = None
+        self.control: socket.socket | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self.ram_path: Path | None = None
+        self.started = 0.0
+
+    # -------------------------------------------------------------- launch
+    def __enter__(self) -> "Machine":
+        try:
+            self.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def _make_ram_file(self) -> Path:
+        path = self.rundir / "guest-ram"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, self.spec.memory_mib << 20)
+        finally:
+            os.close(fd)
+        return path
+
+    def launch(self) -> None:
+        binary = shutil.which(self.binary)
+        if not binary:
+            raise InfraError(f"{self.binary} not found: install qemu-system-x86 "
+                             "(apt-get install --no-install-recommends qemu-system-x86)")
+        self.rundir = RunDir()
+        self.ram_path = self._make_ram_file()
+        paths = {name: self.rundir / f"{name}.sock" for name in ("console", "control", "qmp")}
+        listeners = {name: _listen(paths[name]) for name in ("console", "control")}
+        self.qmp = QEMUMonitorProtocol(str(paths["qmp"]), server=True)
+        argv = qemu_argv(self.spec, self.ram_path, paths["console"], paths["control"],
+                         paths["qmp"], binary)
+        self.argv = argv
+        with open(self.qemu_log, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.started = time.monotonic()
+        try:
+            self.console = self._accept(listeners["console"])
+            self.control = self._accept(listeners["control"])
+            self.qmp.accept(timeout=10)
+        finally:
+            for sock in listeners.values():
+                sock.close()
+
+    def _accept(self, listener: socket.socket, timeout: float = 10.0) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.setblocking(False)
+                return conn
+            except socket.timeout:
+                if self.proc.poll() is not None:
+                    raise InfraError(self.death_reason()) from None
+                if time.monotonic() > deadline:
+                    raise InfraError(f"QEMU did not connect its serial ports within {timeout:.0f} s") from None
+
+    # -------------------------------------------------------------- state
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def qemu_output(self, limit: int = 2000) -> str:
+        try:
+            return self.qemu_log.read_bytes()[-limit:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def death_reason(self) -> str:
+        code = self.proc.poll() if self.proc else None
+        if code is None:
+            how = "is still running"
+        elif code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with status {code}"
+        tail = self.qemu_output(600)
+        return f"QEMU {how}" + (f": {tail.splitlines()[-1]}" if tail else "")
+
+    def hmp(self, command: str) -> str:
+        """A human monitor command through QMP (e.g. 'info registers -a')."""
+        return self.qmp.cmd("human-monitor-command", **{"command-line": command})
+
+    def status(self) -> str:
+        return self.qmp.cmd("query-status")["status"]
+
+    # -------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        """Stop QEMU (politely, then by force) and remove every socket and the RAM file."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.qmp.cmd("quit")
+            except Exception:  # noqa: BLE001 - any QMP failure means: kill it
+                pass
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for closable in (self.qmp, self.console, self.control):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        self.qmp = self.console = self.control = None
+        if self.rundir is not None:
+            self.rundir.close()
+            self.rundir = None

@@ -1,0 +1,99 @@
+"""From evidence to an outcome, and from outcome and expectation to pass or fail.
+
+Pure functions over recorded data (register dumps, control messages, guest
+bytes), so that every rule here is tested on recorded transcripts without a
+guest.  An outcome is only ever declared on positive evidence:
+
+- capture-booted: the capture kernel's helper said hello with role=capture;
+- purgatory-refused: a vCPU sits on a jump-to-self inside the purgatory
+  segment, the same RIP in at least two samples;
+- load-rejected: kexec_file_load returned an error (errno recorded);
+- hang: none of the above before the deadline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from labctl.segments import SegmentTable
+
+CAPTURE_BOOTED = "capture-booted"
+PURGATORY_REFUSED = "purgatory-refused"
+LOAD_REJECTED = "load-rejected"
+HANG = "hang"
+INFRA_ERROR = "infra-error"
+INTERRUPTED = "interrupted"
+
+# x86 jump-to-self: "jmp ." short (EB FE) or near (E9 FB FF FF FF).
+SELF_JUMPS = (bytes.fromhex("ebfe"), bytes.fromhex("e9fbffffff"))
+
+CPU_HEADER = re.compile(r"^CPU#(\d+)", re.MULTILINE)
+RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
+
+
+def parse_registers(text: str) -> dict[int, int]:
+    """CPU index -> RIP from the output of HMP `info registers -a`."""
+    rips: dict[int, int] = {}
+    headers = list(CPU_HEADER.finditer(text))
+    if not headers:  # a single-CPU dump has no CPU# header
+        m = RIP.search(text)
+        return {0: int(m[1], 16)} if m else {}
+    for i, header in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        if m := RIP.search(text, header.end(), end):
+            rips[int(header[1])] = int(m[1], 16)
+    return rips
+
+
+def is_self_jump(code: bytes) -> bool:
+    return any(code.startswith(j) for j in SELF_JUMPS)
+
+
+@dataclass
+class ParkWatch:
+    """Accumulates RIP samples and says when a vCPU is parked in purgatory."""
+
+    table: SegmentTable
+    samples: list[dict[int, int]] = field(default_factory=list)
+
+    def add(self, rips: dict[int, int]) -> None:
+        self.samples.append(rips)
+
+    def parked(self, code_at) -> dict | None:
+        """Evidence dict if a vCPU sat on a self-jump in purgatory in the last two samples."""
+        purgatory = self.table.by_role("purgatory")
+        if purgatory is None or len(self.samples) < 2:
+            return None
+        last, previous = self.samples[-1], self.samples[-2]
+        for cpu, rip in sorted(last.items()):
+            if previous.get(cpu) != rip or not purgatory.contains(rip):
+                continue
+            code = code_at(rip)
+            if is_self_jump(code):
+                return {"cpu": cpu, "rip": hex(rip), "code": code.hex(),
+                        "purgatory_offset": hex(rip - purgatory.mem),
+                        "samples": len(self.samples), "segment": purgatory.to_json()}
+        return None
+
+    def last_positions(self) -> list[dict]:
+        """Where each vCPU was at the last sample, with the segment it falls in."""
+        if not self.samples:
+            return []
+        out = []
+        for cpu, rip in sorted(self.samples[-1].items()):
+            seg = self.table.containing(rip)
+            out.append({"cpu": cpu, "rip": hex(rip), "segment": seg.role if seg else None})
+        return out
+
+
+def judge(expected: str, outcome: str, evidence: dict) -> tuple[bool, str]:
+    """(passed, one-line reason) for an outcome against the scenario's expectation."""
+    if outcome != expected:
+        return False, f"expected {expected}, got {outcome}"
+    if outcome == CAPTURE_BOOTED:
+        vmcore = evidence.get("vmcore") or {}
+        if not vmcore.get("ok"):
+            return False, "capture kernel booted but /proc/vmcore is not sane: " + \
+                "; ".join(vmcore.get("problems") or ["no vmcore facts"])
+    return True, f"{outcome} as expected"

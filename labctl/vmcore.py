@@ -1,0 +1,63 @@
+"""Sanity checks on /proc/vmcore as the capture kernel sees it.
+
+The capture helper sends the dump's size and its head (ELF header, program
+headers, notes); pyelftools parses it on the host.  A sane dump is an ELF
+core file with a PT_NOTE segment whose VMCOREINFO note names the release of
+the kernel that crashed.
+"""
+
+from __future__ import annotations
+
+import io
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+
+def _note_text(desc) -> str:
+    if isinstance(desc, bytes):
+        return desc.decode("ascii", "replace")
+    return str(desc)
+
+
+def vmcoreinfo(head: bytes) -> dict[str, str]:
+    """The VMCOREINFO note as key=value pairs ({} if there is none)."""
+    elf = ELFFile(io.BytesIO(head))
+    for segment in elf.iter_segments():
+        if segment["p_type"] != "PT_NOTE":
+            continue
+        for note in segment.iter_notes():
+            if note["n_name"] == "VMCOREINFO":
+                pairs = (line.split("=", 1) for line in _note_text(note["n_desc"]).splitlines())
+                return {k: v for k, *rest in pairs for v in rest}
+    return {}
+
+
+def check_vmcore(size: int | None, head_hex: str | None, release: str) -> dict:
+    """Evidence dict with 'ok' and the facts found; 'problems' lists what failed."""
+    facts: dict = {"size": size, "problems": []}
+    problems = facts["problems"]
+    if not size:
+        problems.append("/proc/vmcore is missing or empty")
+    try:
+        head = bytes.fromhex(head_hex or "")
+        elf = ELFFile(io.BytesIO(head))
+        facts["e_type"] = elf["e_type"]
+        facts["phnum"] = elf["e_phnum"]
+        if elf["e_type"] != "ET_CORE":
+            problems.append(f"ELF type is {elf['e_type']}, not ET_CORE")
+        types = [seg["p_type"] for seg in elf.iter_segments()]
+        facts["pt_note"] = types.count("PT_NOTE")
+        facts["pt_load"] = types.count("PT_LOAD")
+        if not facts["pt_note"]:
+            problems.append("no PT_NOTE segment")
+        info = vmcoreinfo(head)
+        facts["osrelease"] = info.get("OSRELEASE")
+        if not info:
+            problems.append("no VMCOREINFO note")
+        elif info.get("OSRELEASE") != release:
+            problems.append(f"VMCOREINFO OSRELEASE {info.get('OSRELEASE')!r} != {release!r}")
+    except (ValueError, ELFError) as exc:
+        problems.append(f"vmcore head is not a valid ELF file: {exc}")
+    facts["ok"] = not problems
+    return facts
