@@ -19,7 +19,7 @@ import yaml
 from labctl.errors import ConfigError
 
 ACCELERATORS = ("auto", "kvm", "tcg")
-OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "hang")
+OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "guest-reset", "hang")
 SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd")
 PATTERNS = ("flip", "zero", "random", "bit")
 PLACEMENTS = ("start", "middle", "end", "tail")

@@ -39,6 +39,7 @@ class ControlChannel:
         self._pending = bytearray()
         self._log = open(transcript, "a", encoding="utf-8")
         self.messages: list[dict] = []
+        self.rejected = 0
 
     def _record(self, direction: str, text: str) -> None:
         self._log.write(f"[{time.monotonic() - self.t0:9.3f}] {direction} {text}\n")
@@ -53,8 +54,13 @@ class ControlChannel:
         self._record(">", command)
         self.sock.sendall(command.encode() + b"\n")
 
-    def pump(self) -> list[dict]:
-        """Read what is available; return the complete messages it finished."""
+    def pump(self, strict: bool = True) -> list[dict]:
+        """Read what is available; return the complete messages it finished.
+
+        strict=False is for the moments around a panic and a kernel switch, when
+        a half-written line from the dying kernel is expected: such lines are
+        kept in the transcript and counted in `rejected` instead of raising.
+        """
         try:
             while chunk := self.sock.recv(65536):
                 self._pending += chunk
@@ -70,7 +76,12 @@ class ControlChannel:
             if not line:
                 continue
             self._record("<", line.decode("utf-8", "replace")[:4096])
-            new.append(parse_message(line))
+            try:
+                new.append(parse_message(line))
+            except ProtocolError:
+                if strict:
+                    raise
+                self.rejected += 1
         self.messages += new
         return new
 

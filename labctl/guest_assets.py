@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +125,3 @@ def build_assets(cache_dir: Path, capture_kernel: Path) -> GuestAssets:
         _atomic_write(primary, base + boot_payload_bytes(kernel_bytes, base))
     return GuestAssets(primary_initramfs=primary, capture_initramfs=capture, helper=helper)
 
-
-def which(program: str) -> str:
-    found = shutil.which(program)
-    if not found:
-        raise InfraError(f"{program} not found on PATH")
-    return found

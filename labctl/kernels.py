@@ -19,7 +19,7 @@ from pathlib import Path
 from labctl.config import KernelEntry, LabConfig
 from labctl.errors import ConfigError, InfraError
 
-VERSIONED_IMAGE = re.compile(r"^linux-image-\d")
+VERSIONED_IMAGE = re.compile(r"^linux-image-\d+\.\d+\.\d+")  # not 6.12-cloud-amd64
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,12 @@ class Machine:
         try:
             self.console = self._accept(listeners["console"])
             self.control = self._accept(listeners["control"])
-            self.qmp.accept(timeout=10)
+            try:
+                self.qmp.accept(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
+                if not self.alive():
+                    raise InfraError(self.death_reason()) from None
+                raise InfraError(f"QMP handshake with QEMU failed: {exc}") from None
         finally:
             for sock in listeners.values():
                 sock.close()

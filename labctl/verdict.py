@@ -8,6 +8,8 @@ guest.  An outcome is only ever declared on positive evidence:
 - purgatory-refused: a vCPU sits on a jump-to-self inside the purgatory
   segment, the same RIP in at least two samples;
 - load-rejected: kexec_file_load returned an error (errno recorded);
+- guest-reset: QEMU exited after the panic (the guest rebooted or powered
+  off; the lab runs QEMU with -no-reboot);
 - hang: none of the above before the deadline.
 """
 
@@ -22,6 +24,7 @@ CAPTURE_BOOTED = "capture-booted"
 PURGATORY_REFUSED = "purgatory-refused"
 LOAD_REJECTED = "load-rejected"
 HANG = "hang"
+GUEST_RESET = "guest-reset"
 INFRA_ERROR = "infra-error"
 INTERRUPTED = "interrupted"
 

@@ -1,0 +1,146 @@
+"""labctl: the command line.  Parses arguments, resolves inputs, maps errors to exit codes.
+
+Exit codes: 0 all passed, 1 an expectation failed, 2 usage or configuration
+error, 3 infrastructure error, 130 interrupted.  When one invocation runs
+several pairs, a failed expectation (a finding about the kernel) outranks an
+infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from labctl.accel import AccelChooser
+from labctl.artifacts import check_writable, new_run_id
+from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_lab, load_scenario
+from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
+                           Interrupted, LabError)
+from labctl.kernels import resolve_kernel
+from labctl.runner import run_pair
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
+
+
+def default_lab_path() -> Path:
+    """$KEXEC_LAB_CONFIG, ./lab.yaml, or the lab.yaml that ships with the package."""
+    if env := os.environ.get("KEXEC_LAB_CONFIG"):
+        return Path(env)
+    local = Path("lab.yaml")
+    return local if local.is_file() else REPO_ROOT / "lab.yaml"
+
+
+def _load_lab(args: argparse.Namespace) -> LabConfig:
+    lab = load_lab(args.lab)
+    overrides = {}
+    if getattr(args, "accel", None):
+        overrides["accel"] = args.accel
+    if getattr(args, "artifacts", None):
+        overrides["artifacts_dir"] = Path(args.artifacts).resolve()
+    if overrides:
+        lab = LabConfig(**{**lab.__dict__, **overrides})
+    return lab
+
+
+def scenarios_dir(lab: LabConfig) -> Path:
+    return lab.path.parent.resolve() / "scenarios"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    lab = _load_lab(args)
+    scenarios = [load_scenario(find_scenario(s, scenarios_dir(lab))) for s in args.scenario]
+    check_writable(lab.artifacts_dir)
+    kernel = resolve_kernel(lab, args.kernel, progress=_say)
+    chooser = AccelChooser(lab.cache_dir)
+    run_id = new_run_id()
+    _say(f"run {run_id}: kernel {kernel.name} ({kernel.release}"
+         + (f", {kernel.package} {kernel.version}" if kernel.package else "") + ")")
+    codes = []
+    for scenario in scenarios:
+        outcome = run_pair(lab, kernel, scenario, run_id, chooser, quiet=args.quiet)
+        print(outcome.summary)
+        print(f"  artifacts: {outcome.directory}")
+        codes.append(outcome.exit_code)
+    return max(codes, key=EXIT_PRIORITY.index)
+
+
+def cmd_kernel_fetch(args: argparse.Namespace) -> int:
+    lab = _load_lab(args)
+    for name in args.names or [lab.default_kernel]:
+        kernel = resolve_kernel(lab, name, progress=_say)
+        print(f"{kernel.name}: {kernel.release} {kernel.package or ''} {kernel.version or ''}".rstrip()
+              + f" -> {kernel.bzimage}")
+    return EXIT_PASSED
+
+
+def cmd_kernel_list(args: argparse.Namespace) -> int:
+    lab = _load_lab(args)
+    for name, entry in sorted(lab.kernels.items()):
+        source = f"debian:{entry.debian_package}" if entry.debian_package else f"path:{entry.path}"
+        default = " (default)" if name == lab.default_kernel else ""
+        print(f"{name:16} {source:40} {entry.description}{default}")
+    return EXIT_PASSED
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    lab = _load_lab(args)
+    for path in sorted(scenarios_dir(lab).glob("*.yaml")):
+        scenario = load_scenario(path)
+        print(f"{scenario.name:24} expect {scenario.expect:18} {scenario.description}")
+    return EXIT_PASSED
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--lab", type=Path, default=None,
+                        help="lab configuration (default: $KEXEC_LAB_CONFIG, ./lab.yaml, "
+                             "or the repository's lab.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run scenarios on one kernel")
+    run.add_argument("scenario", nargs="+", help="scenario name (scenarios/NAME.yaml) or path")
+    run.add_argument("--kernel", help="catalogue name or path to a bzImage (default: lab.yaml's)")
+    run.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
+    run.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(func=cmd_run)
+
+    kernel = sub.add_parser("kernel", help="the kernel catalogue")
+    ksub = kernel.add_subparsers(dest="kernel_command", required=True)
+    fetch = ksub.add_parser("fetch", help="download and unpack catalogue kernels")
+    fetch.add_argument("names", nargs="*", help="catalogue names (default: the default kernel)")
+    fetch.set_defaults(func=cmd_kernel_fetch)
+    ksub.add_parser("list", help="list the catalogue").set_defaults(func=cmd_kernel_list)
+
+    sub.add_parser("scenarios", help="list the scenarios").set_defaults(func=cmd_scenarios)
+    return parser
+
+
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Interrupted(f"received {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.lab is None:
+        args.lab = default_lab_path()
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("labctl: interrupted", file=sys.stderr)
+        return Interrupted.exit_code
+    except LabError as exc:
+        kind = "configuration error" if isinstance(exc, ConfigError) else \
+            "interrupted" if isinstance(exc, Interrupted) else "infrastructure error"
+        print(f"labctl: {kind}: {exc}", file=sys.stderr)
+        return exc.exit_code

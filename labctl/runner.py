@@ -1,0 +1,179 @@
+"""One kernel x scenario pair, from guest assets to result.json, however it ends.
+
+The result is always written: a verdict, an infrastructure error, a
+configuration error found only once the kernel showed its segments, or an
+interruption (with the phase it hit).  QEMU, its sockets and the RAM file are
+gone before this returns, because the Machine context manager owns them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
+from labctl.artifacts import pair_dir, write_json
+from labctl.config import LabConfig, MachineConfig, Scenario
+from labctl.console import Console, StampedLog
+from labctl.control import ControlChannel
+from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
+                           InfraError, Interrupted, LabError)
+from labctl.guest_assets import GuestAssets, build_assets
+from labctl.guest_memory import GuestMemory
+from labctl.kernels import Kernel
+from labctl.machine import Machine, MachineSpec
+from labctl.progress import Progress
+from labctl.steps import Finding, Session
+from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_REJECTED, judge
+
+CONFIG_ERROR = "config-error"
+
+
+def primary_cmdline(machine: MachineConfig) -> str:
+    """The primary kernel: console on ttyS0, memory reserved for the capture kernel,
+    and no reboot after a panic (panic=0) so a refused capture kernel stays visible."""
+    return " ".join(filter(None, ["console=ttyS0,115200", f"crashkernel={machine.crashkernel_mib}M",
+                                  "panic=0", machine.cmdline]))
+
+
+def capture_cmdline(machine: MachineConfig, scenario: Scenario) -> str:
+    return " ".join(filter(None, ["console=ttyS0,115200", machine.capture_cmdline,
+                                  scenario.load.cmdline]))
+
+
+@dataclass
+class PairOutcome:
+    """What the CLI needs from one pair: where its result is and how it ended."""
+
+    directory: Path
+    result: dict
+    exit_code: int
+
+    @property
+    def summary(self) -> str:
+        r = self.result
+        return (f"{r['kernel']['name']} x {r['scenario']['name']}: {r['outcome']} "
+                f"(expected {r['expected']}) -> {'PASS' if r['passed'] else 'FAIL'}: {r['reason']}")
+
+
+@dataclass
+class PairRun:
+    lab: LabConfig
+    kernel: Kernel
+    scenario: Scenario
+    chooser: AccelChooser
+    progress: Progress
+    evidence: dict = field(default_factory=dict)
+    session: Session | None = None
+    attempts: list = field(default_factory=list)
+
+    def machine_spec(self, accel: Accel, assets: GuestAssets) -> MachineSpec:
+        m = self.lab.machine
+        return MachineSpec(kernel=self.kernel.bzimage, initrd=assets.primary_initramfs,
+                           cmdline=primary_cmdline(m), accel=accel.name, machine_type=m.type,
+                           memory_mib=m.memory_mib, smp=m.smp, tcg_threads=m.tcg_threads)
+
+    def attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
+        """Boot one guest and take it through the scenario's steps."""
+        try:
+            return self._attempt(spec, out, t0)
+        except InfraError:
+            log = out / "qemu.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if spec.accel == "kvm" and (line := kvm_failure(text)):
+                raise KvmUnusable(line) from None
+            raise
+
+    def _attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
+        with Machine(spec, out / "qemu.log") as machine:
+            console = Console(machine.console.fileno(), StampedLog(out / "serial.log", t0))
+            control = ControlChannel(machine.control, out / "control.log", t0)
+            memory = GuestMemory(machine.ram_path)
+            self.session = Session(machine, console, control, memory, self.lab.timeouts, self.progress)
+            try:
+                return self._steps(self.session)
+            finally:
+                memory.close()
+                console.close()
+                control.close()
+
+    def _steps(self, session: Session) -> Finding:
+        hello = session.boot()
+        self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline")}
+        loaded = session.load(capture_cmdline(self.lab.machine, self.scenario))
+        self.evidence["load"] = {
+            "method": self.scenario.load.method, "rc": loaded.message.get("rc"),
+            "errno": loaded.message.get("errno"), "strerror": loaded.message.get("strerror"),
+            "flags": loaded.message.get("flags"), "dynamic_debug": loaded.message.get("dynamic_debug"),
+            "kexec_crash_loaded": loaded.message.get("kexec_crash_loaded"),
+            "segments": loaded.table.to_json()}
+        if loaded.rejected:
+            return Finding(LOAD_REJECTED, {"errno": loaded.message.get("errno"),
+                                           "strerror": loaded.message.get("strerror")})
+        if self.scenario.corrupt:
+            self.evidence["corruption"] = session.corrupt(loaded.table, self.scenario.corrupt)
+        session.trigger(self.scenario.trigger)
+        return session.observe(loaded.table, self.kernel.release)
+
+    def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:
+        """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
+        self.progress.say("preparing guest assets")
+        assets = build_assets(self.lab.cache_dir, self.kernel.bzimage)
+        accel = self.chooser.choose(self.lab.accel)
+        self.progress.say(f"accelerator {accel.name}: {accel.reason}")
+        try:
+            return accel, self.attempt(self.machine_spec(accel, assets), out, t0)
+        except KvmUnusable as exc:
+            if self.lab.accel != "auto":
+                raise LabError(f"KVM cannot run this guest ({exc}); set accel: tcg or auto") from None
+            for name in ("serial.log", "control.log", "qemu.log"):
+                if (out / name).exists():
+                    (out / name).rename(out / f"kvm-attempt-{name}")
+            self.attempts.append({"accel": "kvm", "failure": str(exc)})
+            accel = self.chooser.record_failure(str(exc))
+            self.progress.say(accel.reason)
+            self.session = None
+            return accel, self.attempt(self.machine_spec(accel, assets), out, t0)
+
+
+def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
+             chooser: AccelChooser, quiet: bool = False) -> PairOutcome:
+    """Run one pair and always leave a result.json behind."""
+    out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
+    progress = Progress(f"{kernel.name}/{scenario.name}", quiet=quiet)
+    pair = PairRun(lab, kernel, scenario, chooser, progress)
+    t0 = time.monotonic()
+    result = {"run_id": run_id,
+              "scenario": {"name": scenario.name, "path": str(scenario.path),
+                           "description": scenario.description},
+              "kernel": kernel.describe(), "accelerator": None, "expected": scenario.expect,
+              "outcome": None, "passed": False, "reason": None, "evidence": pair.evidence,
+              "timings": {}, "attempts": pair.attempts,
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "artifacts": {"serial_log": "serial.log", "control_log": "control.log",
+                            "qemu_log": "qemu.log"}}
+    exit_code = EXIT_INFRA
+    try:
+        accel, finding = pair.run(out, t0)
+        passed, reason = judge(scenario.expect, finding.outcome, finding.evidence)
+        pair.evidence["verdict"] = finding.evidence
+        result.update(accelerator=accel.to_json(), outcome=finding.outcome, passed=passed,
+                      reason=reason)
+        exit_code = EXIT_PASSED if passed else EXIT_FAILED
+    except (KeyboardInterrupt, Interrupted):
+        phase = pair.session.phase if pair.session else "preparing"
+        result.update(outcome=INTERRUPTED, reason=f"interrupted while {phase}", phase=phase)
+        raise Interrupted(f"interrupted while {phase}; partial results in {out}") from None
+    except ConfigError as exc:
+        result.update(outcome=CONFIG_ERROR, reason=str(exc))
+        exit_code = EXIT_USAGE
+    except LabError as exc:
+        phase = pair.session.phase if pair.session else "preparing"
+        result.update(outcome=INFRA_ERROR, reason=str(exc), phase=phase)
+    finally:
+        if pair.session:
+            result["timings"] = {**pair.session.timings}
+        result["timings"]["total"] = round(time.monotonic() - t0, 3)
+        write_json(out / "result.json", result)
+    return PairOutcome(out, result, exit_code)

@@ -1,0 +1,258 @@
+"""The steps of one scenario on a running guest: boot, load, corrupt, trigger, observe.
+
+Each step waits on evidence, never on a fixed sleep: the loop wakes when the
+console or the control port has data (select), and every step ends as soon
+as what it waits for is there.  A step that cannot go on raises an
+InfraError (the lab or the guest broke) or ConfigError (the scenario asks for
+something this kernel does not have); an outcome is returned as a Finding.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import time
+from dataclasses import dataclass, field
+
+from labctl.accel import KvmUnusable, kvm_failure
+from labctl.config import Corruption, Timeouts
+from labctl.console import Console
+from labctl.control import ControlChannel
+from labctl.errors import ConfigError, InfraError
+from labctl.guest_memory import GuestMemory
+from labctl.machine import Machine
+from labctl.progress import Progress
+from labctl.segments import Segment, SegmentTable, parse_segment_table
+from labctl.verdict import (CAPTURE_BOOTED, GUEST_RESET, HANG, LOAD_REJECTED, PURGATORY_REFUSED,
+                            ParkWatch, parse_registers)
+from labctl.vmcore import check_vmcore
+
+KEXEC_FILE_ON_CRASH = 0x2
+KEXEC_FILE_DEBUG = 0x8
+GUEST_KERNEL = "/boot/vmlinuz"
+GUEST_INITRD = "/boot/initrd.img"
+
+POLL_SECONDS = 0.1
+REGISTER_SAMPLE_SECONDS = 0.25
+STATUS_SAMPLE_SECONDS = 1.0
+
+PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
+LINUX_BANNER = re.compile(r"Linux version \S+")
+
+
+@dataclass
+class Finding:
+    """An outcome and the evidence that supports it."""
+
+    outcome: str
+    evidence: dict = field(default_factory=dict)
+
+
+@dataclass
+class Loaded:
+    """What kexec_file_load did: either rejected (errno) or a segment table."""
+
+    message: dict
+    table: SegmentTable
+
+    @property
+    def rejected(self) -> bool:
+        return self.message.get("rc", -1) < 0
+
+
+def placement_offset(corruption: Corruption, segment: Segment) -> int:
+    """Byte offset into the segment for a named placement or an integer offset."""
+    where, length = corruption.offset, corruption.length
+    offsets = {"start": 0, "middle": segment.bufsz // 2, "end": segment.bufsz - length,
+               "tail": segment.bufsz}
+    offset = offsets[where] if isinstance(where, str) else where
+    if offset < 0 or offset + length > segment.memsz:
+        raise ConfigError(f"corrupt: offset {offset:#x} + length {length:#x} is outside the "
+                          f"{segment.role} segment (bufsz {segment.bufsz:#x}, memsz "
+                          f"{segment.memsz:#x}) on this kernel")
+    return offset
+
+
+class Session:
+    """One guest going through a scenario; records phase timings as it goes."""
+
+    def __init__(self, machine: Machine, console: Console, control: ControlChannel,
+                 memory: GuestMemory, timeouts: Timeouts, progress: Progress):
+        self.machine = machine
+        self.console = console
+        self.control = control
+        self.memory = memory
+        self.timeouts = timeouts
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.phase = "booting"
+        self.marks: dict[str, float] = {}
+
+    # ------------------------------------------------------------ plumbing
+    def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
+        fds = [self.control.fileno(), self.console.spawn.child_fd]
+        select.select(fds, [], [], POLL_SECONDS)
+        return self.control.pump(strict=strict), self.console.poll(patterns)
+
+    def _guest_gone(self) -> InfraError | KvmUnusable:
+        output = self.machine.qemu_output()
+        if self.machine.spec.accel == "kvm" and (line := kvm_failure(output)):
+            return KvmUnusable(line)
+        return InfraError(f"{self.machine.death_reason()} while {self.phase}")
+
+    def _check_kvm(self) -> None:
+        """KVM failures leave QEMU alive: look at its log and its run state."""
+        if self.machine.spec.accel != "kvm":
+            return
+        if line := kvm_failure(self.machine.qemu_output()):
+            raise KvmUnusable(line)
+        if self.machine.status() == "internal-error":
+            raise KvmUnusable("QMP status internal-error")
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.monotonic() - start, 3)
+
+    # ------------------------------------------------------------ steps
+    def boot(self) -> dict:
+        """Wait for the primary kernel's helper to say hello."""
+        self.phase, start = "booting", time.monotonic()
+        self.progress.say(f"booting the primary kernel ({self.machine.spec.accel})")
+        next_status = start + STATUS_SAMPLE_SECONDS
+        while True:
+            messages, hits = self._events({"panic": PANIC_LINE})
+            for message in messages:
+                if message["type"] == "hello" and message.get("role") == "primary":
+                    self._timed("boot", start)
+                    self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")
+                    return message
+            if hits:
+                raise InfraError(f"the guest kernel panicked while booting: {hits[0][1]!r} "
+                                 "(see serial.log)")
+            if not self.machine.alive():
+                raise self._guest_gone()
+            now = time.monotonic()
+            if now >= next_status:
+                self._check_kvm()
+                next_status = now + STATUS_SAMPLE_SECONDS
+            if now - start > self.timeouts.boot:
+                raise InfraError(f"the guest did not reach init within {self.timeouts.boot:g} s "
+                                 "(no hello on the control port); see serial.log")
+            self.progress.tick("the guest to boot", start)
+
+    def load(self, cmdline: str) -> Loaded:
+        """kexec_file_load(ON_CRASH|DEBUG) through the helper; parse the segment table."""
+        self.phase, start = "loading", time.monotonic()
+        self.progress.say("loading the capture kernel with kexec_file_load")
+        flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
+        self.control.send(f"load {flags:x} {GUEST_KERNEL} {GUEST_INITRD} {cmdline}")
+        message = self._await_message(("loaded", "error"), self.timeouts.load, "the load to finish")
+        if message["type"] == "error":
+            raise InfraError(f"the guest helper could not load: {message.get('what')}: "
+                             f"{message.get('strerror')}")
+        self._timed("load", start)
+        table = parse_segment_table(message.get("log") or [])
+        loaded = Loaded(message=message, table=table)
+        if loaded.rejected:
+            self.progress.say(f"kexec_file_load failed: errno {message.get('errno')} "
+                              f"({message.get('strerror')})")
+        else:
+            roles = ", ".join(f"{s.role or '?'}@{s.mem:#x}" for s in table.segments)
+            self.progress.say(f"loaded in {self.timings['load']:.1f} s: {roles or 'no segment table'}")
+        return loaded
+
+    def _await_message(self, types: tuple[str, ...], timeout: float, what: str) -> dict:
+        start = time.monotonic()
+        while True:
+            messages, _ = self._events({})
+            for message in messages:
+                if message["type"] in types:
+                    return message
+            if not self.machine.alive():
+                raise self._guest_gone()
+            if time.monotonic() - start > timeout:
+                raise InfraError(f"timed out after {timeout:g} s waiting for {what}")
+            self.progress.tick(what, start)
+
+    def corrupt(self, table: SegmentTable, corruption: Corruption) -> dict:
+        """Overwrite bytes of a loaded segment through the RAM file; return the evidence."""
+        self.phase, start = "corrupting", time.monotonic()
+        segment = table.by_role(corruption.segment)
+        if segment is None:
+            known = ", ".join(s.role or f"#{s.index}" for s in table.segments) or "none"
+            raise ConfigError(f"corrupt: no {corruption.segment} segment was loaded on this "
+                              f"kernel (loaded: {known})")
+        offset = placement_offset(corruption, segment)
+        write = self.memory.corrupt(segment.mem + offset, corruption.length,
+                                    corruption.pattern, corruption.seed)
+        if not write.verified:
+            raise InfraError(f"corruption at {write.address:#x} did not stick (read back {write.after})")
+        self._timed("corrupt", start)
+        self.progress.say(f"corrupted {corruption.length} bytes of {segment.role} at "
+                          f"{write.address:#x} (+{offset:#x}, {corruption.pattern})")
+        return {**write.to_json(), "segment": segment.to_json(), "offset": hex(offset),
+                "placement": corruption.offset}
+
+    def trigger(self, trigger: str) -> None:
+        self.phase = "panicking"
+        self.progress.say(f"triggering a panic ({trigger})")
+        self.marks["trigger"] = time.monotonic()
+        self.control.send(f"panic {trigger}")
+
+    def observe(self, table: SegmentTable, release: str) -> Finding:
+        """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang."""
+        self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
+        watch = ParkWatch(table)
+        next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
+        while True:
+            messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER}, strict=False)
+            self._mark_console(hits, start)
+            for message in messages:
+                if message["type"] == "hello" and message.get("role") == "capture":
+                    return self._finish(start, self._capture_booted(message, release))
+            if not self.machine.alive():
+                return self._finish(start, Finding(GUEST_RESET, {
+                    "qemu": self.machine.death_reason(), "since_panic": self._since(start)}))
+            now = time.monotonic()
+            if now >= next_sample:
+                watch.add(parse_registers(self.machine.hmp("info registers -a")))
+                next_sample = now + REGISTER_SAMPLE_SECONDS
+                if parked := watch.parked(self._code_at):
+                    return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked}))
+            if now - start > self.timeouts.verdict:
+                return self._finish(start, Finding(HANG, {
+                    "waited": self.timeouts.verdict, "vcpus": watch.last_positions(),
+                    "console_marks": dict(self.marks_since(start))}))
+            self.progress.tick("the capture kernel or a parked vCPU", start)
+
+    # ------------------------------------------------------------ observe helpers
+    def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
+        for name, line in hits:
+            key = "panic_line" if name == "panic" else "capture_banner"
+            if key not in self.marks:
+                self.marks[key] = time.monotonic()
+                self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
+
+    def marks_since(self, start: float):
+        for key, value in self.marks.items():
+            yield key, round(value - start, 3)
+
+    def _since(self, start: float) -> float:
+        return round(time.monotonic() - start, 3)
+
+    def _code_at(self, rip: int) -> bytes:
+        try:
+            return self.memory.read(rip, 8)
+        except ValueError:
+            return b""
+
+    def _capture_booted(self, hello: dict, release: str) -> Finding:
+        vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
+        return Finding(CAPTURE_BOOTED, {
+            "capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
+            "vmcore": vmcore})
+
+    def _finish(self, start: float, finding: Finding) -> Finding:
+        self.timings["panic_to_verdict"] = self._since(start)
+        self.phase = "judged"
+        self.progress.say(f"{finding.outcome} after {self.timings['panic_to_verdict']:.1f} s")
+        return finding
