@@ -75,7 +75,7 @@ class ControlChannel:
             line = line.strip(b"\r")
             if not line:
                 continue
-            self._record("<", line.decode("utf-8", "replace")[:4096])
+            self._record("<", line.decode("utf-8", "replace"))
             try:
                 new.append(parse_message(line))
             except ProtocolError:

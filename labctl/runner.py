@@ -156,6 +156,9 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
     exit_code = EXIT_INFRA
     try:
         accel, finding = pair.run(out, t0)
+        for name, text in finding.attachments.items():
+            (out / name).write_text(text, encoding="utf-8")
+            result["artifacts"][name.split(".")[0]] = name
         passed, reason = judge(scenario.expect, finding.outcome, finding.evidence)
         pair.evidence["verdict"] = finding.evidence
         result.update(accelerator=accel.to_json(), outcome=finding.outcome, passed=passed,

@@ -46,6 +46,7 @@ class Finding:
 
     outcome: str
     evidence: dict = field(default_factory=dict)
+    attachments: dict[str, str] = field(default_factory=dict)  # file name -> text
 
 
 @dataclass
@@ -202,6 +203,7 @@ class Session:
         """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang."""
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
         watch = ParkWatch(table)
+        registers = ""
         next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
         while True:
             messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER}, strict=False)
@@ -214,14 +216,16 @@ class Session:
                     "qemu": self.machine.death_reason(), "since_panic": self._since(start)}))
             now = time.monotonic()
             if now >= next_sample:
-                watch.add(parse_registers(self.machine.hmp("info registers -a")))
+                registers = self.machine.hmp("info registers -a")
+                watch.add(parse_registers(registers))
                 next_sample = now + REGISTER_SAMPLE_SECONDS
                 if parked := watch.parked(self._code_at):
-                    return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked}))
+                    return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
+                                                       {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(HANG, {
                     "waited": self.timeouts.verdict, "vcpus": watch.last_positions(),
-                    "console_marks": dict(self.marks_since(start))}))
+                    "console_marks": dict(self.marks_since(start))}, {"registers.txt": registers}))
             self.progress.tick("the capture kernel or a parked vCPU", start)
 
     # ------------------------------------------------------------ observe helpers

@@ -1,0 +1,70 @@
+# kexec-lab: `make run` runs crash-corrupt on the default kernel, `make test` runs the suite.
+# Both install what is missing first: Debian packages (as root; otherwise the exact
+# apt-get line is printed), the Python environment, and the catalogue kernels.
+
+PYTHON ?= python3
+VENV := .venv
+LABCTL := $(VENV)/bin/labctl
+PYTEST := $(VENV)/bin/pytest
+STAMPS := .cache/stamps
+# Everything the lab and its tests use from Debian.
+APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
+# Kernels the end-to-end tests boot (the default kernel comes first).
+TEST_KERNELS := debian-6.12 debian-6.1
+PYTEST_ARGS ?=
+
+.PHONY: setup run test unit e2e bench clean distclean
+
+setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "kexec-lab needs Debian packages that are not installed. Run:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends$$missing"; \
+	    exit 2; \
+	  fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@if ! apt-cache show --no-all-versions linux-image-6.12-cloud-amd64 >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know the catalogue kernels. Run: sudo apt-get update"; exit 2; fi; \
+	  apt-get update -qq; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@touch $@
+
+$(STAMPS)/kernels: lab.yaml $(STAMPS)/venv
+	$(LABCTL) kernel fetch $(TEST_KERNELS)
+	@touch $@
+
+run: setup
+	$(LABCTL) run crash-corrupt
+
+test: setup
+	$(PYTEST) $(PYTEST_ARGS)
+
+unit: $(STAMPS)/venv
+	$(PYTEST) -m 'not e2e' $(PYTEST_ARGS)
+
+e2e: setup
+	$(PYTEST) -m e2e $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python bench/time_to_verdict.py
+
+clean:
+	rm -rf artifacts .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -1,0 +1,106 @@
+"""lab.yaml and scenario validation: good files load, bad ones name the file, line and key."""
+
+from pathlib import Path
+
+import pytest
+
+from labctl.config import find_scenario, load_lab, load_scenario
+from labctl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LAB_OK = """\
+default_kernel: k
+kernels:
+  k: {path: bzImage}
+"""
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_lab_and_scenarios_load():
+    lab = load_lab(ROOT / "lab.yaml")
+    assert lab.default_kernel == "debian-6.12"
+    assert lab.kernels["debian-6.12"].debian_package == "linux-image-6.12-cloud-amd64"
+    assert lab.kernels["debian-6.1"].debian_package == "linux-image-cloud-amd64"
+    assert lab.accel == "auto" and lab.machine.crashkernel_mib == 256
+    corrupt = load_scenario(ROOT / "scenarios" / "crash-corrupt.yaml")
+    assert corrupt.expect == "purgatory-refused" and corrupt.corrupt.segment == "kernel"
+    intact = load_scenario(ROOT / "scenarios" / "crash-intact.yaml")
+    assert intact.expect == "capture-booted" and intact.corrupt is None
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    lab = load_lab(write(tmp_path, "lab.yaml", LAB_OK))
+    assert lab.artifacts_dir == tmp_path / "artifacts"
+    assert lab.timeouts.boot == 90 and lab.machine.memory_mib == 1024
+
+
+BAD_LABS = [
+    ("accel: fast\n" + LAB_OK, 1, "key 'accel': 'fast' is not one of: auto, kvm, tcg"),
+    (LAB_OK + "colour: blue\n", 4, "key 'colour': unknown key"),
+    (LAB_OK + "machine:\n  memory_mib: 8192\n", 5, "must be between 256 and 3072"),
+    (LAB_OK + "machine:\n  smp: two\n", 5, "key 'machine.smp': must be an integer"),
+    (LAB_OK + "timeouts:\n  boot: -1\n", 5, "must be greater than 0"),
+    ("default_kernel: nope\nkernels:\n  k: {path: x}\n", 1, "'nope' is not in 'kernels'"),
+    ("default_kernel: k\nkernels:\n  k: {}\n", 3, "exactly one of 'debian_package' or 'path'"),
+    ("default_kernel: k\nkernels:\n  k: {path: x, debian_package: y}\n", 3, "exactly one of"),
+    ("default_kernel: k\nkernels: [a, b\n", 3, "invalid YAML"),
+    ("kernels: {}\n", 1, "key 'default_kernel': is required"),
+    ("- just\n- a list\n", 1, "must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,line,message", BAD_LABS)
+def test_bad_lab_names_file_line_and_key(tmp_path, text, line, message):
+    path = write(tmp_path, "lab.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_lab(path)
+    assert str(err.value).startswith(f"{path}:{line}: "), str(err.value)
+    assert message in str(err.value)
+    assert err.value.exit_code == 2
+
+
+SCENARIO_OK = "expect: capture-booted\n"
+BAD_SCENARIOS = [
+    ("expect: booted\n", 1, "'booted' is not one of"),
+    ("expect: hang\ntrigger: magic\n", 2, "key 'trigger': 'magic' is not one of"),
+    ("expect: hang\ncorrupt:\n  segment: bootloader\n", 3, "key 'corrupt.segment': 'bootloader'"),
+    ("expect: hang\ncorrupt:\n  segment: kernel\n  offset: somewhere\n", 4, "not an integer nor one of"),
+    ("expect: hang\ncorrupt:\n  segment: kernel\n  offset: -4\n", 4, "must be 0 or more"),
+    ("expect: hang\ncorrupt:\n  segment: kernel\n  length: 0\n", 4, "must be greater than 0"),
+    ("expect: hang\ncorrupt:\n  segment: kernel\n  pattern: smash\n", 4, "key 'corrupt.pattern'"),
+    ("expect: hang\ncorrupt:\n  segment: kernel\n  lenght: 4\n", 4, "key 'corrupt.lenght': unknown key"),
+    ("expect: hang\nload:\n  method: kexec_magic\n", 3, "key 'load.method'"),
+    ("description: x\n", 1, "key 'expect': is required"),
+    ("expect: [hang\n", 2, "invalid YAML"),
+    ("expect: true\n", 1, "must be a string"),
+]
+
+
+@pytest.mark.parametrize("text,line,message", BAD_SCENARIOS)
+def test_bad_scenario_names_file_line_and_key(tmp_path, text, line, message):
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert str(err.value).startswith(f"{path}:{line}: "), str(err.value)
+    assert message in str(err.value)
+
+
+def test_find_scenario_by_name_or_path(tmp_path):
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    write(scenarios, "mine.yaml", SCENARIO_OK)
+    elsewhere = write(tmp_path, "other.yaml", SCENARIO_OK)
+    assert find_scenario("mine", scenarios) == scenarios / "mine.yaml"
+    assert find_scenario(str(elsewhere), scenarios) == elsewhere
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'; known: mine"):
+        find_scenario("nope", scenarios)
+    with pytest.raises(ConfigError, match="bad scenario name"):
+        find_scenario("..hidden", scenarios)
+    with pytest.raises(ConfigError, match="scenario file not found"):
+        find_scenario("../x/missing.yaml", scenarios)
