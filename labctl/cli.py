@@ -23,6 +23,9 @@ from labctl.kernels import resolve_kernel
 from labctl.runner import run_pair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Subcommands that live with their own concern: each module's register(subparsers)
+# adds its parser and sets func(args) -> exit code.  Add one entry per module.
+COMMAND_MODULES: list = []
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 
 
@@ -121,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     ksub.add_parser("list", help="list the catalogue").set_defaults(func=cmd_kernel_list)
 
     sub.add_parser("scenarios", help="list the scenarios").set_defaults(func=cmd_scenarios)
+    for register in COMMAND_MODULES:
+        register(sub)
     return parser
 
 
