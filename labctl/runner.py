@@ -24,7 +24,7 @@ from labctl.guest_memory import GuestMemory
 from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
-from labctl.steps import Finding, Session
+from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_REJECTED, judge
 
 CONFIG_ERROR = "config-error"
@@ -98,9 +98,13 @@ class PairRun:
                 console.close()
                 control.close()
 
-    def _steps(self, session: Session) -> Finding:
+    # step_boot and step_load are shared with `labctl console` (interactive.py).
+    def step_boot(self, session: Session) -> dict:
         hello = session.boot()
         self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline")}
+        return hello
+
+    def step_load(self, session: Session) -> Loaded:
         loaded = session.load(capture_cmdline(self.lab.machine, self.scenario))
         self.evidence["load"] = {
             "method": self.scenario.load.method, "rc": loaded.message.get("rc"),
@@ -108,6 +112,11 @@ class PairRun:
             "flags": loaded.message.get("flags"), "dynamic_debug": loaded.message.get("dynamic_debug"),
             "kexec_crash_loaded": loaded.message.get("kexec_crash_loaded"),
             "segments": loaded.table.to_json()}
+        return loaded
+
+    def _steps(self, session: Session) -> Finding:
+        self.step_boot(session)
+        loaded = self.step_load(session)
         if loaded.rejected:
             return Finding(LOAD_REJECTED, {"errno": loaded.message.get("errno"),
                                            "strerror": loaded.message.get("strerror")})
