@@ -19,13 +19,14 @@ from labctl.artifacts import check_writable, new_run_id
 from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_lab, load_scenario
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
                            Interrupted, LabError)
+from labctl import interactive, matrix, report
 from labctl.kernels import resolve_kernel
 from labctl.runner import run_pair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
-COMMAND_MODULES: list = []
+COMMAND_MODULES: list = [matrix.register, report.register, interactive.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 
 
@@ -59,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable(lab.artifacts_dir)
     kernel = resolve_kernel(lab, args.kernel, progress=_say)
     chooser = AccelChooser(lab.cache_dir)
-    run_id = new_run_id()
+    run_id = args.run_id or new_run_id()
     _say(f"run {run_id}: kernel {kernel.name} ({kernel.release}"
          + (f", {kernel.package} {kernel.version}" if kernel.package else "") + ")")
     codes = []
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
     run.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--run-id", type=matrix.run_id_arg,
+                     help="run directory name (default: time + random); pairs must not exist yet")
     run.set_defaults(func=cmd_run)
 
     kernel = sub.add_parser("kernel", help="the kernel catalogue")

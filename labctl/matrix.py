@@ -1,0 +1,318 @@
+"""labctl matrix: every selected kernel x scenario pair, N guests at a time, stably sharded.
+
+Each pair runs as its own `python -m labctl run` child process, never a thread:
+Machine starts QEMU with Popen(preexec_fn=...), which is not thread-safe, and
+signals are handled in a main thread.  A pair that ends in an infrastructure
+error is retried once (the first attempt is kept under attempt-1/ and recorded
+in result.json); a verdict mismatch is never retried.  The shard of a pair is a
+hash of "kernel/scenario", so adding a scenario never moves the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labctl.artifacts import check_writable, new_run_id, safe_component, write_json
+from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_scenario
+from labctl.errors import ConfigError, Interrupted
+from labctl.kernels import resolve_kernel
+from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
+
+RETRY_OUTCOMES = {"infra-error"}
+HEARTBEAT_SECONDS = 15.0
+POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 30.0
+CHILD_LOG = "labctl-run.log"
+
+
+@dataclass(frozen=True)
+class Pair:
+    kernel: str
+    scenario: str
+    path: Path
+    expected: str
+    expect_fail: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kernel}/{self.scenario}"
+
+
+def shard_of(key: str, count: int) -> int:
+    """1-based shard of a pair: stable across runs, machines and Python versions."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % count + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' with 1 <= I <= N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard {text!r}: I must be between 1 and N")
+    return index, count
+
+
+def run_id_arg(text: str) -> str:
+    """A run id given on the command line must be one safe path component."""
+    if safe_component(text) != text:
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '.', '_', '+', '-'")
+    return text
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """Accept both `--kernels a b` and `--kernels a,b`."""
+    return [n for v in values or [] for n in v.split(",") if n]
+
+
+def select_pairs(lab: LabConfig, scenarios_dir: Path, kernels: list[str] | None = None,
+                 scenarios: list[str] | None = None, shard: tuple[int, int] = (1, 1)) -> list[Pair]:
+    """Kernel x scenario pairs in this shard; every scenario file is validated first."""
+    kernel_names = _names(kernels) or sorted(lab.kernels)
+    unknown = [k for k in kernel_names if k not in lab.kernels]
+    if unknown:
+        raise ConfigError(f"{lab.path}: unknown kernel {unknown[0]!r} (catalogue: "
+                          f"{', '.join(sorted(lab.kernels))})")
+    paths = [find_scenario(s, scenarios_dir) for s in _names(scenarios)] or \
+        sorted(scenarios_dir.glob("*.yaml"))
+    loaded = [load_scenario(p) for p in paths]
+    pairs = []
+    for kernel in kernel_names:
+        expect_fail = getattr(lab.kernels[kernel], "expect_fail", None) or {}
+        for scenario in loaded:
+            pair = Pair(kernel, scenario.name, scenario.path.resolve(), scenario.expect,
+                        expect_fail.get(scenario.name))
+            if shard_of(pair.key, shard[1]) == shard[0]:
+                pairs.append(pair)
+    return pairs
+
+
+# ---------------------------------------------------------------- CI job matrices
+
+def shard_jobs(all_pairs: list[Pair], shards: int) -> list[dict]:
+    """One job per kernel x non-empty shard."""
+    jobs = {}
+    for pair in all_pairs:
+        key = (pair.kernel, shard_of(pair.key, shards))
+        jobs[key] = jobs.get(key, 0) + 1
+    return [{"kernel": k, "shard": s, "shards": shards, "pairs": n}
+            for (k, s), n in sorted(jobs.items())]
+
+
+def emit_github(all_pairs: list[Pair], shards: int) -> dict:
+    """For `strategy.matrix: ${{ fromJSON(...) }}`."""
+    return {"include": shard_jobs(all_pairs, shards)}
+
+
+def emit_gitlab(all_pairs: list[Pair], shards: int) -> dict:
+    """A child pipeline: the shard and merge jobs of .gitlab/lab-jobs.yml with a
+    `parallel: matrix:` over kernel x shard."""
+    by_kernel: dict[str, list[str]] = {}
+    for job in shard_jobs(all_pairs, shards):
+        by_kernel.setdefault(job["kernel"], []).append(f"{job['shard']}/{job['shards']}")
+    matrix = [{"KERNEL": k, "SHARD": s} for k, s in by_kernel.items()]
+    return {"include": [{"local": ".gitlab/lab-jobs.yml"}],
+            "lab-shard": {"extends": ".lab-shard", "parallel": {"matrix": matrix}},
+            "lab-merge": {"extends": ".lab-merge", "needs": ["lab-shard"]}}
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class Running:
+    pair: Pair
+    attempt: int
+    process: subprocess.Popen
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class MatrixRun:
+    """Runs pairs as child processes, at most `jobs` at a time."""
+
+    lab: LabConfig
+    run_id: str
+    jobs: int
+    accel: str | None = None
+    shard: str = "1/1"
+    stream: object = sys.stderr
+    t0: float = field(default_factory=time.monotonic)
+    running: list[Running] = field(default_factory=list)
+    retries: dict[str, list] = field(default_factory=dict)
+    done: list[Cell] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.lab.artifacts_dir / self.run_id
+
+    def pair_dir(self, pair: Pair) -> Path:
+        return self.run_dir / safe_component(pair.kernel) / safe_component(pair.scenario)
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {text}", file=self.stream, flush=True)
+
+    def child_argv(self, pair: Pair) -> list[str]:
+        argv = [sys.executable, "-m", "labctl", "--lab", str(self.lab.path.resolve()), "run",
+                str(pair.path), "--kernel", pair.kernel, "--artifacts", str(self.lab.artifacts_dir),
+                "--run-id", self.run_id]
+        return argv + (["--accel", self.accel] if self.accel else [])
+
+    def start(self, pair: Pair, attempt: int) -> None:
+        log_path = self.run_dir / f".{safe_component(pair.kernel)}.{safe_component(pair.scenario)}.{attempt}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(self.child_argv(pair), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        self.running.append(Running(pair, attempt, process, log_path))
+        self.say(f"start {pair.key}" + (f" (retry {attempt - 1})" if attempt > 1 else "")
+                 + f"; running {len(self.running)}")
+
+    def collect(self, job: Running, total: int) -> Pair | None:
+        """Read a finished child's result; return its pair if it must be retried."""
+        self.running.remove(job)
+        directory = self.pair_dir(job.pair)
+        result = self._result(job, directory)
+        if result["outcome"] in RETRY_OUTCOMES and job.attempt == 1:
+            directory.rename(directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1"))
+            self.retries[job.pair.key] = [{"attempt": 1, "outcome": result["outcome"],
+                                           "reason": result.get("reason"),
+                                           "directory": f"{ATTEMPT_PREFIX}1"}]
+            self.say(f"{job.pair.key}: {result['outcome']} ({result.get('reason')}); retrying once")
+            return job.pair
+        if job.attempt > 1:
+            directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1").rename(
+                directory / f"{ATTEMPT_PREFIX}1")
+        result["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": job.attempt,
+                            "retries": self.retries.get(job.pair.key, []),
+                            "expect_fail": job.pair.expect_fail}
+        write_json(directory / "result.json", result)
+        cell = Cell(directory, result)
+        self.done.append(cell)
+        self.say(f"{len(self.done)}/{total} done: {job.pair.key} {STATUS_LABELS[cell.status]} "
+                 f"{result['outcome']} in {time.monotonic() - job.started:.1f} s"
+                 + self._running_note())
+        return None
+
+    def _result(self, job: Running, directory: Path) -> dict:
+        """The child's result.json, or an infra-error result if it left none."""
+        directory.mkdir(parents=True, exist_ok=True)
+        job.log_path.rename(directory / CHILD_LOG)
+        path = directory / "result.json"
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+        tail = (directory / CHILD_LOG).read_text(errors="replace").strip().splitlines()[-3:]
+        return {"run_id": self.run_id,
+                "scenario": {"name": job.pair.scenario, "path": str(job.pair.path)},
+                "kernel": {"name": job.pair.kernel}, "expected": job.pair.expected,
+                "outcome": "infra-error", "passed": False,
+                "reason": f"labctl run exited {job.process.returncode} without a result.json: "
+                          + " / ".join(tail),
+                "timings": {"total": round(time.monotonic() - job.started, 3)},
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "artifacts": {"labctl_log": CHILD_LOG}}
+
+    def _running_note(self) -> str:
+        now = time.monotonic()
+        names = ", ".join(f"{j.pair.key} ({now - j.started:.0f} s)" for j in self.running)
+        return f"; running: {names}" if names else ""
+
+    def run(self, pairs: list[Pair]) -> list[Cell]:
+        """Run every pair; on an interruption stop the children cleanly, then re-raise."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pending = [(pair, 1) for pair in pairs]
+        heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        try:
+            while pending or self.running:
+                while pending and len(self.running) < self.jobs:
+                    self.start(*pending.pop(0))
+                for job in [j for j in self.running if j.process.poll() is not None]:
+                    if retry := self.collect(job, len(pairs)):
+                        pending.append((retry, 2))
+                if time.monotonic() >= heartbeat:
+                    self.say(f"{len(self.done)}/{len(pairs)} done" + self._running_note())
+                    heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+                time.sleep(POLL_SECONDS)
+        except (KeyboardInterrupt, Interrupted):
+            self.stop_children(len(pairs))
+            raise Interrupted(f"matrix interrupted; {len(self.done)} of {len(pairs)} pairs "
+                              f"finished, results in {self.run_dir}") from None
+        return self.done
+
+    def stop_children(self, total: int) -> None:
+        """SIGTERM each child (it cleans up its guest and writes its result), then wait."""
+        for job in self.running:
+            job.process.send_signal(signal.SIGTERM)
+        for job in list(self.running):
+            try:
+                job.process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()
+            job.attempt = 2  # an interrupted pair is not retried
+            self.collect(job, total)
+
+
+# ---------------------------------------------------------------- labctl matrix
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from labctl.cli import _load_lab, _say, scenarios_dir  # cli imports this module
+    lab = _load_lab(args)
+    directory = scenarios_dir(lab)
+    if args.emit:
+        all_pairs = select_pairs(lab, directory, args.kernels, args.scenarios)
+        emit = emit_github if args.emit == "github" else emit_gitlab
+        print(json.dumps(emit(all_pairs, args.shards), separators=(",", ":")))
+        return 0
+    pairs = select_pairs(lab, directory, args.kernels, args.scenarios, parse_shard(args.shard))
+    check_writable(lab.artifacts_dir)
+    for kernel in sorted({p.kernel for p in pairs}):
+        resolve_kernel(lab, kernel, progress=_say)  # download once, before guests race for it
+    run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard)
+    if run.run_dir.exists():
+        raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
+    _say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")
+    cells = run.run(pairs)
+    paths = write_reports(cells, run.run_dir)
+    write_json(run.run_dir / "matrix.json", {
+        "run_id": run.run_id, "shard": args.shard, "jobs": args.jobs,
+        "pairs": [p.key for p in pairs], "wall_seconds": round(time.monotonic() - run.t0, 3),
+        "counts": counts(cells)})
+    c = counts(cells)
+    print(f"matrix {run.run_id}: {len(cells)} pairs in {time.monotonic() - run.t0:.1f} s: "
+          + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS))
+    for path in paths.values():
+        print(f"  {path}")
+    return exit_code(cells)
+
+
+def _jobs(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def register(subparsers) -> None:
+    matrix = subparsers.add_parser("matrix", help="run every kernel x scenario pair, in parallel "
+                                                  "and sharded, with JUnit, summary.md and HTML")
+    matrix.add_argument("--kernels", nargs="+", help="catalogue names (default: all)")
+    matrix.add_argument("--scenarios", nargs="+", help="scenario names or paths (default: all "
+                                                       "in scenarios/)")
+    matrix.add_argument("--jobs", "-j", type=_jobs, default=1, help="guests at a time (default 1)")
+    matrix.add_argument("--shard", default="1/1", help="run only shard I of N (default 1/1)")
+    matrix.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
+    matrix.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    matrix.add_argument("--run-id", type=run_id_arg, help="name of the run directory (default: time + random)")
+    matrix.add_argument("--emit", choices=("github", "gitlab"),
+                        help="print the CI job matrix (kernel x shard) as JSON and exit")
+    matrix.add_argument("--shards", type=_jobs, default=2, help="shards per kernel for --emit")
+    matrix.set_defaults(func=cmd_matrix)
