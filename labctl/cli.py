@@ -20,6 +20,8 @@ from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_lab, load
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
                            Interrupted, LabError)
 from labctl import interactive, matrix, report
+from labctl.kernel_build import build_entry
+from labctl.kernel_catalogue import catalogue_table
 from labctl.kernels import resolve_kernel
 from labctl.runner import run_pair
 
@@ -82,11 +84,16 @@ def cmd_kernel_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel_list(args: argparse.Namespace) -> int:
+    print(catalogue_table(_load_lab(args)))
+    return EXIT_PASSED
+
+
+def cmd_kernel_build(args: argparse.Namespace) -> int:
     lab = _load_lab(args)
-    for name, entry in sorted(lab.kernels.items()):
-        source = f"debian:{entry.debian_package}" if entry.debian_package else f"path:{entry.path}"
-        default = " (default)" if name == lab.default_kernel else ""
-        print(f"{name:16} {source:40} {entry.description}{default}")
+    for name in args.names:
+        build = build_entry(lab, name, args.jobs)
+        print(f"{name}: {build.release} ({'cache hit' if build.cache_hit else 'built'}, "
+              f"key {build.key}) -> {build.bzimage}")
     return EXIT_PASSED
 
 
@@ -94,7 +101,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     lab = _load_lab(args)
     for path in sorted(scenarios_dir(lab).glob("*.yaml")):
         scenario = load_scenario(path)
-        print(f"{scenario.name:24} expect {scenario.expect:18} {scenario.description}")
+        print(f"{scenario.name:28} expect {scenario.expect.outcome:18} {scenario.description}")
     return EXIT_PASSED
 
 
@@ -125,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="*", help="catalogue names (default: the default kernel)")
     fetch.set_defaults(func=cmd_kernel_fetch)
     ksub.add_parser("list", help="list the catalogue").set_defaults(func=cmd_kernel_list)
+    kbuild = ksub.add_parser("build", help="build recipe kernels (source + patches), cached")
+    kbuild.add_argument("names", nargs="+", help="catalogue names of recipe kernels")
+    kbuild.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all cores)")
+    kbuild.add_argument("--artifacts", help="override lab.yaml's artifacts directory (build logs)")
+    kbuild.set_defaults(func=cmd_kernel_build)
 
     sub.add_parser("scenarios", help="list the scenarios").set_defaults(func=cmd_scenarios)
     for register in COMMAND_MODULES:

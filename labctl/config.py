@@ -8,6 +8,7 @@ same text, never from evaluating anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,12 +20,20 @@ import yaml
 from labctl.errors import ConfigError
 
 ACCELERATORS = ("auto", "kvm", "tcg")
-OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "guest-reset", "hang")
-SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd")
+OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "load-accepted",
+            "panic-halted", "guest-reset", "hang")
+# backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds
+SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup")
 PATTERNS = ("flip", "zero", "random", "bit")
-PLACEMENTS = ("start", "middle", "end", "tail")
-TRIGGERS = ("sysrq",)
-LOAD_METHODS = ("kexec_file_load",)
+# start/middle/end of the data (bufsz), tail = first byte past bufsz (zero-filled up to
+# memsz), page = the page-aligned start of the page holding the middle
+PLACEMENTS = ("start", "middle", "end", "tail", "page")
+# none = stop after the load (for scenarios about what the syscall accepts)
+TRIGGERS = ("sysrq", "nmi", "init-exit", "none")
+LOAD_METHODS = ("kexec_file_load", "kexec_load")
+KERNEL_IMAGES = ("default", "garbage", "empty", "truncated", "elf-vmlinux")
+ERRNO_NAMES = tuple(sorted(errno.errorcode.values()))
+CONFIG_ASSIGNMENT = re.compile(r"^CONFIG_[A-Z0-9_]+=\S+$")
 SCENARIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 REQUIRED = object()
@@ -40,6 +49,8 @@ class Field:
     check: Callable[[Any], str | None] | None = None
     schema: dict[str, "Field"] | None = None  # nested mapping
     values: "Field | None" = None  # mapping of free-form names to this
+    items: "Field | None" = None  # list of this
+    coerce: Callable[[Any], Any] | None = None  # shorthand -> full form, before checks
 
 
 def _positive(value: Any) -> str | None:
@@ -131,7 +142,8 @@ class Validator:
             if name not in data:
                 if spec.default is REQUIRED:
                     self.fail(sub, "is required")
-                out[name] = spec.default
+                nested = spec.schema is not None and spec.default is not None
+                out[name] = self.mapping(spec.default, spec.schema, sub) if nested else spec.default
                 continue
             out[name] = self.value(data[name], spec, sub)
         return out
@@ -139,6 +151,12 @@ class Validator:
     def value(self, value: Any, spec: Field, keypath: tuple) -> Any:
         if value is None and spec.default is None:
             return None
+        if spec.coerce is not None:
+            value = spec.coerce(value)
+        if spec.items is not None:
+            if not isinstance(value, list):
+                self.fail(keypath, "must be a list")
+            return [self.value(v, spec.items, keypath + (i,)) for i, v in enumerate(value)]
         if spec.schema is not None:
             return self.mapping(value, spec.schema, keypath)
         if spec.values is not None:
@@ -164,7 +182,10 @@ class Validator:
 KERNEL_SCHEMA = {
     "debian_package": Field(str, default=None),
     "path": Field(str, default=None),
+    "recipe": Field(str, default=None),  # guests/kernels/NAME.yaml (kernel_build.py)
     "description": Field(str, default=""),
+    # scenario name -> why this kernel is known to fail it (shown, never hidden)
+    "expect_fail": Field(dict, default={}, values=Field(str)),
 }
 
 LAB_SCHEMA = {
@@ -211,12 +232,15 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class KernelEntry:
-    """A catalogue entry: a Debian package (resolved at run time) or a bzImage path."""
+    """A catalogue entry: a Debian package (resolved at run time), a bzImage path,
+    or a recipe (built from source + patches, cached)."""
 
     name: str
     debian_package: str | None = None
     path: str | None = None
+    recipe: str | None = None
     description: str = ""
+    expect_fail: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,8 +268,8 @@ def load_lab(path: Path) -> LabConfig:
     raw = check.mapping(data, LAB_SCHEMA)
     kernels = {}
     for name, entry in raw["kernels"].items():
-        if bool(entry["debian_package"]) == bool(entry["path"]):
-            check.fail(("kernels", name), "needs exactly one of 'debian_package' or 'path'")
+        if sum(bool(entry[k]) for k in ("debian_package", "path", "recipe")) != 1:
+            check.fail(("kernels", name), "needs exactly one of 'debian_package' or 'path' (or 'recipe')")
         kernels[name] = KernelEntry(name=name, **entry)
     if raw["default_kernel"] not in kernels:
         check.fail(("default_kernel",), f"{raw['default_kernel']!r} is not in 'kernels' "
@@ -272,11 +296,37 @@ def _offset_check(value: Any) -> str | None:
     return _non_negative(value)
 
 
+def _config_check(value: Any) -> str | None:
+    return None if CONFIG_ASSIGNMENT.match(value) else "is not of the form CONFIG_NAME=value"
+
+
+EXPECT_CASE_SCHEMA = {
+    "kernel": Field(str, default=None),
+    "config": Field(str, default=None, check=_config_check),
+    "outcome": Field(str, choices=OUTCOMES),
+    "errno": Field(str, default=None, choices=ERRNO_NAMES),
+    "reason": Field(str),
+}
+
+EXPECT_SCHEMA = {
+    "outcome": Field(str, choices=OUTCOMES),
+    "errno": Field(str, default=None, choices=ERRNO_NAMES),
+    "reason": Field(str, default=""),
+    "when": Field(list, default=[], items=Field(dict, schema=EXPECT_CASE_SCHEMA)),
+}
+
 SCENARIO_SCHEMA = {
     "description": Field(str, default=""),
+    "boot": Field(dict, schema={
+        "crashkernel": Field(bool, default=True),
+    }, default={}),
     "load": Field(dict, schema={
         "method": Field(str, default="kexec_file_load", choices=LOAD_METHODS),
+        "kernel": Field(str, default="default", choices=KERNEL_IMAGES),
         "cmdline": Field(str, default=""),
+        "cmdline_length": Field(int, default=None, check=lambda v: None if 1 <= v <= 4000 else
+                                "must be between 1 and 4000 (the control line limit)"),
+        "unload": Field(bool, default=False),
     }, default={}),
     "corrupt": Field(dict, default=None, schema={
         "segment": Field(str, choices=SEGMENT_ROLES),
@@ -286,7 +336,9 @@ SCENARIO_SCHEMA = {
         "seed": Field(int, default=0),
     }),
     "trigger": Field(str, default="sysrq", choices=TRIGGERS),
-    "expect": Field(str, choices=OUTCOMES),
+    "then_intact": Field(bool, default=False),
+    "expect": Field(dict, schema=EXPECT_SCHEMA,
+                    coerce=lambda v: {"outcome": v} if isinstance(v, str) else v),
 }
 
 
@@ -302,7 +354,50 @@ class Corruption:
 @dataclass(frozen=True)
 class LoadStep:
     method: str = "kexec_file_load"
+    kernel: str = "default"  # or a bad image (images.py)
     cmdline: str = ""
+    cmdline_length: int | None = None  # pad the capture command line to this many bytes
+    unload: bool = False  # unload again before the trigger
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one kernel should do, and why when it is not the scenario's default."""
+
+    outcome: str
+    errno: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ExpectCase:
+    outcome: str
+    reason: str
+    kernel: str | None = None
+    config: str | None = None
+    errno: str | None = None
+
+    def matches(self, kernel: str, symbols: dict[str, str]) -> bool:
+        if self.kernel is not None:
+            return self.kernel == kernel
+        name, _, value = self.config.partition("=")
+        return symbols.get(name, "n") == value
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The default expected outcome plus kernel-specific cases, first match wins."""
+
+    outcome: str
+    errno: str | None = None
+    reason: str = ""
+    cases: tuple[ExpectCase, ...] = ()
+
+    def resolve(self, kernel: str, symbols: dict[str, str]) -> Expected:
+        for case in self.cases:
+            if case.matches(kernel, symbols):
+                return Expected(case.outcome, case.errno, case.reason)
+        return Expected(self.outcome, self.errno, self.reason)
 
 
 @dataclass(frozen=True)
@@ -313,13 +408,36 @@ class Scenario:
     load: LoadStep
     corrupt: Corruption | None
     trigger: str
-    expect: str
+    expect: Expectation
+    crashkernel: bool = True
+    then_intact: bool = False
+
+
+def _expectation(raw: dict, check: Validator) -> Expectation:
+    cases = []
+    for i, case in enumerate(raw["when"]):
+        if (case["kernel"] is None) == (case["config"] is None):
+            check.fail(("expect", "when", i), "needs exactly one of 'kernel' or 'config'")
+        cases.append(ExpectCase(**case))
+    return Expectation(raw["outcome"], raw["errno"], raw["reason"], tuple(cases))
+
+
+def _check_combinations(raw: dict, check: Validator) -> None:
+    """Rules that span keys, so that a scenario cannot ask for something meaningless."""
+    if raw["corrupt"] and raw["trigger"] == "none":
+        check.fail(("trigger",), "'none' stops after the load, so 'corrupt' would never be judged")
+    if raw["then_intact"] and raw["expect"]["outcome"] not in ("load-rejected", "load-accepted"):
+        check.fail(("then_intact",), "only follows a load-rejected or load-accepted expectation")
+    if raw["corrupt"] and raw["corrupt"]["segment"] == "backup" and raw["load"]["method"] != "kexec_load":
+        check.fail(("corrupt", "segment"), "only kexec_load (kexec-tools) loads a backup segment")
 
 
 def load_scenario(path: Path) -> Scenario:
     path = Path(path)
     data, located = read_yaml(path)
-    raw = Validator(path, located).mapping(data, SCENARIO_SCHEMA)
+    check = Validator(path, located)
+    raw = check.mapping(data, SCENARIO_SCHEMA)
+    _check_combinations(raw, check)
     return Scenario(
         name=path.stem,
         path=path,
@@ -327,7 +445,9 @@ def load_scenario(path: Path) -> Scenario:
         load=LoadStep(**raw["load"]),
         corrupt=Corruption(**raw["corrupt"]) if raw["corrupt"] else None,
         trigger=raw["trigger"],
-        expect=raw["expect"],
+        expect=_expectation(raw["expect"], check),
+        crashkernel=raw["boot"]["crashkernel"],
+        then_intact=raw["then_intact"],
     )
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from labctl.cpio import CpioWriter
 from labctl.errors import InfraError
+from labctl.images import BAD_IMAGES, bad_image, guest_path
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 HELPER_SOURCE = GUESTS_DIR / "helper" / "kexec-lab-helper.c"
 INIT_SCRIPT = GUESTS_DIR / "init"
 BUSYBOX = Path("/bin/busybox")
+KEXEC_TOOL = Path("/sbin/kexec")
 GUEST_KERNEL = "/boot/vmlinuz"
 GUEST_INITRD = "/boot/initrd.img"
 GUEST_HELPER = "/bin/kexec-lab-helper"
@@ -104,8 +106,47 @@ def _require_busybox() -> Path:
     return BUSYBOX
 
 
-def build_assets(cache_dir: Path, capture_kernel: Path) -> GuestAssets:
-    """Build (or reuse) the helper and both initramfs images for one capture kernel."""
+def _shared_libraries(program: Path) -> list[Path]:
+    """The shared objects a dynamic program loads (ldd), interpreter included."""
+    proc = subprocess.run(["ldd", str(program)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return []
+    libs = []
+    for line in proc.stdout.splitlines():
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/"):
+            libs.append(Path(path))
+    return libs
+
+
+def tools_layer_bytes() -> bytes:
+    """kexec-tools for the legacy kexec_load(2) path, with the libraries it needs."""
+    if not KEXEC_TOOL.exists():
+        raise InfraError(f"{KEXEC_TOOL} not found: install kexec-tools")
+    files = [KEXEC_TOOL, *_shared_libraries(KEXEC_TOOL)]
+    cpio = CpioWriter()
+    for directory in sorted({str(p) for f in files for p in f.parents if str(p) != "/"}):
+        cpio.directory(directory)
+    for path in files:
+        cpio.file(str(path), path.read_bytes(), 0o755)
+    return cpio.getvalue()
+
+
+def bad_images_layer_bytes(bzimage: bytes) -> bytes:
+    cpio = CpioWriter()
+    cpio.directory("boot/bad")
+    for kind in BAD_IMAGES:
+        cpio.file(guest_path(kind), bad_image(kind, bzimage))
+    return cpio.getvalue()
+
+
+def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False) -> GuestAssets:
+    """Build (or reuse) the helper and both initramfs images for one capture kernel.
+
+    The primary initramfs is the capture one plus layers: the capture kernel
+    and initramfs under /boot, kexec-tools, and (only when a scenario loads
+    one, since the vmlinux is large) the bad images under /boot/bad.
+    """
     cache = cache_dir / "assets"
     cache.mkdir(parents=True, exist_ok=True)
     helper = build_helper(cache)
@@ -119,9 +160,13 @@ def build_assets(cache_dir: Path, capture_kernel: Path) -> GuestAssets:
     if not capture.exists():
         _atomic_write(capture, capture_initramfs_bytes(busybox_bytes, applets, helper_bytes, init_bytes))
     kernel_bytes = Path(capture_kernel).read_bytes()
-    primary = cache / f"primary-{_digest(base_key.encode(), kernel_bytes)}.cpio"
+    tools = tools_layer_bytes()
+    key = _digest(base_key.encode(), kernel_bytes, tools, b"bad" if bad_images else b"")
+    primary = cache / f"primary-{key}.cpio"
     if not primary.exists():
         base = capture.read_bytes()
-        _atomic_write(primary, base + boot_payload_bytes(kernel_bytes, base))
+        layers = [base, boot_payload_bytes(kernel_bytes, base), tools]
+        if bad_images:
+            layers.append(bad_images_layer_bytes(kernel_bytes))
+        _atomic_write(primary, b"".join(layers))
     return GuestAssets(primary_initramfs=primary, capture_initramfs=capture, helper=helper)
-

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
 from labctl.artifacts import pair_dir, write_json
-from labctl.config import LabConfig, MachineConfig, Scenario
+from labctl.config import LabConfig, LoadStep, MachineConfig, Scenario
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
@@ -25,21 +25,27 @@ from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
 from labctl.steps import Finding, Loaded, Session
-from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_REJECTED, judge
+from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 
 CONFIG_ERROR = "config-error"
 
 
-def primary_cmdline(machine: MachineConfig) -> str:
-    """The primary kernel: console on ttyS0, memory reserved for the capture kernel,
-    and no reboot after a panic (panic=0) so a refused capture kernel stays visible."""
-    return " ".join(filter(None, ["console=ttyS0,115200", f"crashkernel={machine.crashkernel_mib}M",
-                                  "panic=0", machine.cmdline]))
+def primary_cmdline(machine: MachineConfig, crashkernel: bool = True) -> str:
+    """The primary kernel: console on ttyS0, memory reserved for the capture kernel
+    (unless the scenario is about having none), and no reboot after a panic
+    (panic=0) so a refused capture kernel stays visible."""
+    reserve = f"crashkernel={machine.crashkernel_mib}M" if crashkernel else ""
+    return " ".join(filter(None, ["console=ttyS0,115200", reserve, "panic=0", machine.cmdline]))
 
 
-def capture_cmdline(machine: MachineConfig, scenario: Scenario) -> str:
-    return " ".join(filter(None, ["console=ttyS0,115200", machine.capture_cmdline,
-                                  scenario.load.cmdline]))
+def capture_cmdline(machine: MachineConfig, load: LoadStep | None = None) -> str:
+    """The capture kernel's command line; padded to load.cmdline_length if asked."""
+    load = load or LoadStep()
+    line = " ".join(filter(None, ["console=ttyS0,115200", machine.capture_cmdline, load.cmdline]))
+    if load.cmdline_length and load.cmdline_length > len(line):
+        pad = " kexec_lab_pad="
+        line += pad + "x" * max(0, load.cmdline_length - len(line) - len(pad))
+    return line
 
 
 @dataclass
@@ -53,8 +59,13 @@ class PairOutcome:
     @property
     def summary(self) -> str:
         r = self.result
+        verdict = 'PASS' if r['passed'] else 'FAIL'
+        if r.get("expected_failure"):
+            verdict += f" (expected failure: {r['expected_failure']})"
+        elif r.get("unexpected_pass"):
+            verdict += f" (UNEXPECTED PASS: listed in expect_fail: {r['unexpected_pass']})"
         return (f"{r['kernel']['name']} x {r['scenario']['name']}: {r['outcome']} "
-                f"(expected {r['expected']}) -> {'PASS' if r['passed'] else 'FAIL'}: {r['reason']}")
+                f"(expected {r['expected']}) -> {verdict}: {r['reason']}")
 
 
 @dataclass
@@ -71,7 +82,7 @@ class PairRun:
     def machine_spec(self, accel: Accel, assets: GuestAssets) -> MachineSpec:
         m = self.lab.machine
         return MachineSpec(kernel=self.kernel.bzimage, initrd=assets.primary_initramfs,
-                           cmdline=primary_cmdline(m), accel=accel.name, machine_type=m.type,
+                           cmdline=primary_cmdline(m, self.scenario.crashkernel), accel=accel.name, machine_type=m.type,
                            memory_mib=m.memory_mib, smp=m.smp, tcg_threads=m.tcg_threads)
 
     def attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
@@ -105,30 +116,44 @@ class PairRun:
         return hello
 
     def step_load(self, session: Session) -> Loaded:
-        loaded = session.load(capture_cmdline(self.lab.machine, self.scenario))
-        self.evidence["load"] = {
-            "method": self.scenario.load.method, "rc": loaded.message.get("rc"),
-            "errno": loaded.message.get("errno"), "strerror": loaded.message.get("strerror"),
-            "flags": loaded.message.get("flags"), "dynamic_debug": loaded.message.get("dynamic_debug"),
-            "kexec_crash_loaded": loaded.message.get("kexec_crash_loaded"),
-            "segments": loaded.table.to_json()}
+        load = self.scenario.load
+        loaded = session.load(capture_cmdline(self.lab.machine, load), load.method, load.kernel)
+        self.evidence["load"] = {"method": load.method, "image": load.kernel, **loaded.evidence()}
         return loaded
+
+    def step_recovery(self, session: Session) -> dict:
+        """After a load that was refused (or accepted and left alone): is the guest still
+        healthy?  A valid load and an intact crash must boot the capture kernel."""
+        self.progress.say("checking the guest is still healthy: valid load, then an intact crash")
+        loaded = session.load(capture_cmdline(self.lab.machine))
+        if loaded.rejected:
+            return {"outcome": LOAD_REJECTED, "load": loaded.evidence()}
+        session.trigger("sysrq")
+        finding = session.observe(loaded.table, self.kernel.release)
+        return {"outcome": finding.outcome, **finding.evidence}
 
     def _steps(self, session: Session) -> Finding:
         self.step_boot(session)
         loaded = self.step_load(session)
-        if loaded.rejected:
-            return Finding(LOAD_REJECTED, {"errno": loaded.message.get("errno"),
-                                           "strerror": loaded.message.get("strerror")})
+        if loaded.rejected or self.scenario.trigger == "none":
+            message = loaded.message
+            finding = Finding(LOAD_REJECTED if loaded.rejected else LOAD_ACCEPTED,
+                              {k: message.get(k) for k in ("rc", "errno", "strerror")})
+            if self.scenario.then_intact:
+                self.evidence["recovery"] = self.step_recovery(session)
+            return finding
         if self.scenario.corrupt:
             self.evidence["corruption"] = session.corrupt(loaded.table, self.scenario.corrupt)
+        if self.scenario.load.unload:
+            self.evidence["unload"] = session.unload(self.scenario.load.method)
         session.trigger(self.scenario.trigger)
         return session.observe(loaded.table, self.kernel.release)
 
     def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:
         """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
         self.progress.say("preparing guest assets")
-        assets = build_assets(self.lab.cache_dir, self.kernel.bzimage)
+        assets = build_assets(self.lab.cache_dir, self.kernel.bzimage,
+                              bad_images=self.scenario.load.kernel != "default")
         accel = self.chooser.choose(self.lab.accel)
         self.progress.say(f"accelerator {accel.name}: {accel.reason}")
         try:
@@ -146,6 +171,12 @@ class PairRun:
             return accel, self.attempt(self.machine_spec(accel, assets), out, t0)
 
 
+def known_failure(lab: LabConfig, kernel: Kernel, scenario: Scenario) -> str | None:
+    """Why lab.yaml says this kernel fails this scenario (its expect_fail), if it does."""
+    entry = lab.kernels.get(kernel.name)
+    return entry.expect_fail.get(scenario.name) if entry else None
+
+
 def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
              chooser: AccelChooser, quiet: bool = False) -> PairOutcome:
     """Run one pair and always leave a result.json behind."""
@@ -153,10 +184,12 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
     progress = Progress(f"{kernel.name}/{scenario.name}", quiet=quiet)
     pair = PairRun(lab, kernel, scenario, chooser, progress)
     t0 = time.monotonic()
+    expected = scenario.expect.resolve(kernel.name, kernel.config_symbols())
     result = {"run_id": run_id,
               "scenario": {"name": scenario.name, "path": str(scenario.path),
                            "description": scenario.description},
-              "kernel": kernel.describe(), "accelerator": None, "expected": scenario.expect,
+              "kernel": kernel.describe(), "accelerator": None, "expected": expected.outcome,
+              "expected_errno": expected.errno, "expectation_reason": expected.reason,
               "outcome": None, "passed": False, "reason": None, "evidence": pair.evidence,
               "timings": {}, "attempts": pair.attempts,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -168,11 +201,14 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         for name, text in finding.attachments.items():
             (out / name).write_text(text, encoding="utf-8")
             result["artifacts"][name.split(".")[0]] = name
-        passed, reason = judge(scenario.expect, finding.outcome, finding.evidence)
+        passed, reason = judge(expected.outcome, finding.outcome, finding.evidence,
+                               expected.errno, pair.evidence.get("recovery"))
         pair.evidence["verdict"] = finding.evidence
         result.update(accelerator=accel.to_json(), outcome=finding.outcome, passed=passed,
                       reason=reason)
         exit_code = EXIT_PASSED if passed else EXIT_FAILED
+        if why := known_failure(lab, kernel, scenario):
+            result["expected_failure" if not passed else "unexpected_pass"] = why
     except (KeyboardInterrupt, Interrupted):
         phase = pair.session.phase if pair.session else "preparing"
         result.update(outcome=INTERRUPTED, reason=f"interrupted while {phase}", phase=phase)

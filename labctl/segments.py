@@ -2,6 +2,8 @@
 
 kexec_file_load does not return where it put things; the kernel says so in
 its log (KEXEC_FILE_DEBUG since 6.7, pr_debug through dynamic debug before).
+For kexec_load, kexec-tools builds the segments itself and `kexec -d` says
+where it put them, one field per line.
 Each line format is one row of a table below, so a kernel that words things
 differently needs one new row, not a special case in the code.
 """
@@ -19,17 +21,26 @@ SEGMENT_LINES = (
     re.compile(rf"segment\[(\d+)\]: buf=\S+ bufsz={HEX} mem={HEX} memsz={HEX}"),
     re.compile(rf"Loading segment (\d+): buf=\S+ bufsz={HEX} mem={HEX} memsz={HEX}"),
 )
+# kexec-tools: "segment[3].bufsz = 0x5085", ".mem", ".memsz" on lines of their own
+SEGMENT_FIELD_LINE = re.compile(rf"segment\[(\d+)\]\.(bufsz|mem|memsz)\s*=\s*{HEX}")
 
-# What each segment is, from arch/x86/kernel/kexec-bzimage64.c and crash.c.
+# What each segment is: arch/x86/kernel/kexec-bzimage64.c and crash.c (kexec_file_load),
+# kexec/arch/i386/*.c in kexec-tools (kexec_load).
 ROLE_LINES = (
-    ("purgatory", re.compile(rf"Loaded purgatory at {HEX}")),
+    ("purgatory", re.compile(rf"Loaded purgatory at (?:addr )?{HEX}")),
     ("boot_params", re.compile(rf"Loaded boot_param, command line and misc at {HEX}")),
+    ("boot_params", re.compile(rf"Loaded real_mode_data and command line at {HEX}")),
     ("kernel", re.compile(rf"Loaded 64bit kernel at {HEX}")),
     ("initrd", re.compile(rf"Loaded initrd at {HEX}")),
     ("elfcorehdr", re.compile(rf"Loaded ELF headers at {HEX}")),
+    ("elfcorehdr", re.compile(rf"Created elf header segment at {HEX}")),
+    ("backup", re.compile(rf"Created backup segment at {HEX}")),
 )
 
-ENTRY_LINE = re.compile(rf"kexec_file_load: type:(\d+), start:{HEX}")
+ENTRY_LINES = (
+    re.compile(rf"kexec_file_load: type:\d+, start:{HEX}"),
+    re.compile(rf"kexec_load: entry = {HEX}"),
+)
 
 
 @dataclass(frozen=True)
@@ -63,21 +74,31 @@ class SegmentTable:
                 "segments": [s.to_json() for s in self.segments]}
 
 
+def _segment_fields(line: str) -> tuple[int, dict[str, int]] | None:
+    """(index, {field: value}) from one line of any known segment format."""
+    for pattern in SEGMENT_LINES:
+        if m := pattern.search(line):
+            return int(m[1]), {"bufsz": int(m[2], 16), "mem": int(m[3], 16), "memsz": int(m[4], 16)}
+    if m := SEGMENT_FIELD_LINE.search(line):
+        return int(m[1]), {m[2]: int(m[3], 16)}
+    return None
+
+
 def parse_segment_table(lines: list[str]) -> SegmentTable:
-    """Segments with roles from kernel log lines; roles the log does not name stay None."""
-    rows: dict[int, tuple[int, int, int]] = {}
+    """Segments with roles from log lines; roles the log does not name stay None."""
+    rows: dict[int, dict[str, int]] = {}
     roles: dict[int, str] = {}
     entry = None
     for line in lines:
-        for pattern in SEGMENT_LINES:
-            if m := pattern.search(line):
-                index, bufsz, mem, memsz = int(m[1]), int(m[2], 16), int(m[3], 16), int(m[4], 16)
-                rows[index] = (mem, memsz, bufsz)
+        if found := _segment_fields(line):
+            rows.setdefault(found[0], {}).update(found[1])
         for role, pattern in ROLE_LINES:
             if m := pattern.search(line):
                 roles[int(m[1], 16)] = role
-        if m := ENTRY_LINE.search(line):
-            entry = int(m[2], 16)
-    segments = tuple(Segment(index=i, mem=mem, memsz=memsz, bufsz=bufsz, role=roles.get(mem))
-                     for i, (mem, memsz, bufsz) in sorted(rows.items()))
+        for pattern in ENTRY_LINES:
+            if m := pattern.search(line):
+                entry = int(m[1], 16)
+    segments = tuple(Segment(index=i, mem=row["mem"], memsz=row["memsz"], bufsz=row["bufsz"],
+                             role=roles.get(row["mem"]))
+                     for i, row in sorted(rows.items()) if {"mem", "memsz", "bufsz"} <= row.keys())
     return SegmentTable(segments=segments, entry=entry)

@@ -19,24 +19,26 @@ from labctl.config import Corruption, Timeouts
 from labctl.console import Console
 from labctl.control import ControlChannel
 from labctl.errors import ConfigError, InfraError
+from labctl.guest_assets import GUEST_INITRD, GUEST_KERNEL
 from labctl.guest_memory import GuestMemory
 from labctl.machine import Machine
 from labctl.progress import Progress
 from labctl.segments import Segment, SegmentTable, parse_segment_table
-from labctl.verdict import (CAPTURE_BOOTED, GUEST_RESET, HANG, LOAD_REJECTED, PURGATORY_REFUSED,
+from labctl.images import guest_path
+from labctl.verdict import (CAPTURE_BOOTED, GUEST_RESET, HANG, PANIC_HALTED, PURGATORY_REFUSED,
                             ParkWatch, parse_registers)
 from labctl.vmcore import check_vmcore
 
 KEXEC_FILE_ON_CRASH = 0x2
 KEXEC_FILE_DEBUG = 0x8
-GUEST_KERNEL = "/boot/vmlinuz"
-GUEST_INITRD = "/boot/initrd.img"
 
 POLL_SECONDS = 0.1
 REGISTER_SAMPLE_SECONDS = 0.25
 STATUS_SAMPLE_SECONDS = 1.0
 
 PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
+# Printed only once panic() has given up on kexec: no capture kernel will run.
+END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*")
 LINUX_BANNER = re.compile(r"Linux version \S+")
 
 
@@ -51,21 +53,29 @@ class Finding:
 
 @dataclass
 class Loaded:
-    """What kexec_file_load did: either rejected (errno) or a segment table."""
+    """What the load did: rejected (errno, or kexec-tools' exit status) or a segment table."""
 
     message: dict
     table: SegmentTable
 
     @property
     def rejected(self) -> bool:
-        return self.message.get("rc", -1) < 0
+        return self.message.get("rc", -1) != 0
+
+    def evidence(self) -> dict:
+        """The facts a result records about the load, for either method."""
+        keys = ("rc", "errno", "strerror", "flags", "dynamic_debug", "kexec_crash_loaded")
+        facts = {k: self.message[k] for k in keys if k in self.message}
+        if "output" in self.message:  # kexec-tools says why in its last words
+            facts["tool_output_tail"] = self.message["output"][-5:]
+        return {**facts, "segments": self.table.to_json()}
 
 
 def placement_offset(corruption: Corruption, segment: Segment) -> int:
     """Byte offset into the segment for a named placement or an integer offset."""
     where, length = corruption.offset, corruption.length
     offsets = {"start": 0, "middle": segment.bufsz // 2, "end": segment.bufsz - length,
-               "tail": segment.bufsz}
+               "tail": segment.bufsz, "page": (segment.bufsz // 2) & ~0xFFF}
     offset = offsets[where] if isinstance(where, str) else where
     if offset < 0 or offset + length > segment.memsz:
         raise ConfigError(f"corrupt: offset {offset:#x} + length {length:#x} is outside the "
@@ -140,26 +150,54 @@ class Session:
                                  "(no hello on the control port); see serial.log")
             self.progress.tick("the guest to boot", start)
 
-    def load(self, cmdline: str) -> Loaded:
-        """kexec_file_load(ON_CRASH|DEBUG) through the helper; parse the segment table."""
+    def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default") -> Loaded:
+        """Load a capture kernel and parse the segment table its loader printed.
+
+        kexec_file_load goes through the helper's raw syscall with ON_CRASH|DEBUG;
+        kexec_load through kexec-tools (`kexec -p -d -c`), as distributions do.
+        """
         self.phase, start = "loading", time.monotonic()
-        self.progress.say("loading the capture kernel with kexec_file_load")
-        flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
-        self.control.send(f"load {flags:x} {GUEST_KERNEL} {GUEST_INITRD} {cmdline}")
-        message = self._await_message(("loaded", "error"), self.timeouts.load, "the load to finish")
+        self.progress.say(f"loading the capture kernel ({method}, image {image})")
+        kernel = guest_path(image)
+        if method == "kexec_load":
+            args = ["-p", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
+            self.control.send("kexec-tool " + "\t".join(args))
+            message = self._await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
+            lines = message.get("output", []) + message.get("log", [])
+        else:
+            flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
+            self.control.send(f"load {flags:x} {kernel} {GUEST_INITRD} {cmdline}")
+            message = self._await_message(("loaded", "error"), self.timeouts.load, "the load to finish")
+            lines = message.get("log", [])
         if message["type"] == "error":
             raise InfraError(f"the guest helper could not load: {message.get('what')}: "
                              f"{message.get('strerror')}")
         self._timed("load", start)
-        table = parse_segment_table(message.get("log") or [])
-        loaded = Loaded(message=message, table=table)
-        if loaded.rejected:
-            self.progress.say(f"kexec_file_load failed: errno {message.get('errno')} "
-                              f"({message.get('strerror')})")
-        else:
-            roles = ", ".join(f"{s.role or '?'}@{s.mem:#x}" for s in table.segments)
-            self.progress.say(f"loaded in {self.timings['load']:.1f} s: {roles or 'no segment table'}")
+        loaded = Loaded(message=message, table=parse_segment_table(lines))
+        self._say_loaded(loaded)
         return loaded
+
+    def _say_loaded(self, loaded: Loaded) -> None:
+        message = loaded.message
+        if loaded.rejected:
+            why = message.get("strerror") or " / ".join(message.get("output", [])[-1:])
+            self.progress.say(f"load failed: rc {message.get('rc')} errno {message.get('errno')} ({why})")
+        else:
+            roles = ", ".join(f"{s.role or '?'}@{s.mem:#x}" for s in loaded.table.segments)
+            self.progress.say(f"loaded in {self.timings['load']:.1f} s: {roles or 'no segment table'}")
+
+    def unload(self, method: str) -> dict:
+        """Unload the capture kernel again; the evidence says whether it is gone."""
+        self.phase = "unloading"
+        if method == "kexec_load":
+            self.control.send("kexec-tool -p\t-u")
+            message = self._await_message(("kexec-tool",), self.timeouts.load, "kexec -p -u")
+        else:
+            self.control.send("unload")
+            message = self._await_message(("unloaded",), self.timeouts.load, "the unload")
+        self.progress.say(f"unloaded: rc {message.get('rc')}, kexec_crash_loaded="
+                          f"{message.get('kexec_crash_loaded')}")
+        return {"rc": message.get("rc"), "kexec_crash_loaded": message.get("kexec_crash_loaded")}
 
     def _await_message(self, types: tuple[str, ...], timeout: float, what: str) -> dict:
         start = time.monotonic()
@@ -194,10 +232,14 @@ class Session:
                 "placement": corruption.offset}
 
     def trigger(self, trigger: str) -> None:
+        """Crash the guest: sysrq and init-exit from inside, nmi armed inside, sent by QMP."""
         self.phase = "panicking"
         self.progress.say(f"triggering a panic ({trigger})")
         self.marks["trigger"] = time.monotonic()
         self.control.send(f"panic {trigger}")
+        if trigger == "nmi":
+            self._await_message(("panicking",), self.timeouts.load, "unknown_nmi_panic to be armed")
+            self.machine.qmp.cmd("inject-nmi")
 
     def observe(self, table: SegmentTable, release: str) -> Finding:
         """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang."""
@@ -206,8 +248,11 @@ class Session:
         registers = ""
         next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
         while True:
-            messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER}, strict=False)
+            messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER,
+                                           "end": END_OF_PANIC}, strict=False)
             self._mark_console(hits, start)
+            if ended := [line for name, line in hits if name == "end"]:
+                return self._finish(start, Finding(PANIC_HALTED, {"console": ended[0].strip()}))
             for message in messages:
                 if message["type"] == "hello" and message.get("role") == "capture":
                     return self._finish(start, self._capture_booted(message, release))
@@ -231,7 +276,7 @@ class Session:
     # ------------------------------------------------------------ observe helpers
     def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
         for name, line in hits:
-            key = "panic_line" if name == "panic" else "capture_banner"
+            key = {"panic": "panic_line", "banner": "capture_banner", "end": "end_of_panic"}[name]
             if key not in self.marks:
                 self.marks[key] = time.monotonic()
                 self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)

@@ -8,6 +8,9 @@ guest.  An outcome is only ever declared on positive evidence:
 - purgatory-refused: a vCPU sits on a jump-to-self inside the purgatory
   segment, the same RIP in at least two samples;
 - load-rejected: kexec_file_load returned an error (errno recorded);
+- load-accepted: the load succeeded and the scenario stops there (trigger none);
+- panic-halted: the crashed kernel printed the end of its panic, which panic()
+  only reaches when no capture kernel took over;
 - guest-reset: QEMU exited after the panic (the guest rebooted or powered
   off; the lab runs QEMU with -no-reboot);
 - hang: none of the above before the deadline.
@@ -15,6 +18,7 @@ guest.  An outcome is only ever declared on positive evidence:
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass, field
 
@@ -25,6 +29,8 @@ PURGATORY_REFUSED = "purgatory-refused"
 LOAD_REJECTED = "load-rejected"
 HANG = "hang"
 GUEST_RESET = "guest-reset"
+LOAD_ACCEPTED = "load-accepted"
+PANIC_HALTED = "panic-halted"
 INFRA_ERROR = "infra-error"
 INTERRUPTED = "interrupted"
 
@@ -90,13 +96,35 @@ class ParkWatch:
         return out
 
 
-def judge(expected: str, outcome: str, evidence: dict) -> tuple[bool, str]:
-    """(passed, one-line reason) for an outcome against the scenario's expectation."""
+def _vmcore_problem(evidence: dict) -> str | None:
+    vmcore = evidence.get("vmcore") or {}
+    if vmcore.get("ok"):
+        return None
+    return "; ".join(vmcore.get("problems") or ["no vmcore facts"])
+
+
+def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | None = None,
+          recovery: dict | None = None) -> tuple[bool, str]:
+    """(passed, one-line reason) for an outcome against the scenario's expectation.
+
+    expected_errno names the errno a rejection must carry (e.g. "ENOEXEC");
+    recovery is the follow-up intact crash of a then_intact scenario, which
+    must boot the capture kernel with a sane vmcore in the same guest.
+    """
     if outcome != expected:
         return False, f"expected {expected}, got {outcome}"
-    if outcome == CAPTURE_BOOTED:
-        vmcore = evidence.get("vmcore") or {}
-        if not vmcore.get("ok"):
-            return False, "capture kernel booted but /proc/vmcore is not sane: " + \
-                "; ".join(vmcore.get("problems") or ["no vmcore facts"])
-    return True, f"{outcome} as expected"
+    if outcome == CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):
+        return False, f"capture kernel booted but /proc/vmcore is not sane: {problem}"
+    if expected_errno:
+        got = errno.errorcode.get(evidence.get("errno") or 0, "no errno")
+        if got != expected_errno:
+            return False, f"{outcome} as expected, but with {got} instead of {expected_errno}"
+    if recovery is not None:
+        if recovery.get("outcome") != CAPTURE_BOOTED:
+            return False, f"{outcome} as expected, but the guest was not healthy afterwards: " \
+                          f"the follow-up intact crash gave {recovery.get('outcome')}"
+        if problem := _vmcore_problem(recovery):
+            return False, f"{outcome} as expected, but after it /proc/vmcore is not sane: {problem}"
+        return True, f"{outcome} as expected{' (' + expected_errno + ')' if expected_errno else ''}, " \
+                     "then an intact crash booted the capture kernel"
+    return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")

@@ -11,7 +11,12 @@
  *   hello                               re-send the hello message
  *   load FLAGS KERNEL INITRD CMDLINE    kexec_file_load(2); FLAGS in hex
  *   unload                              kexec_file_load(KEXEC_FILE_UNLOAD)
- *   panic TRIGGER                       crash the kernel (sysrq)
+ *   kexec-tool ARG<TAB>ARG...           run /sbin/kexec (kexec-tools, the legacy
+ *                                       kexec_load(2) path) with these arguments
+ *   panic TRIGGER                       crash the kernel: sysrq (sysrq 'c', a NULL
+ *                                       dereference), nmi (arm unknown_nmi_panic;
+ *                                       the host injects the NMI), init-exit (make
+ *                                       PID 1 exit: "Attempted to kill init!")
  *
  * Replies (guest -> host): {"type": "hello"|"loaded"|"unloaded"|"panicking"|
  * "error", ...}.  Kernel log records produced during a load are forwarded in
@@ -25,8 +30,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/utsname.h>
 #include <termios.h>
 #include <unistd.h>
@@ -44,6 +51,9 @@
 #define LINE_MAX_LEN 4096
 #define VMCORE_HEAD_MAX (256 * 1024)
 #define LOG_MAX_RECORDS 256
+#define TOOL_MAX_ARGS 64
+#define TOOL_MAX_LINES 4096
+#define KEXEC_TOOL "/sbin/kexec"
 
 static FILE *out;
 
@@ -286,6 +296,63 @@ static void cmd_unload(void)
 	reply_end();
 }
 
+/* Read a child's output and forward it as a bounded array of lines. */
+static void put_output_lines(int fd)
+{
+	FILE *f = fdopen(fd, "r");
+	char line[LINE_MAX_LEN];
+	int n = 0;
+
+	fputs(",\"output\":[", out);
+	while (f && fgets(line, sizeof(line), f)) {
+		if (n >= TOOL_MAX_LINES)
+			continue;	/* drain, so the child never blocks */
+		line[strcspn(line, "\n")] = 0;
+		if (n++)
+			fputc(',', out);
+		put_json_string(line);
+	}
+	fputc(']', out);
+	if (f)
+		fclose(f);
+}
+
+static void cmd_kexec_tool(char *args)
+{
+	char *argv[TOOL_MAX_ARGS + 2] = { KEXEC_TOOL };
+	int argc = 1, pipefd[2], status = 0, kmsg;
+	pid_t pid;
+
+	while (args && argc <= TOOL_MAX_ARGS)
+		argv[argc++] = strsep(&args, "\t");
+	if (pipe(pipefd) < 0) {
+		reply_error("pipe", errno);
+		return;
+	}
+	kmsg = open_kmsg_at_end();
+	pid = fork();
+	if (pid == 0) {
+		dup2(pipefd[1], 1);
+		dup2(pipefd[1], 2);
+		close(pipefd[0]);
+		close(pipefd[1]);
+		execv(KEXEC_TOOL, argv);
+		perror(KEXEC_TOOL);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	fputs("{\"type\":\"kexec-tool\"", out);
+	put_output_lines(pipefd[0]);
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	fprintf(out, ",\"rc\":%d", pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	put_file_field("kexec_crash_loaded", "/sys/kernel/kexec_crash_loaded");
+	put_kmsg_records(kmsg);
+	reply_end();
+	if (kmsg >= 0)
+		close(kmsg);
+}
+
 static void write_file(const char *path, const char *text)
 {
 	int fd = open(path, O_WRONLY);
@@ -301,6 +368,8 @@ static void write_file(const char *path, const char *text)
 
 static void cmd_panic(const char *trigger)
 {
+	if (!strcmp(trigger, "nmi"))
+		write_file("/proc/sys/kernel/unknown_nmi_panic", "1");
 	fputs("{\"type\":\"panicking\",\"trigger\":", out);
 	put_json_string(trigger);
 	reply_end();
@@ -308,6 +377,12 @@ static void cmd_panic(const char *trigger)
 	if (!strcmp(trigger, "sysrq")) {
 		write_file("/proc/sys/kernel/sysrq", "1");
 		write_file("/proc/sysrq-trigger", "c");
+	} else if (!strcmp(trigger, "nmi")) {
+		/* Armed before the reply above went out; the host injects the NMI. */
+	} else if (!strcmp(trigger, "init-exit")) {
+		/* guests/init exits on SIGUSR1; the kernel panics when PID 1 dies. */
+		if (kill(1, SIGUSR1) < 0)
+			reply_error("kill init", errno);
 	} else {
 		reply_error("panic: unknown trigger", EINVAL);
 	}
@@ -323,6 +398,8 @@ static void dispatch(char *line)
 		cmd_load(line);
 	else if (!strcmp(verb, "unload"))
 		cmd_unload();
+	else if (!strcmp(verb, "kexec-tool"))
+		cmd_kexec_tool(line);
 	else if (!strcmp(verb, "panic"))
 		cmd_panic(line ? line : "sysrq");
 	else

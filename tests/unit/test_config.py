@@ -29,9 +29,9 @@ def test_shipped_lab_and_scenarios_load():
     assert lab.kernels["debian-6.1"].debian_package == "linux-image-cloud-amd64"
     assert lab.accel == "auto" and lab.machine.crashkernel_mib == 256
     corrupt = load_scenario(ROOT / "scenarios" / "crash-corrupt.yaml")
-    assert corrupt.expect == "purgatory-refused" and corrupt.corrupt.segment == "kernel"
+    assert corrupt.expect.outcome == "purgatory-refused" and corrupt.corrupt.segment == "kernel"
     intact = load_scenario(ROOT / "scenarios" / "crash-intact.yaml")
-    assert intact.expect == "capture-booted" and intact.corrupt is None
+    assert intact.expect.outcome == "capture-booted" and intact.corrupt is None
 
 
 def test_defaults_and_relative_paths(tmp_path):
@@ -78,7 +78,16 @@ BAD_SCENARIOS = [
     ("expect: hang\nload:\n  method: kexec_magic\n", 3, "key 'load.method'"),
     ("description: x\n", 1, "key 'expect': is required"),
     ("expect: [hang\n", 2, "invalid YAML"),
-    ("expect: true\n", 1, "must be a string"),
+    ("expect: true\n", 1, "key 'expect': must be a mapping"),
+    ("expect: {outcome: load-rejected, errno: EWHAT}\n", 1, "'EWHAT' is not one of"),
+    ("expect:\n  outcome: hang\n  when:\n    - {outcome: hang, reason: r}\n", 4,
+     "key 'expect.when.0': needs exactly one of 'kernel' or 'config'"),
+    ("expect:\n  outcome: hang\n  when:\n    - {config: HOTPLUG, outcome: hang, reason: r}\n", 4,
+     "is not of the form CONFIG_NAME=value"),
+    ("expect: hang\ntrigger: none\ncorrupt: {segment: kernel}\n", 2, "'corrupt' would never be judged"),
+    ("expect: hang\nthen_intact: true\n", 2, "only follows a load-rejected"),
+    ("expect: hang\ncorrupt: {segment: backup}\n", 2, "only kexec_load"),
+    ("expect: hang\nload: {kernel: bogus}\n", 2, "key 'load.kernel': 'bogus' is not one of"),
 ]
 
 
@@ -104,3 +113,32 @@ def test_find_scenario_by_name_or_path(tmp_path):
         find_scenario("..hidden", scenarios)
     with pytest.raises(ConfigError, match="scenario file not found"):
         find_scenario("../x/missing.yaml", scenarios)
+
+
+def test_expectation_resolves_per_kernel_and_config(tmp_path):
+    path = write(tmp_path, "s.yaml", """\
+corrupt: {segment: elfcorehdr}
+expect:
+  outcome: purgatory-refused
+  when:
+    - kernel: special
+      outcome: hang
+      reason: a named kernel
+    - config: CONFIG_CRASH_HOTPLUG=y
+      outcome: capture-booted
+      reason: elfcorehdr is not hashed under CRASH_HOTPLUG
+""")
+    expect = load_scenario(path).expect
+    assert expect.resolve("debian-6.1", {"CONFIG_CRASH_HOTPLUG": "n"}).outcome == "purgatory-refused"
+    assert expect.resolve("debian-6.1", {}).outcome == "purgatory-refused"
+    hotplug = expect.resolve("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"})
+    assert (hotplug.outcome, hotplug.reason) == ("capture-booted", "elfcorehdr is not hashed under CRASH_HOTPLUG")
+    assert expect.resolve("special", {"CONFIG_CRASH_HOTPLUG": "y"}).outcome == "hang"
+
+
+def test_every_shipped_scenario_is_valid():
+    names = [p.stem for p in (ROOT / "scenarios").glob("*.yaml")]
+    assert {"crash-intact", "crash-corrupt"} <= set(names)
+    for name in names:
+        scenario = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
+        assert scenario.description, name
