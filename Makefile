@@ -9,11 +9,14 @@ PYTEST := $(VENV)/bin/pytest
 STAMPS := .cache/stamps
 # Everything the lab and its tests use from Debian.
 APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
+# chromium: the matrix report test renders report.html headless.
+APT_PACKAGES += chromium
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit e2e bench clean distclean
+.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix
+MATRIX_ARGS ?= --jobs 2
 
 setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
 
@@ -62,6 +65,12 @@ e2e: setup
 
 bench: setup
 	$(VENV)/bin/python bench/time_to_verdict.py
+
+matrix: setup
+	$(LABCTL) matrix $(MATRIX_ARGS)
+
+bench-matrix: setup
+	$(VENV)/bin/python bench/matrix.py
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -11,3 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+# Scenario files as test items, parametrized over kernels; only with --lab,
+# --lab-kernel or --lab-scenario (see labctl/pytest_plugin.py).
+pytest_plugins = ["labctl.pytest_plugin"]

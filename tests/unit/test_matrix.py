@@ -1,0 +1,137 @@
+"""Pair selection, stable sharding and CI job matrices (no guest)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, strategies as st
+
+from labctl.cli import main
+from labctl.config import load_lab
+from labctl.errors import ConfigError
+from labctl.matrix import (emit_github, emit_gitlab, parse_shard, run_id_arg, select_pairs,
+                           shard_of)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = "load: {method: kexec_file_load}\nexpect: capture-booted\n"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A catalogue of three kernels and five scenario files."""
+    (tmp_path / "lab.yaml").write_text(
+        "default_kernel: k1\nkernels:\n"
+        + "".join(f"  k{i}: {{debian_package: linux-image-cloud-amd64}}\n" for i in (1, 2, 3)))
+    (tmp_path / "scenarios").mkdir()
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / "scenarios" / f"{name}.yaml").write_text(SCENARIO)
+    return load_lab(tmp_path / "lab.yaml")
+
+
+def scenarios(lab):
+    return lab.path.parent / "scenarios"
+
+
+def test_shard_of_is_pinned():
+    """The split must not change between releases: CI shards are planned on it."""
+    assert [shard_of(k, 4) for k in ("debian-6.12/crash-corrupt", "debian-6.12/crash-intact",
+                                     "debian-6.1/crash-corrupt", "debian-6.1/crash-intact")] == \
+        PINNED_SHARDS
+
+
+PINNED_SHARDS = [2, 3, 1, 2]  # sha256 of "kernel/scenario", first 8 bytes big-endian, mod 4
+
+
+@given(st.lists(st.text(min_size=1), min_size=1, max_size=30, unique=True), st.integers(1, 9))
+def test_shards_partition_the_pairs(keys, count):
+    shards = [shard_of(k, count) for k in keys]
+    assert all(1 <= s <= count for s in shards)
+    assert shards == [shard_of(k, count) for k in keys]
+
+
+def test_every_pair_lands_in_exactly_one_shard(lab):
+    everything = select_pairs(lab, scenarios(lab))
+    assert len(everything) == 15
+    for count in (1, 2, 3, 7):
+        shards = [select_pairs(lab, scenarios(lab), shard=(i, count)) for i in range(1, count + 1)]
+        keys = [p.key for shard in shards for p in shard]
+        assert sorted(keys) == sorted(p.key for p in everything)
+
+
+def test_adding_a_scenario_moves_no_other_pair(lab):
+    before = {p.key: i for i in (1, 2, 3) for p in select_pairs(lab, scenarios(lab), shard=(i, 3))}
+    (scenarios(lab) / "f.yaml").write_text(SCENARIO)
+    after = {p.key: i for i in (1, 2, 3) for p in select_pairs(lab, scenarios(lab), shard=(i, 3))}
+    assert {k: v for k, v in after.items() if not k.endswith("/f")} == before
+
+
+def test_selection_by_kernel_and_scenario(lab):
+    pairs = select_pairs(lab, scenarios(lab), ["k2,k3"], ["b", "e"])
+    assert [p.key for p in pairs] == ["k2/b", "k2/e", "k3/b", "k3/e"]
+    assert all(p.path == scenarios(lab).resolve() / f"{p.scenario}.yaml" for p in pairs)
+
+
+def test_unknown_kernel_or_scenario_is_named(lab):
+    with pytest.raises(ConfigError, match=r"lab.yaml: unknown kernel 'k9' \(catalogue: k1, k2, k3\)"):
+        select_pairs(lab, scenarios(lab), ["k9"])
+    with pytest.raises(ConfigError, match="unknown scenario 'zz'; known: a, b, c, d, e"):
+        select_pairs(lab, scenarios(lab), None, ["zz"])
+
+
+def test_a_broken_scenario_file_fails_before_any_guest(lab):
+    (scenarios(lab) / "broken.yaml").write_text("expect: purgatory-refused\ntrigger: sysrqq\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:2: .*trigger"):
+        select_pairs(lab, scenarios(lab))
+
+
+def test_expect_fail_comes_from_the_catalogue_entry(lab):
+    kernels = {**lab.kernels, "k2": SimpleNamespace(name="k2", expect_fail={"c": "known bug 123"})}
+    pairs = select_pairs(replace(lab, kernels=kernels), scenarios(lab), ["k1", "k2"], ["c"])
+    assert [(p.key, p.expect_fail) for p in pairs] == [("k1/c", None), ("k2/c", "known bug 123")]
+
+
+@pytest.mark.parametrize("text,problem", [("2", "expected I/N"), ("0/3", "between 1 and N"),
+                                          ("4/3", "between 1 and N"), ("a/b", "expected I/N")])
+def test_bad_shard(text, problem):
+    with pytest.raises(ConfigError, match=problem):
+        parse_shard(text)
+
+
+def test_run_id_must_be_one_path_component():
+    assert run_id_arg("nightly-42") == "nightly-42"
+    for bad in ("../x", "a/b", ".hidden", "a b"):
+        with pytest.raises(Exception, match="use letters"):
+            run_id_arg(bad)
+
+
+def test_emit_github_covers_every_pair_once(lab):
+    everything = select_pairs(lab, scenarios(lab))
+    jobs = emit_github(everything, 3)["include"]
+    assert sum(j["pairs"] for j in jobs) == 15 and all(j["pairs"] > 0 for j in jobs)
+    assert len({(j["kernel"], j["shard"]) for j in jobs}) == len(jobs)
+    for job in jobs:
+        shard = select_pairs(lab, scenarios(lab), [job["kernel"]], shard=(job["shard"], job["shards"]))
+        assert len(shard) == job["pairs"]
+
+
+def test_emit_gitlab_is_a_child_pipeline_with_a_parallel_matrix(lab):
+    everything = select_pairs(lab, scenarios(lab))
+    doc = emit_gitlab(everything, 2)
+    assert doc["include"] == [{"local": ".gitlab/lab-jobs.yml"}]
+    assert (ROOT / ".gitlab" / "lab-jobs.yml").is_file()
+    matrix = doc["lab-shard"]["parallel"]["matrix"]
+    assert [m["KERNEL"] for m in matrix] == ["k1", "k2", "k3"]
+    assert all(set(m["SHARD"]) <= {"1/2", "2/2"} for m in matrix)
+    assert doc["lab-merge"]["needs"] == ["lab-shard"]
+
+
+def test_emit_prints_one_json_line(lab, capsys):
+    assert main(["--lab", str(lab.path), "matrix", "--emit", "github", "--shards", "2",
+                 "--kernels", "k1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert {j["kernel"] for j in json.loads(out)["include"]} == {"k1"}
