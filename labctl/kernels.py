@@ -32,6 +32,7 @@ class Kernel:
     package: str | None = None
     version: str | None = None
     config: Path | None = None
+    recipe: dict | None = None  # recipe kernels: build key, source, patches (kernel_build.py)
 
     def config_symbols(self) -> dict[str, str]:
         """CONFIG_* values from the kernel's config file ({} when it has none)."""
@@ -48,7 +49,8 @@ class Kernel:
 
     def describe(self) -> dict:
         return {"name": self.name, "release": self.release, "bzimage": str(self.bzimage),
-                "package": self.package, "version": self.version}
+                "package": self.package, "version": self.version,
+                **({"recipe": self.recipe} if self.recipe else {})}
 
 
 def bzimage_release(path: Path) -> str | None:
@@ -149,6 +151,10 @@ def resolve_kernel(lab: LabConfig, name_or_path: str | None, progress=print) -> 
                           f"({', '.join(sorted(lab.kernels))}) and not a file")
     if entry.path:
         return path_kernel(entry.name, (lab.path.parent / entry.path).resolve())
+    if entry.recipe:
+        from labctl.kernel_build import recipe_kernel  # kernel_build imports this module
+
+        return recipe_kernel(lab, entry)
     if not shutil.which("apt-cache"):
         raise InfraError("apt-cache not found: Debian kernels need apt (or give --kernel PATH)")
     return debian_kernel(entry, lab.cache_dir, progress)

@@ -26,7 +26,7 @@ from labctl.progress import Progress
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.images import guest_path
 from labctl.verdict import (CAPTURE_BOOTED, GUEST_RESET, HANG, PANIC_HALTED, PURGATORY_REFUSED,
-                            ParkWatch, parse_registers)
+                            PURGATORY_REPORT, ParkWatch, parse_registers, purgatory_report)
 from labctl.vmcore import check_vmcore
 
 KEXEC_FILE_ON_CRASH = 0x2
@@ -98,6 +98,7 @@ class Session:
         self.timings: dict[str, float] = {}
         self.phase = "booting"
         self.marks: dict[str, float] = {}
+        self.purgatory_line: str | None = None  # an instrumented purgatory's COM1 report
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -244,13 +245,17 @@ class Session:
     def observe(self, table: SegmentTable, release: str) -> Finding:
         """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang."""
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
+        self.purgatory_line = None
         watch = ParkWatch(table)
         registers = ""
         next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
         while True:
             messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER,
-                                           "end": END_OF_PANIC}, strict=False)
+                                           "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT},
+                                          strict=False)
             self._mark_console(hits, start)
+            self.purgatory_line = self.purgatory_line or next(
+                (line for name, line in hits if name == "purgatory"), None)
             if ended := [line for name, line in hits if name == "end"]:
                 return self._finish(start, Finding(PANIC_HALTED, {"console": ended[0].strip()}))
             for message in messages:
@@ -276,7 +281,8 @@ class Session:
     # ------------------------------------------------------------ observe helpers
     def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
         for name, line in hits:
-            key = {"panic": "panic_line", "banner": "capture_banner", "end": "end_of_panic"}[name]
+            key = {"panic": "panic_line", "banner": "capture_banner", "end": "end_of_panic",
+                   "purgatory": "purgatory_report"}[name]
             if key not in self.marks:
                 self.marks[key] = time.monotonic()
                 self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
@@ -302,6 +308,8 @@ class Session:
 
     def _finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)
+        if self.purgatory_line:
+            finding.evidence["purgatory_console"] = purgatory_report(self.purgatory_line)
         self.phase = "judged"
         self.progress.say(f"{finding.outcome} after {self.timings['panic_to_verdict']:.1f} s")
         return finding

@@ -103,6 +103,31 @@ def _vmcore_problem(evidence: dict) -> str | None:
     return "; ".join(vmcore.get("problems") or ["no vmcore facts"])
 
 
+# What a purgatory carrying guests/kernels/patches/0001-x86-purgatory-report-the-digest-
+# result-on-COM1.patch prints on COM1 before it parks or jumps on.
+PURGATORY_REPORT = re.compile(r"purgatory: sha256 digest (ok|mismatch)[^\r\n]*\r?\n")  # whole line
+GOES_ON = re.compile(r"\b(not )?booting the next kernel")
+
+
+def purgatory_report(line: str) -> dict:
+    """An instrumented purgatory's COM1 line: the digest result and whether it goes on."""
+    digest, goes_on = PURGATORY_REPORT.search(line), GOES_ON.search(line)
+    return {"line": line.strip(), "digest": digest[1] if digest else None,
+            "boots_next_kernel": bool(goes_on) and not goes_on[1]}
+
+
+def console_contradiction(outcome: str, evidence: dict) -> str | None:
+    """Purgatory's own report is extra evidence: it must agree with what the vCPU did."""
+    report = evidence.get("purgatory_console")
+    if not report:
+        return None
+    if outcome == PURGATORY_REFUSED and report["boots_next_kernel"]:
+        return f"a vCPU is parked in purgatory, but purgatory said on COM1: {report['line']!r}"
+    if outcome == CAPTURE_BOOTED and not report["boots_next_kernel"]:
+        return f"the capture kernel booted, but purgatory said on COM1: {report['line']!r}"
+    return None
+
+
 def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | None = None,
           recovery: dict | None = None) -> tuple[bool, str]:
     """(passed, one-line reason) for an outcome against the scenario's expectation.
@@ -113,6 +138,8 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
     """
     if outcome != expected:
         return False, f"expected {expected}, got {outcome}"
+    if problem := console_contradiction(outcome, evidence):
+        return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if outcome == CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):
         return False, f"capture kernel booted but /proc/vmcore is not sane: {problem}"
     if expected_errno:

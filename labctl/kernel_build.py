@@ -1,0 +1,494 @@
+"""Kernel recipes: a source tree, a patch series and a config, built once and cached.
+
+A recipe (guests/kernels/NAME.yaml) names its source (Debian's packaged
+linux-source-X.Y, unpacked into the cache, or a local tree the lab never
+writes to), an ordered list of patches, a base config (tinyconfig, defconfig
+or a config file) and config fragments.  Its cache key hashes all of these
+plus the compiler, so the same inputs are a cache hit and any change is a new
+build.  Patches go to a private hard-linked copy of the tree (`patch` replaces
+files by rename, so the shared tree keeps its bytes); objects go to `make O=`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import unidiff
+
+from labctl.config import Field, KernelEntry, LabConfig, Validator, read_yaml
+from labctl.errors import ConfigError, InfraError
+from labctl.kernels import Kernel, _apt_show, _download_and_unpack
+from labctl.progress import Progress
+
+BUILD_FORMAT = 1  # bump when the build procedure changes what it produces
+BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")
+OUTPUTS = {  # cached name -> path inside the object directory
+    "bzImage": "arch/x86/boot/bzImage",
+    "config": ".config",
+    "System.map": "System.map",
+    "vmlinux": "vmlinux",
+    "purgatory.ro": "arch/x86/purgatory/purgatory.ro",
+}
+PROGRESS_SECONDS = 5.0
+FRAGMENT_LINE = re.compile(r"^(?:(CONFIG_\w+)=(.*)|# (CONFIG_\w+) is not set)$")
+HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)")
+PATCHING_FILE = re.compile(r"^(?:patching|checking) file '?([^']+?)'?$")
+KBUILD_STEP = re.compile(r"^\s+([A-Z][A-Z0-9_]*)\s+(\S+)")
+
+RECIPE_SCHEMA = {
+    "description": Field(str, default=""),
+    "source": Field(dict, schema={
+        "debian_package": Field(str, default=None),
+        "path": Field(str, default=None),
+    }),
+    "patches": Field(list, default=[]),
+    "config": Field(dict, schema={
+        "base": Field(str, default="tinyconfig"),
+        "fragments": Field(list, default=[]),
+    }, default={}),
+}
+
+
+class BuildError(InfraError):
+    """The kernel did not build (or a patch did not apply); names the step and the log."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe; every path is absolute."""
+
+    name: str
+    path: Path
+    description: str
+    source_package: str | None
+    source_path: Path | None
+    patches: tuple[Path, ...]
+    base: str  # a make target from BASE_TARGETS, or a config file path
+    fragments: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Build:
+    """A cached build: where its outputs are and what went into it."""
+
+    key: str
+    directory: Path
+    release: str
+    inputs: dict
+    cache_hit: bool
+
+    @property
+    def bzimage(self) -> Path:
+        return self.directory / "bzImage"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config"
+
+    def describe(self) -> dict:
+        """What result.json records about a recipe kernel."""
+        return {"key": self.key, "directory": str(self.directory), "cache_hit": self.cache_hit,
+                "source": self.inputs["source"], "base": self.inputs["base"],
+                "patches": self.inputs["patches"], "fragments": self.inputs["fragments"]}
+
+
+# ------------------------------------------------------------------ recipes
+
+def load_recipe(path: Path, name: str | None = None) -> Recipe:
+    """Read and check a recipe; files it names must exist (errors name file:line:key)."""
+    path = Path(path).resolve()
+    data, located = read_yaml(path)
+    check = Validator(path, located)
+    raw = check.mapping(data, RECIPE_SCHEMA)
+    source = raw["source"]
+    if bool(source["debian_package"]) == bool(source["path"]):
+        check.fail(("source",), "needs exactly one of 'debian_package' or 'path'")
+    base = raw["config"]["base"]
+    if base not in BASE_TARGETS:
+        base = str(_existing_file(check, path, ("config", "base"), base,
+                                  f"is neither one of {', '.join(BASE_TARGETS)} nor a file"))
+    source_path = None
+    if source["path"]:
+        source_path = path.parent / os.path.expanduser(source["path"])
+        if not (source_path / "Makefile").is_file() or not (source_path / "Kconfig").is_file():
+            check.fail(("source", "path"), f"{source_path} is not a kernel source tree "
+                       "(no Makefile and Kconfig)")
+    return Recipe(
+        name=name or path.stem, path=path, description=raw["description"],
+        source_package=source["debian_package"], source_path=source_path,
+        patches=_file_list(check, path, ("patches",), raw["patches"]),
+        base=base, fragments=_file_list(check, path, ("config", "fragments"),
+                                        raw["config"]["fragments"]))
+
+
+def _file_list(check: Validator, recipe: Path, keypath: tuple, items: list) -> tuple[Path, ...]:
+    return tuple(_existing_file(check, recipe, keypath + (i,), item, "file not found")
+                 for i, item in enumerate(items))
+
+
+def _existing_file(check: Validator, recipe: Path, keypath: tuple, item, problem: str) -> Path:
+    if not isinstance(item, str):
+        check.fail(keypath, f"must be a file name, got {item!r}")
+    found = recipe.parent / os.path.expanduser(item)
+    if not found.is_file():
+        check.fail(keypath, f"{item!r} {problem} (looked for {found})")
+    return found.resolve()
+
+
+# ------------------------------------------------------------------ cache key
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tree_fingerprint(root: Path) -> str:
+    """A local tree's identity: every file's path, size and mtime (no content reads,
+    so a kernel tree takes about a second); .git and editor droppings do not count."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            st = os.lstat(full)
+            digest.update(f"{os.path.relpath(full, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def compiler_identity() -> str:
+    proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InfraError("gcc not found: kernel recipes need build-essential")
+    return proc.stdout.splitlines()[0]
+
+
+def recipe_inputs(recipe: Recipe, source_identity: str) -> dict:
+    """Everything a build depends on, as recorded next to its outputs."""
+    return {
+        "format": BUILD_FORMAT,
+        "source": source_identity,
+        "patches": [{"name": p.name, "sha256": _sha256_file(p)} for p in recipe.patches],
+        "base": recipe.base if recipe.base in BASE_TARGETS
+        else {"file": recipe.base, "sha256": _sha256_file(Path(recipe.base))},
+        "fragments": [{"name": f.name, "sha256": _sha256_file(f)} for f in recipe.fragments],
+        "compiler": compiler_identity(),
+    }
+
+
+def cache_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ sources
+
+def _installed_version(package: str) -> str | None:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
+                          capture_output=True, text=True)
+    status, _, version = proc.stdout.partition("|")
+    return version if proc.returncode == 0 and status.endswith(" installed") else None
+
+
+def debian_version(package: str) -> str:
+    """The installed version of linux-source-X.Y, else the one the archive offers."""
+    return _installed_version(package) or _apt_show(package)["Version"]
+
+
+def debian_source(package: str, version: str, cache_dir: Path, progress: Progress) -> Path:
+    """The unpacked tree of Debian's linux-source-X.Y, from /usr/src or downloaded."""
+    dest = cache_dir / "kernel-src" / f"{package}_{version}"
+    with _locked(dest.with_name(dest.name + ".lock")):
+        if not dest.exists():
+            tarball = Path("/usr/src") / f"{package}.tar.xz"
+            if _installed_version(package) != version or not tarball.is_file():
+                progress.say(f"downloading {package} {version} ...")
+                debs = dest.with_name(dest.name + ".deb")
+                if not debs.exists():
+                    _download_and_unpack(package, version, debs)
+                tarball = debs / "usr" / "src" / tarball.name
+            _unpack(tarball, dest, progress)
+    trees = [d for d in dest.iterdir() if (d / "Makefile").is_file()]
+    if len(trees) != 1:
+        raise InfraError(f"{dest}: expected one kernel tree in the unpacked source, found {len(trees)}")
+    return trees[0]
+
+
+def source_identity(recipe: Recipe) -> str:
+    """What the source is, cheaply: package and version, or a local tree's fingerprint."""
+    if recipe.source_package:
+        return f"{recipe.source_package} {debian_version(recipe.source_package)}"
+    return f"tree {recipe.source_path} {tree_fingerprint(recipe.source_path)}"
+
+
+def _unpack(tarball: Path, dest: Path, progress: Progress) -> None:
+    progress.say(f"unpacking {tarball} ...")
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _run(["tar", "-xf", str(tarball), "-C", str(partial)], f"unpacking {tarball}")
+    os.replace(partial, dest)
+
+
+@contextmanager
+def _locked(path: Path):
+    """One builder per key across processes (parallel tests, two terminals)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed ({' '.join(argv[:3])} ...): "
+                         f"{(proc.stderr or proc.stdout).strip()[-800:]}")
+    return proc.stdout
+
+
+# ------------------------------------------------------------------ patches
+
+def private_copy(tree: Path, dest: Path) -> None:
+    """A copy of the tree that patches may change: hard links where the file system
+    allows (seconds for a kernel tree), a real copy otherwise.  .git stays behind."""
+    ignore = shutil.ignore_patterns(".git")
+    try:
+        shutil.copytree(tree, dest, symlinks=True, ignore=ignore, copy_function=os.link)
+    except (shutil.Error, OSError):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(tree, dest, symlinks=True, ignore=ignore)
+
+
+def apply_patch(patch: Path, tree: Path) -> None:
+    """Apply one patch with GNU patch; a failure names the patch, the file and the hunk.
+
+    patch(1) writes a new file and renames it into place, so a hard-linked
+    original is never written through."""
+    proc = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
+                           "--reject-file=-", "--fuzz=0", "-i", str(patch)],
+                          cwd=tree, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(describe_patch_failure(patch, proc.stdout + proc.stderr))
+
+
+def describe_patch_failure(patch: Path, output: str) -> str:
+    """One message: which patch, which file, which hunk (with its @@ header), which line."""
+    hunks = _hunk_headers(patch)
+    failures, current = [], None
+    for line in output.splitlines():
+        if m := PATCHING_FILE.match(line):
+            current = m[1]
+        elif m := HUNK_FAILED.match(line):
+            number, at = int(m[1]), int(m[2])
+            header = hunks.get((current, number), "")
+            failures.append(f"{current}: hunk #{number} {header} FAILED at line {at}".replace("  ", " "))
+    if not failures:
+        detail = " ".join(output.split())[-400:]
+        return f"patch {patch.name} does not apply: {detail} ({patch})"
+    return f"patch {patch.name} does not apply: " + "; ".join(failures) + f" ({patch})"
+
+
+def _hunk_headers(patch: Path) -> dict[tuple[str, int], str]:
+    try:
+        files = unidiff.PatchSet.from_filename(str(patch))
+    except (unidiff.UnidiffParseError, OSError, UnicodeDecodeError):
+        return {}
+    return {(f.path, i): str(h).splitlines()[0] for f in files for i, h in enumerate(f, 1)}
+
+
+# ------------------------------------------------------------------ config
+
+def fragment_expectations(fragment: Path) -> list[tuple[int, str, str]]:
+    """(line, symbol, value) for every CONFIG_ line of a fragment; 'n' for 'is not set'."""
+    out = []
+    for number, line in enumerate(fragment.read_text().splitlines(), 1):
+        if m := FRAGMENT_LINE.match(line.strip()):
+            out.append((number, m[1] or m[3], m[2] if m[1] else "n"))
+    return out
+
+
+def config_values(config_text: str) -> dict[str, str]:
+    values = {}
+    for line in config_text.splitlines():
+        if m := FRAGMENT_LINE.match(line.strip()):
+            values[m[1] or m[3]] = m[2] if m[1] else "n"
+    return values
+
+
+def check_fragments(fragments: tuple[Path, ...], config_text: str) -> None:
+    """Every fragment line must survive olddefconfig; else name the file, line and symbol."""
+    final = config_values(config_text)
+    for fragment in fragments:
+        for number, symbol, wanted in fragment_expectations(fragment):
+            got = final.get(symbol, "n")
+            if got != wanted:
+                raise ConfigError(f"{symbol}={wanted} did not survive 'make olddefconfig' "
+                                  f"(final .config: {symbol}={got}); a dependency of it is "
+                                  "missing from the fragment or the base", str(fragment), number)
+
+
+# ------------------------------------------------------------------ building
+
+@dataclass(frozen=True)
+class Plan:
+    """A recipe's cache key and where its build lives, known before building."""
+
+    recipe: Recipe
+    inputs: dict
+    key: str
+    directory: Path
+
+    @property
+    def cached(self) -> bool:
+        return (self.directory / "build.json").is_file()
+
+    def build(self, cache_hit: bool) -> Build:
+        meta = json.loads((self.directory / "build.json").read_text())
+        return Build(key=self.key, directory=self.directory, release=meta["release"],
+                     inputs=self.inputs, cache_hit=cache_hit)
+
+
+def plan_recipe(recipe: Recipe, cache_dir: Path) -> Plan:
+    inputs = recipe_inputs(recipe, source_identity(recipe))
+    key = cache_key(inputs)
+    return Plan(recipe, inputs, key, cache_dir / "kernel-builds" / key)
+
+
+def build_recipe(recipe: Recipe, cache_dir: Path, progress: Progress, log_dir: Path,
+                 jobs: int | None = None) -> Build:
+    """The cached build for this recipe, building it (with all cores) if there is none.
+    A fresh build's log (or a failed one's) is copied to log_dir."""
+    plan = plan_recipe(recipe, cache_dir)
+    with _locked(plan.directory.with_name(plan.key + ".lock")):
+        if plan.cached:
+            return plan.build(cache_hit=True)
+        if recipe.source_package:
+            tree = debian_source(recipe.source_package, plan.inputs["source"].split(" ", 1)[1],
+                                 cache_dir, progress)
+        else:
+            tree = recipe.source_path
+        _build(plan, tree, progress, log_dir, jobs or os.cpu_count() or 1)
+    return plan.build(cache_hit=False)
+
+
+def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int) -> None:
+    recipe, key, final = plan.recipe, plan.key, plan.directory
+    work = final.with_name(f".work-{key}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = work / "build.log"
+    kept_log = log_dir / f"build-{recipe.name}-{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    start = time.monotonic()
+    try:
+        src, obj, out = work / "src", work / "obj", work / "out"
+        progress.say(f"building {recipe.name} (key {key}) from {plan.inputs['source']} "
+                     f"with {jobs} jobs; log: {kept_log}")
+        if recipe.patches:
+            progress.say(f"copying the source tree and applying {len(recipe.patches)} patch(es)")
+            private_copy(tree, src)
+            for patch in recipe.patches:
+                apply_patch(patch, src)
+                with log.open("a") as f:
+                    f.write(f"applied {patch}\n")
+        else:
+            src = tree
+        make = ["make", "-C", str(src), f"O={obj}", f"LOCALVERSION=-lab-{key[:8]}",
+                "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab"]
+        _configure(recipe, src, obj, make, log, progress)
+        _make(make + [f"-j{jobs}", "bzImage"], log, "building", progress)
+        out.mkdir()
+        for name, rel in OUTPUTS.items():
+            shutil.copy2(obj / rel, out / name)
+        release = (obj / "include" / "config" / "kernel.release").read_text().strip()
+        seconds = round(time.monotonic() - start, 1)
+        shutil.copy2(log, out / "build.log")
+        (out / "build.json").write_text(json.dumps(
+            {"recipe": recipe.name, "key": key, "release": release, "inputs": plan.inputs,
+             "jobs": jobs, "seconds": seconds}, indent=2) + "\n")
+        os.replace(out, final)
+        progress.say(f"built {recipe.name} {release} in {seconds:.0f} s -> {final}")
+    except BuildError as exc:
+        raise BuildError(f"{recipe.name}: {exc}\n(build log: {kept_log})") from None
+    finally:
+        if log.exists():
+            shutil.copy2(log, kept_log)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _configure(recipe: Recipe, src: Path, obj: Path, make: list[str], log: Path,
+               progress: Progress) -> None:
+    obj.mkdir(parents=True, exist_ok=True)
+    if recipe.base in BASE_TARGETS:
+        _make(make + [recipe.base], log, f"config ({recipe.base})", progress)
+    else:
+        shutil.copy2(recipe.base, obj / ".config")
+    if recipe.fragments:
+        _make([str(src / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(obj),
+               str(obj / ".config"), *map(str, recipe.fragments)], log, "config (merge)", progress,
+              cwd=src)
+    _make(make + ["olddefconfig"], log, "config (olddefconfig)", progress)
+    check_fragments(recipe.fragments, (obj / ".config").read_text())
+
+
+def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path | None = None) -> None:
+    """Run one build step into the log, saying every few seconds where it is."""
+    steps, last, next_say = 0, "", time.monotonic() + PROGRESS_SECONDS
+    with open(log, "a", encoding="utf-8", errors="replace") as f:
+        f.write(f"$ {' '.join(argv)}\n")
+        f.flush()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if KBUILD_STEP.match(line):
+                    steps, last = steps + 1, line.strip()
+                if time.monotonic() >= next_say:
+                    progress.say(f"{stage}: {steps} steps, last: {last or line.strip()[:100]}")
+                    next_say = time.monotonic() + PROGRESS_SECONDS
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise BuildError(f"{stage} failed (exit {code}); the log is kept in the artifacts "
+                         "directory (kernel-builds/); its last lines:\n  " + "\n  ".join(tail))
+
+
+# ------------------------------------------------------------------ the catalogue
+
+def entry_recipe(lab: LabConfig, entry: KernelEntry) -> Recipe:
+    return load_recipe(lab.path.parent / entry.recipe, entry.name)
+
+
+def recipe_kernel(lab: LabConfig, entry: KernelEntry, jobs: int | None = None) -> Kernel:
+    """A catalogue recipe as a bootable Kernel: built on first use, a cache hit after."""
+    build = build_entry(lab, entry.name, jobs)
+    return Kernel(name=entry.name, bzimage=build.bzimage, release=build.release,
+                  config=build.config, recipe=build.describe())
+
+
+def build_entry(lab: LabConfig, name: str, jobs: int | None = None) -> Build:
+    """`labctl kernel build NAME`: the catalogue entry must be a recipe."""
+    entry = lab.kernels.get(name)
+    if entry is None or not entry.recipe:
+        recipes = sorted(n for n, e in lab.kernels.items() if e.recipe)
+        raise ConfigError(f"{name!r} is not a recipe kernel in the catalogue "
+                          f"(recipes: {', '.join(recipes) or 'none'})", str(lab.path))
+    return build_recipe(entry_recipe(lab, entry), lab.cache_dir, Progress(f"kernel {name}"),
+                        lab.artifacts_dir / "kernel-builds", jobs)
