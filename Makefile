@@ -11,11 +11,15 @@ STAMPS := .cache/stamps
 APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
 # chromium: the matrix report test renders report.html headless.
 APT_PACKAGES += chromium
+# Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
+APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
+# Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
+RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix
+.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix recipes bench-recipe
 MATRIX_ARGS ?= --jobs 2
 
 setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
@@ -54,14 +58,21 @@ $(STAMPS)/kernels: lab.yaml $(STAMPS)/venv
 run: setup
 	$(LABCTL) run crash-corrupt
 
-test: setup
+test: setup recipes
 	$(PYTEST) $(PYTEST_ARGS)
 
 unit: $(STAMPS)/venv
 	$(PYTEST) -m 'not e2e' $(PYTEST_ARGS)
 
-e2e: setup
+e2e: setup recipes
 	$(PYTEST) -m e2e $(PYTEST_ARGS)
+
+# Build the recipe kernels the tests boot (first time a few minutes each, then cache hits).
+recipes: setup
+	$(LABCTL) kernel build $(RECIPE_KERNELS)
+
+bench-recipe: setup recipes
+	$(VENV)/bin/python bench/recipe_vs_debian.py
 
 bench: setup
 	$(VENV)/bin/python bench/time_to_verdict.py
