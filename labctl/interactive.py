@@ -1,0 +1,513 @@
+"""`labctl console`: a scenario run that stops for a person at the guest's serial console.
+
+The lab runs the scenario's steps up to --stop-at, then hands the terminal
+over: keystrokes go to the guest's ttyS0 and its output comes back, while the
+console still goes to serial.log with host timestamps and the control channel
+(ttyS1) stays with the lab.  Ctrl-] opens the lab prompt (lab_prompt.py),
+whose commands act on the live guest through the same PairRun/Session steps
+`labctl run` uses.  One select loop serves the terminal, the console and the
+control channel: pexpect's interact() would leave the control channel unread
+(and its transcript unstamped) while the person types.  However the session
+ends, the Machine context manager stops QEMU and removes the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from labctl import lab_prompt, purgatory
+from labctl.accel import AccelChooser
+from labctl.artifacts import check_writable, new_run_id, pair_dir, write_json
+from labctl.config import ACCELERATORS, Corruption, Expected, find_scenario, load_scenario
+from labctl.console import StampedLog
+from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted, LabError
+from labctl.kernels import resolve_kernel
+from labctl.lab_prompt import UsageError
+from labctl.progress import Progress
+from labctl.runner import CONFIG_ERROR, PairRun
+from labctl.segments import SegmentTable
+from labctl.steps import POLL_SECONDS, REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
+from labctl.verdict import (HANG, INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, judge,
+                            parse_registers)
+
+STAGES = ("booted", "loaded", "corrupted", "panicked")
+ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
+NO_VERDICT = "no-verdict"
+DEFAULT_GDB_PORT = 1234
+# A `verdict` watches this long: two register samples must agree for purgatory-refused.
+SNAPSHOT_SECONDS = 3 * REGISTER_SAMPLE_SECONDS
+
+
+class Tee:
+    """Console output to serial.log (stamped) and, as it arrives, to the person's terminal."""
+
+    def __init__(self, log: StampedLog, out):
+        self.log, self.out = log, out
+
+    def write(self, text: str) -> None:
+        self.log.write(text)
+        self.out.write(text)
+        self.out.flush()
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+class Terminal:
+    """The person's terminal: raw on the guest console, as it was at the lab prompt."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+
+    def raw(self) -> None:
+        if self.saved:
+            tty.setraw(self.fd, termios.TCSADRAIN)
+
+    def restore(self) -> None:
+        if self.saved:
+            try:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            except termios.error:  # the terminal is gone: nothing left to restore
+                pass
+
+    def read(self) -> bytes:
+        """What was typed; b'' when the terminal is gone (EOF, or EIO from a closed pty)."""
+        try:
+            return os.read(self.fd, 4096)
+        except OSError:
+            return b""
+
+
+class LiveGuest:
+    """One guest under a person's hands: the stage it reached, and the prompt's commands."""
+
+    def __init__(self, pair: "ConsolePair", session: Session, terminal: Terminal, transcript: StampedLog):
+        self.pair, self.session, self.terminal, self.transcript = pair, session, terminal, transcript
+        self.stage: str | None = None
+        self.loaded: Loaded | None = None
+        self.finding: Finding | None = None
+        self.snapshot: dict = {}  # the last `verdict` that found no evidence yet
+        self.on_console = False
+
+    # ------------------------------------------------------------ output
+    def say(self, text: str) -> None:
+        """Lab output: to the terminal and to lab.log."""
+        if self.on_console:
+            text = text.replace("\n", "\r\n")
+        print(text, flush=True)
+        self.transcript.write(text.replace("\r\n", "\n") + "\n")
+
+    def _table(self) -> SegmentTable:
+        return self.loaded.table if self.loaded else SegmentTable(())
+
+    def _reached(self, stage: str) -> bool:
+        return self.stage is not None and STAGES.index(self.stage) >= STAGES.index(stage)
+
+    # ------------------------------------------------------------ steps
+    def boot(self) -> None:
+        self.pair.step_boot(self.session)
+        self.stage = "booted"
+        self.show_gdb()
+
+    def load(self) -> None:
+        if self.loaded:
+            raise UsageError("already loaded; `segments` shows the table")
+        self.loaded = self.pair.step_load(self.session)
+        self.stage = "loaded"
+        if self.loaded.rejected:
+            self.finding = self._load_finding(LOAD_REJECTED)
+        self.show_gdb()
+
+    def _load_finding(self, outcome: str) -> Finding:
+        return Finding(outcome, {k: self.loaded.message.get(k) for k in ("rc", "errno", "strerror")})
+
+    def corrupt(self, corruption: Corruption) -> dict:
+        if not self.loaded or self.loaded.rejected:
+            raise UsageError("nothing is loaded to corrupt; `load` first")
+        if self._reached("panicked"):
+            raise UsageError("the guest has panicked already; purgatory has run its check")
+        evidence = self.session.corrupt(self.loaded.table, corruption)
+        self.pair.evidence.setdefault("corruptions", []).append(evidence)
+        self.stage = "corrupted"
+        return evidence
+
+    def panic(self, trigger: str | None) -> None:
+        if self._reached("panicked"):
+            raise UsageError("the guest has panicked already; `verdict` says what came of it")
+        self.session.trigger(trigger or self.pair.default_trigger)
+        self.stage = "panicked"
+
+    def scenario_panic(self) -> None:
+        """The scenario's own ending: unload first if it says so, then its trigger."""
+        scenario = self.pair.scenario
+        if scenario.load.unload:
+            self.pair.evidence["unload"] = self.session.unload(scenario.load.method)
+        self.panic(None)
+
+    def advance(self, until: str | None) -> None:
+        """Run the scenario's steps past the current stage, up to `until` (None: all of them)."""
+        scenario = self.pair.scenario
+        plan = (("booted", self.boot), ("loaded", self.load),
+                ("corrupted", (lambda: self.corrupt(scenario.corrupt)) if scenario.corrupt else None),
+                ("panicked", self.scenario_panic if scenario.trigger != "none" else None))
+        for stage, step in plan:
+            if self.finding:
+                return
+            if step and not self._reached(stage):
+                step()
+            if stage == until:
+                return
+
+    # ------------------------------------------------------------ evidence
+    def _capture_hello(self) -> dict | None:
+        return next((m for m in self.session.control.messages
+                     if m["type"] == "hello" and m.get("role") == "capture"), None)
+
+    def observe(self, within: float | None = None) -> Finding:
+        """Session.observe, the evidence logic of `labctl run`, for at most `within` seconds
+        more (None: up to the verdict timeout).  The capture kernel's hello may already
+        have been read by the terminal loop, so the control messages are checked first."""
+        self.session.control.pump(strict=False)
+        if hello := self._capture_hello():
+            return self.session._capture_booted(hello, self.pair.kernel.release)
+        timeouts, progress = self.session.timeouts, self.session.progress
+        if within is not None:
+            since = time.monotonic() - self.session.marks["trigger"]
+            self.session.timeouts = replace(timeouts, verdict=min(timeouts.verdict, since + within))
+            self.session.progress = Progress(progress.label, quiet=True)
+        try:
+            return self.session.observe(self._table(), self.pair.kernel.release)
+        finally:
+            self.session.timeouts, self.session.progress = timeouts, progress
+
+    def verdict_now(self) -> Finding | None:
+        """The outcome `labctl run` would declare on what is visible now, or None."""
+        if self.finding or not self._reached("panicked"):
+            return self.finding
+        finding = self.observe(within=SNAPSHOT_SECONDS)
+        if finding.outcome == HANG and finding.evidence["waited"] < self.session.timeouts.verdict:
+            self.snapshot = finding.evidence
+            return None
+        return finding
+
+    def run_rest(self) -> None:
+        """`continue`: the remaining steps, then wait for the verdict as `labctl run` does."""
+        self.advance(None)
+        if self.finding is None and not self._reached("panicked"):  # trigger: none
+            self.finding = self._load_finding(LOAD_ACCEPTED)
+        if self.finding is None:
+            self.finding = self.observe()
+        elif self.finding.outcome in (LOAD_REJECTED, LOAD_ACCEPTED) and self.pair.scenario.then_intact:
+            self.pair.evidence["recovery"] = self.pair.step_recovery(self.session)
+        self.report(self.finding)
+
+    def report(self, finding: Finding | None) -> None:
+        if finding is None:
+            since = time.monotonic() - self.session.marks.get("trigger", time.monotonic())
+            where = "the guest has not panicked" if not self._reached("panicked") else \
+                f"{since:.1f} s since the panic, no evidence yet"
+            self.say(f"no verdict yet ({where}; stage {self.stage})")
+            for vcpu in self.snapshot.get("vcpus", []) if self._reached("panicked") else []:
+                self.say(f"  CPU#{vcpu['cpu']} RIP={vcpu['rip']} in {vcpu['segment'] or 'no segment'}")
+            return
+        self.finding = finding
+        passed, reason = self.pair.judge(finding)
+        self.say(f"verdict: {finding.outcome} (scenario expects {self.pair.expected.outcome}: "
+                 f"{'PASS' if passed else 'FAIL'}: {reason})")
+        self.say("evidence: " + json.dumps(finding.evidence, indent=2))
+
+    # ------------------------------------------------------------ gdb
+    def show_gdb(self) -> None:
+        if self.pair.gdb_port is None:
+            return
+        self.say(purgatory.gdb_hint(self.pair.gdb_port, self.loaded.table if self.loaded else None))
+
+    # ------------------------------------------------------------ the terminal
+    def serve(self) -> None:
+        """Hand the terminal over until the person quits, the terminal closes or QEMU exits."""
+        self.to_console()
+        typed = b""
+        fds = [self.terminal.fd, self.session.console.spawn.child_fd, self.session.control.fileno()]
+        while True:
+            ready, _, _ = select.select(fds, [], [], POLL_SECONDS)
+            if fds[1] in ready:
+                self.session.console.poll({})
+            if fds[2] in ready:
+                self.session.control.pump(strict=False)
+            if not self.session.machine.alive():
+                return self.guest_gone()
+            if fds[0] not in ready:
+                continue
+            data = self.terminal.read()
+            if not data:
+                return self.say("the terminal closed: ending the session")
+            if self.on_console:
+                self.keystrokes(data)
+                continue
+            typed += data
+            while b"\n" in typed:
+                line, _, typed = typed.partition(b"\n")
+                if self.run_line(line.decode(errors="replace")) == "quit":
+                    return None
+
+    def guest_gone(self) -> None:
+        self.terminal.restore()
+        self.on_console = False
+        self.say(f"the guest is gone: {self.session.machine.death_reason()}")
+        if self._reached("panicked") and not self.finding:
+            self.report(self.observe())  # QEMU exited after the panic: guest-reset
+
+    def keystrokes(self, data: bytes) -> None:
+        typed, escape, _ = data.partition(ESCAPE)
+        if typed:
+            self.session.machine.console.sendall(typed)
+        if escape:
+            self.to_prompt()
+
+    def to_console(self) -> None:
+        self.say(f"\n--- on the guest console (ttyS0); {lab_prompt.ESCAPE_NAME} for the lab prompt ---")
+        self.terminal.raw()
+        self.on_console = True
+
+    def to_prompt(self) -> None:
+        self.terminal.restore()
+        self.on_console = False
+        self.say(f"\n--- lab prompt (stage {self.stage}); `help` lists the commands ---")
+        self.prompt()
+
+    def prompt(self) -> None:
+        print("lab> ", end="", flush=True)
+
+    def run_line(self, line: str) -> str | None:
+        """Run one prompt line; any mistake ends in a message and the prompt again."""
+        self.transcript.write(f"lab> {line}\n")
+        try:
+            command = lab_prompt.parse(line)
+            after = getattr(self, f"do_{command.name}")(**command.args) if command else None
+        except (UsageError, ConfigError) as exc:
+            self.say(str(exc))
+            after = None
+        if after == "console":
+            self.to_console()
+        elif after != "quit":
+            self.prompt()
+        return after
+
+    # ------------------------------------------------------------ prompt commands
+    def do_help(self) -> None:
+        self.say(lab_prompt.help_text())
+
+    def do_segments(self) -> None:
+        if not self.loaded:
+            raise UsageError(f"nothing loaded yet (stage {self.stage}); `load` runs the load step")
+        self.say(format_segments(self.loaded.table))
+
+    def do_load(self) -> None:
+        self.load()
+        if not self.loaded.rejected:
+            self.say(format_segments(self.loaded.table))
+
+    def do_corrupt(self, corruption: Corruption) -> None:
+        e = self.corrupt(corruption)
+        self.say(f"corrupted {e['length']} bytes of {e['segment']['role']} at {e['address']} "
+                 f"(+{e['offset']}): before {e['before']} after {e['after']}")
+
+    def do_peek(self, address: int, length: int) -> None:
+        try:
+            data = self.session.memory.read(address, length)
+        except ValueError as exc:
+            raise UsageError(f"peek: {exc}") from None
+        segment = self._table().containing(address)
+        self.say((f"in {segment.role or f'segment {segment.index}'} +{address - segment.mem:#x}\n"
+                  if segment else "") + lab_prompt.hexdump(address, data))
+
+    def do_regs(self) -> None:
+        text = self.session.machine.hmp("info registers -a")
+        self.say(format_registers(text, self._table()))
+
+    def do_panic(self, trigger: str | None) -> None:
+        self.panic(trigger)
+        self.say("panic sent; `verdict` says what the lab sees, `console` shows the guest")
+
+    def do_verdict(self) -> None:
+        self.report(self.verdict_now())
+
+    def do_continue(self) -> str:
+        self.run_rest()
+        return "console"
+
+    def do_console(self) -> str:
+        return "console"
+
+    def do_quit(self) -> str:
+        return "quit"
+
+
+def format_segments(table: SegmentTable) -> str:
+    lines = [f"{'#':>2} {'role':12} {'mem':>12} {'memsz':>10} {'bufsz':>10}"]
+    for s in table.segments:
+        lines.append(f"{s.index:>2} {s.role or '?':12} {s.mem:#12x} {s.memsz:#10x} {s.bufsz:#10x}")
+    entry = purgatory.entry_point(table)
+    lines.append(f"entry (purgatory start): {entry:#x}" if entry is not None else
+                 "entry: not in this kernel's log (it prints it from 6.7, with KEXEC_FILE_DEBUG)")
+    return "\n".join(lines)
+
+
+def format_registers(text: str, table: SegmentTable) -> str:
+    """Each vCPU's general registers and control registers, then where its RIP is."""
+    lines = [line for line in text.splitlines() if line.startswith(("CPU#", "R", "CR0="))]
+    for cpu, rip in sorted(parse_registers(text).items()):
+        segment = table.containing(rip)
+        where = f"{segment.role or f'segment {segment.index}'} +{rip - segment.mem:#x}" if segment \
+            else "no loaded segment"
+        lines.append(f"CPU#{cpu} RIP={rip:#x} is in {where}")
+    return "\n".join(lines)
+
+
+@dataclass
+class ConsolePair(PairRun):
+    """A PairRun whose steps stop for a person; reuses its machine, channels and KVM fallback."""
+
+    stop_at: str = "loaded"
+    gdb_port: int | None = None
+    out: Path | None = None
+    live: LiveGuest | None = None
+
+    @property
+    def expected(self) -> Expected:
+        return self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols())
+
+    @property
+    def default_trigger(self) -> str:
+        """`panic` without an argument: the scenario's trigger, or sysrq if it has none."""
+        return self.scenario.trigger if self.scenario.trigger != "none" else "sysrq"
+
+    def judge(self, finding: Finding) -> tuple[bool, str]:
+        """The same judgement `labctl run` makes, against this kernel's expectation."""
+        expected = self.expected
+        return judge(expected.outcome, finding.outcome, finding.evidence, expected.errno,
+                     self.evidence.get("recovery"))
+
+    def machine_spec(self, accel, assets):
+        return replace(super().machine_spec(accel, assets), gdb_port=self.gdb_port)
+
+    def _steps(self, session: Session) -> Finding | None:
+        terminal = Terminal(sys.stdin.fileno())
+        session.console.spawn.logfile_read = Tee(session.console.log, sys.stdout)
+        transcript = StampedLog(self.out / "lab.log", session.progress.t0)
+        self.live = LiveGuest(self, session, terminal, transcript)
+        try:
+            self.live.advance(self.stop_at)
+            self.live.serve()
+            return self.live.finding
+        finally:
+            terminal.restore()
+            transcript.close()
+
+
+def record(result: dict, finding: Finding | None, pair: ConsolePair, out: Path) -> int:
+    """Put the session's last verdict (if any) into result.json's fields; return the exit code."""
+    if finding is None:
+        result.update(outcome=NO_VERDICT, passed=None,
+                      reason="the session ended before the lab reached a verdict")
+        return EXIT_PASSED
+    for name, text in finding.attachments.items():
+        (out / name).write_text(text, encoding="utf-8")
+        result["artifacts"][name.split(".")[0]] = name
+    passed, reason = pair.judge(finding)
+    result["evidence"]["verdict"] = finding.evidence
+    result.update(outcome=finding.outcome, passed=passed, reason=reason)
+    return EXIT_PASSED if passed else EXIT_FAILED
+
+
+def run_console(pair: ConsolePair, run_id: str) -> int:
+    """Run the session and always leave result.json (mode: console) behind."""
+    out, t0 = pair.out, time.monotonic()
+    result = {"run_id": run_id, "mode": "console", "stop_at": pair.stop_at,
+              "scenario": {"name": pair.scenario.name, "path": str(pair.scenario.path)},
+              "kernel": pair.kernel.describe(), "accelerator": None,
+              "expected": pair.expected.outcome, "expected_errno": pair.expected.errno,
+              "outcome": None, "passed": False, "reason": None,
+              "evidence": pair.evidence, "timings": {}, "attempts": pair.attempts,
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "artifacts": {"serial_log": "serial.log", "control_log": "control.log",
+                            "qemu_log": "qemu.log", "lab_log": "lab.log"}}
+    code = EXIT_INFRA
+    try:
+        accel, finding = pair.run(out, t0)
+        result["accelerator"] = accel.to_json()
+        code = record(result, finding, pair, out)
+    except (KeyboardInterrupt, Interrupted):
+        if pair.live and pair.live.finding:  # a verdict reached before Ctrl-C still counts
+            record(result, pair.live.finding, pair, out)
+        else:
+            result.update(outcome=INTERRUPTED, reason=f"interrupted at stage {_stage(pair)}")
+        result["ended_by"] = "interrupt"
+        raise Interrupted(f"session ended at stage {_stage(pair)}; artifacts in {out}") from None
+    except LabError as exc:
+        result.update(outcome=CONFIG_ERROR if isinstance(exc, ConfigError) else INFRA_ERROR,
+                      reason=str(exc), stage=_stage(pair))
+        raise
+    finally:
+        if pair.session:
+            result["timings"] = {**pair.session.timings}
+        result["timings"]["total"] = round(time.monotonic() - t0, 3)
+        write_json(out / "result.json", result)
+    print(f"session ended: {result['outcome']}; artifacts: {out}", flush=True)
+    return code
+
+
+def _stage(pair: ConsolePair) -> str:
+    return (pair.live.stage if pair.live else None) or "starting"
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from labctl import cli  # imported here: cli imports this module to register the command
+    lab = cli._load_lab(args)
+    scenario = load_scenario(find_scenario(args.scenario, cli.scenarios_dir(lab)))
+    if args.stop_at == "corrupted" and scenario.corrupt is None:
+        raise ConfigError(f"--stop-at corrupted: scenario {scenario.name} has no corrupt step "
+                          "(stop at loaded and use `corrupt ROLE` at the lab prompt)")
+    check_writable(lab.artifacts_dir)
+    kernel = resolve_kernel(lab, args.kernel, progress=cli._say)
+    run_id = new_run_id()
+    out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
+    pair = ConsolePair(lab, kernel, scenario, AccelChooser(lab.cache_dir),
+                       Progress(f"{kernel.name}/{scenario.name}"), stop_at=args.stop_at,
+                       gdb_port=args.gdb, out=out)
+    cli._say(f"console session {run_id}: {kernel.name} x {scenario.name}, stopping at "
+             f"{args.stop_at}; {lab_prompt.ESCAPE_NAME} then `help` for the lab prompt")
+    return run_console(pair, run_id)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {port}")
+    return port
+
+
+def register(subparsers) -> None:
+    console = subparsers.add_parser(
+        "console", help="run a scenario up to a stop point, then debug it by hand on the serial "
+                        f"console ({lab_prompt.ESCAPE_NAME} opens the lab prompt)")
+    console.add_argument("scenario", help="scenario name (scenarios/NAME.yaml) or path")
+    console.add_argument("--kernel", help="catalogue name or path to a bzImage (default: lab.yaml's)")
+    console.add_argument("--stop-at", choices=STAGES, default="loaded",
+                         help="the last scenario step to run before handing over (default: loaded)")
+    console.add_argument("--gdb", nargs="?", const=DEFAULT_GDB_PORT, type=_port, metavar="PORT",
+                         help=f"QEMU gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT}); "
+                              "the lab prints the gdb command line")
+    console.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
+    console.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    console.set_defaults(func=cmd_console)

@@ -1,0 +1,146 @@
+"""The lab prompt of `labctl console`: its commands, their arguments, and their help.
+
+Parsing is kept apart from the live guest so that every message a typo can
+produce is unit-tested, and the session only ever acts on a valid Command:
+a bad line costs the person one error message, never the guest.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable
+
+from labctl.config import PATTERNS, PLACEMENTS, SEGMENT_ROLES, TRIGGERS, Corruption
+
+MAX_PEEK = 4096          # bytes one `peek` may dump
+MAX_CORRUPT = 1 << 20    # bytes one `corrupt` may overwrite
+ESCAPE_NAME = "Ctrl-]"
+PANIC_TRIGGERS = tuple(t for t in TRIGGERS if t != "none")  # "none" is a scenario's "do not"
+
+
+class UsageError(ValueError):
+    """A line the prompt cannot run; the message says what would be accepted."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: dict = field(default_factory=dict)
+
+
+def parse_int(text: str, what: str) -> int:
+    """Decimal or 0x-prefixed hex, never negative."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise UsageError(f"{what} must be a number (decimal or 0x hex), got {text!r}") from None
+    if value < 0:
+        raise UsageError(f"{what} must be 0 or more, got {text}")
+    return value
+
+
+def _no_args(words: list[str]) -> dict:
+    if words:
+        raise UsageError(f"takes no arguments (got {' '.join(words)!r})")
+    return {}
+
+
+def _corrupt(words: list[str]) -> dict:
+    if not 1 <= len(words) <= 4:
+        raise UsageError("needs a segment role and at most OFFSET LENGTH PATTERN")
+    role, offset, length, pattern = (words + [None] * 3)[:4]
+    if role not in SEGMENT_ROLES:
+        raise UsageError(f"unknown segment role {role!r}; roles: {', '.join(SEGMENT_ROLES)}")
+    defaults = Corruption(segment=role)
+    if offset is None or offset in PLACEMENTS:
+        offset = offset or defaults.offset
+    else:
+        offset = parse_int(offset, "OFFSET")
+    length = defaults.length if length is None else parse_int(length, "LENGTH")
+    if not 1 <= length <= MAX_CORRUPT:
+        raise UsageError(f"LENGTH must be between 1 and {MAX_CORRUPT}, got {length}")
+    pattern = pattern or defaults.pattern
+    if pattern not in PATTERNS:
+        raise UsageError(f"unknown pattern {pattern!r}; patterns: {', '.join(PATTERNS)}")
+    return {"corruption": Corruption(segment=role, offset=offset, length=length, pattern=pattern)}
+
+
+def _peek(words: list[str]) -> dict:
+    if len(words) != 2:
+        raise UsageError("needs an address and a length")
+    address, length = parse_int(words[0], "ADDR"), parse_int(words[1], "LEN")
+    if not 1 <= length <= MAX_PEEK:
+        raise UsageError(f"LEN must be between 1 and {MAX_PEEK}, got {length}")
+    return {"address": address, "length": length}
+
+
+def _panic(words: list[str]) -> dict:
+    if len(words) > 1:
+        raise UsageError("takes at most one trigger")
+    if words and words[0] not in PANIC_TRIGGERS:
+        raise UsageError(f"unknown trigger {words[0]!r}; triggers: {', '.join(PANIC_TRIGGERS)}")
+    return {"trigger": words[0] if words else None}
+
+
+@dataclass(frozen=True)
+class Spec:
+    usage: str
+    summary: str
+    parse: Callable[[list[str]], dict] = _no_args
+
+
+COMMANDS: dict[str, Spec] = {
+    "help": Spec("help", "list these commands"),
+    "segments": Spec("segments", "the loaded segment table, with roles and the entry point"),
+    "load": Spec("load", "run the scenario's load step (its load method) if it has not run"),
+    "corrupt": Spec("corrupt ROLE [OFFSET] [LENGTH] [PATTERN]",
+                    f"overwrite bytes of a loaded segment; OFFSET a byte offset or "
+                    f"{'|'.join(PLACEMENTS)} (middle), LENGTH (16), PATTERN "
+                    f"{'|'.join(PATTERNS)} (flip)", _corrupt),
+    "peek": Spec("peek ADDR LEN", f"hex dump of guest physical memory (LEN <= {MAX_PEEK})", _peek),
+    "regs": Spec("regs", "each vCPU's registers, and the segment its RIP falls in"),
+    "panic": Spec("panic [TRIGGER]", f"crash the guest kernel: {'|'.join(PANIC_TRIGGERS)} "
+                                     "(default: the scenario's trigger)",
+                  _panic),
+    "verdict": Spec("verdict", "what the lab would conclude now, with its evidence"),
+    "continue": Spec("continue", "run the scenario's remaining steps, wait for the verdict, "
+                                 "then return to the console"),
+    "console": Spec("console", "back to the guest console"),
+    "quit": Spec("quit", "end the session: stop QEMU, keep the artifacts"),
+}
+
+
+def parse(line: str) -> Command | None:
+    """One typed line -> Command; None for a blank line; UsageError for anything else."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot read that line: {exc}") from None
+    if not words:
+        return None
+    name, rest = words[0].lower(), words[1:]
+    spec = COMMANDS.get(name)
+    if spec is None:
+        raise UsageError(f"unknown command {words[0]!r}; `help` lists the commands")
+    try:
+        return Command(name, spec.parse(rest))
+    except UsageError as exc:
+        raise UsageError(f"{name}: {exc} (usage: {spec.usage})") from None
+
+
+def help_text() -> str:
+    width = max(len(s.usage) for s in COMMANDS.values())
+    lines = [f"  {s.usage:{width}}  {s.summary}" for s in COMMANDS.values()]
+    return "\n".join(["lab prompt commands:", *lines,
+                      f"{ESCAPE_NAME} on the console comes back here; Ctrl-C here ends the session."])
+
+
+def hexdump(address: int, data: bytes, width: int = 16) -> str:
+    """Lines of 'address: hex bytes  |ascii|', the way hexdump -C shows them."""
+    lines = []
+    for start in range(0, len(data), width):
+        chunk = data[start:start + width]
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{address + start:#018x}: {chunk.hex(' '):<{width * 3 - 1}}  |{text}|")
+    return "\n".join(lines)
