@@ -1,0 +1,220 @@
+"""`labctl matrix`, `labctl report merge` and the pytest plugin on real guests; the HTML
+report rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from conftest import ROOT, labctl, leftover_run_dirs, qemu_processes
+
+pytestmark = pytest.mark.e2e
+
+KERNELS = ["debian-6.12", "debian-6.1"]
+SCENARIOS = ["crash-corrupt", "crash-intact"]
+RESULT_LINE = re.compile(r"^matrix (\S+): (\d+) pairs in ([\d.]+) s: (.*)$", re.MULTILINE)
+MATRIX_TAG = {"KEXEC_LAB_TEST_TAG": secrets.token_hex(8)}
+WRONG_EXPECTATION = "load: {method: kexec_file_load}\nexpect: purgatory-refused\n"
+
+
+def run_dir(run) -> Path:
+    """The run directory a matrix printed (its junit.xml's folder)."""
+    return Path(re.search(r"^  (\S+)/junit.xml$", run.stdout, re.MULTILINE)[1])
+
+
+def make_lab(tmp_path: Path, scenarios: dict[str, str], boot_timeout: int = 90) -> Path:
+    """A copy of lab.yaml with its own scenarios/ and a kernel whose bzImage is cut short
+    (QEMU or the guest fails on it: a real infrastructure error)."""
+    lab = tmp_path / "lab"
+    (lab / "scenarios").mkdir(parents=True)
+    for name, text in scenarios.items():
+        (lab / "scenarios" / f"{name}.yaml").write_text(text)
+    bzimage = next((Path.home() / ".cache/kexec-lab/kernels").glob("linux-image-6.12*/boot/vmlinuz-*"))
+    (lab / "bzImage-truncated").write_bytes(bzimage.read_bytes()[:1_000_000])
+    text = (ROOT / "lab.yaml").read_text().replace("  boot: 90", f"  boot: {boot_timeout}")
+    (lab / "lab.yaml").write_text(text + "  truncated:\n    path: bzImage-truncated\n")
+    return lab / "lab.yaml"
+
+
+@pytest.fixture
+def tag():
+    """An environment mark for this test's guests, so that the leak check below
+    ignores guests other people run on the same host at the same time."""
+    return {"KEXEC_LAB_TEST_TAG": secrets.token_hex(8)}
+
+
+def tagged_qemu_pids(tag: dict) -> list[int]:
+    mark = "=".join(next(iter(tag.items()))).encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"qemu-system-x86_64" in cmd.split(b"\0")[0] and mark in environ:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture
+def no_leaks_of_mine(tag):
+    """No QEMU started by this test survives it, and no run directory is left behind
+    that no running QEMU uses."""
+    before = set(leftover_run_dirs())
+    yield
+    assert tagged_qemu_pids(tag) == []
+    in_use = " ".join(qemu_processes())
+    assert [d for d in set(leftover_run_dirs()) - before if d not in in_use] == []
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox",
+                           "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """Both kernels x both core scenarios, two guests at a time."""
+    artifacts = tmp_path_factory.mktemp("matrix")
+    run = labctl("matrix", "--kernels", *KERNELS, "--scenarios", *SCENARIOS, "--jobs", "2",
+                 "--artifacts", str(artifacts), env=MATRIX_TAG)
+    return run, run_dir(run)
+
+
+def test_matrix_runs_every_pair_two_at_a_time(matrix):
+    run, directory = matrix
+    assert run.returncode == 0, run.stdout + run.stderr
+    run_id, pairs, _, counts = RESULT_LINE.search(run.stdout).groups()
+    assert (pairs, counts) == ("4", "4 pass, 0 fail, 0 error, 0 xfail, 0 xpass")
+    events = re.findall(r"\] (start|\d/4 done):? ", run.stderr)  # not the heartbeat lines
+    assert events[:2] == ["start", "start"], run.stderr  # two guests before the first verdict
+    assert [e for e in events if e != "start"] == ["1/4 done", "2/4 done", "3/4 done", "4/4 done"]
+    assert "running: " in run.stderr
+    assert tagged_qemu_pids(MATRIX_TAG) == []
+    plan = json.loads((directory / "matrix.json").read_text())
+    assert plan["run_id"] == run_id == directory.name and len(plan["pairs"]) == 4
+    for kernel in KERNELS:
+        for scenario in SCENARIOS:
+            result = json.loads((directory / kernel / scenario / "result.json").read_text())
+            assert result["passed"] and result["run_id"] == run_id
+            assert result["matrix"] == {"run_id": run_id, "shard": "1/1", "attempts": 1,
+                                        "retries": [], "expect_fail": None}
+            assert (directory / kernel / scenario / "serial.log").stat().st_size > 0
+
+
+def test_matrix_junit_has_a_testcase_per_pair(matrix):
+    _, directory = matrix
+    root = ET.parse(directory / "junit.xml").getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("4", "0", "0")
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    assert set(cases) == {(k, s) for k in KERNELS for s in SCENARIOS}
+    refused = cases[("debian-6.1", "crash-corrupt")].find("system-out").text
+    assert "parked at RIP" in refused and "[[ATTACHMENT|debian-6.1/crash-corrupt/serial.log]]" in refused
+
+
+def test_matrix_summary_grid(matrix):
+    _, directory = matrix
+    lines = (directory / "summary.md").read_text().splitlines()
+    assert "| scenario | debian-6.1 | debian-6.12 |" in lines
+    corrupt = next(line for line in lines if line.startswith("| crash-corrupt |"))
+    assert corrupt.count("PASS purgatory-refused") == 2
+
+
+def test_report_html_renders_in_chromium(matrix, tmp_path):
+    _, directory = matrix
+    url = (directory / "report.html").as_uri()
+    dom = chromium("--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr
+    soup = BeautifulSoup(dom.stdout, "html.parser")
+    assert [th.text for th in soup.select("th.kernel")] == ["debian-6.1", "debian-6.12"]
+    assert [th.text for th in soup.select("th.scenario")] == SCENARIOS
+    cells = soup.select("td.cell")
+    assert len(cells) == 4 and {c["data-status"] for c in cells} == {"pass"}
+    for cell in cells:
+        assert len(cell.select(".timeline span")) >= 3  # boot, load, panic_to_verdict at least
+        for link in cell.select("a.serial, a.result"):
+            assert (directory / link["href"]).is_file()
+    png = tmp_path / "report.png"
+    shot = chromium("--window-size=1200,800", f"--screenshot={png}", url)
+    assert shot.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot.stderr
+    assert struct.unpack(">II", png.read_bytes()[16:24]) == (1200, 800)
+    assert png.stat().st_size > 20_000  # a rendered grid, not a blank page
+
+
+def test_infra_error_is_retried_once_and_is_an_error(tmp_path, tag, no_leaks_of_mine):
+    lab = make_lab(tmp_path, {"crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
+                   boot_timeout=20)
+    run = labctl("--lab", str(lab), "matrix", "--kernels", "truncated", env=tag)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "retrying once" in run.stderr
+    directory = run_dir(run) / "truncated" / "crash-intact"
+    result = json.loads((directory / "result.json").read_text())
+    first = json.loads((directory / "attempt-1" / "result.json").read_text())
+    assert result["outcome"] == first["outcome"] == "infra-error"
+    assert result["matrix"]["attempts"] == 2
+    assert result["matrix"]["retries"] == [{"attempt": 1, "outcome": "infra-error",
+                                            "reason": first["reason"], "directory": "attempt-1"}]
+    case = ET.parse(run_dir(run) / "junit.xml").getroot().find(".//testcase")
+    assert case.find("error") is not None and case.find("failure") is None
+
+
+def test_a_wrong_verdict_is_a_failure_never_retried_and_merges(tmp_path, tag, no_leaks_of_mine):
+    lab = make_lab(tmp_path, {"intact-expect-refused": WRONG_EXPECTATION}, boot_timeout=20)
+    failed = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", env=tag)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "retrying" not in failed.stderr
+    directory = run_dir(failed) / "debian-6.12" / "intact-expect-refused"
+    result = json.loads((directory / "result.json").read_text())
+    assert result["outcome"] == "capture-booted" and result["matrix"]["attempts"] == 1
+    assert not (directory / "attempt-1").exists()
+    broken = labctl("--lab", str(lab), "matrix", "--kernels", "truncated", env=tag)
+    assert broken.returncode == 3
+    out = tmp_path / "merged"
+    merged = labctl("report", "merge", str(run_dir(failed)), str(run_dir(broken)), "--out", str(out))
+    assert merged.returncode == 1 and "2 pairs: 0 pass, 1 fail, 1 error" in merged.stdout
+    root = ET.parse(out / "junit.xml").getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "1")
+    assert "expected purgatory-refused, got capture-booted" in (out / "summary.md").read_text()
+
+
+def test_pytest_plugin_runs_pairs_with_xdist_and_junitxml(tmp_path, tag, no_leaks_of_mine):
+    xml = tmp_path / "lab.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2",
+                           "scenarios", "--lab-scenario", "crash-intact", "--lab-kernel", "debian-6.12",
+                           "--lab-kernel", "debian-6.1", f"--junitxml={xml}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout
+    cases = ET.parse(xml).getroot().findall(".//testcase")
+    assert sorted(c.get("name") for c in cases) == ["debian-6.1", "debian-6.12"]
+    for case in cases:
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert props["outcome"] == "capture-booted" and Path(props["serial_log"]).is_file()
+
+
+def test_pytest_plugin_reports_an_infra_error_as_error(tmp_path, tag, no_leaks_of_mine):
+    lab = make_lab(tmp_path, {"crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
+                   boot_timeout=20)
+    xml = tmp_path / "lab.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "labctl.pytest_plugin",
+                           str(lab.parent / "scenarios"), "--lab-config", str(lab), "--lab-kernel", "truncated",
+                           f"--junitxml={xml}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
+    assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout + proc.stderr
+    case = ET.parse(xml).getroot().find(".//testcase")
+    assert case.find("error") is not None and case.find("failure") is None
+    assert "crash-intact" in case.get("classname") and case.get("name") == "truncated"
+    assert "QEMU" in case.find("error").get("message") or "guest" in case.find("error").get("message")
