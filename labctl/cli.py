@@ -19,7 +19,7 @@ from labctl.artifacts import check_writable, new_run_id
 from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_lab, load_scenario
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
                            Interrupted, LabError)
-from labctl import interactive, matrix, report
+from labctl import coverage, interactive, matrix, report
 from labctl.kernel_build import build_entry
 from labctl.kernel_catalogue import catalogue_table
 from labctl.kernels import resolve_kernel
@@ -28,7 +28,7 @@ from labctl.runner import run_pair
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
-COMMAND_MODULES: list = [matrix.register, report.register, interactive.register]
+COMMAND_MODULES: list = [matrix.register, report.register, interactive.register, coverage.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 
 

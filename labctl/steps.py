@@ -259,7 +259,9 @@ class Session:
             if ended := [line for name, line in hits if name == "end"]:
                 return self._finish(start, Finding(PANIC_HALTED, {"console": ended[0].strip()}))
             for message in messages:
-                if message["type"] == "hello" and message.get("role") == "capture":
+                # After the panic only a kexec'd kernel can say hello, even one that
+                # failed to set up /proc/vmcore (its role then reads "primary").
+                if message["type"] == "hello":
                     return self._finish(start, self._capture_booted(message, release))
             if not self.machine.alive():
                 return self._finish(start, Finding(GUEST_RESET, {
@@ -304,7 +306,7 @@ class Session:
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
         return Finding(CAPTURE_BOOTED, {
             "capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
-            "vmcore": vmcore})
+            "helper_role": hello.get("role"), "vmcore": vmcore})
 
     def _finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)

@@ -161,11 +161,24 @@ static void put_vmcore_facts(void)
 	close(fd);
 }
 
+/* A kdump kernel is told where the ELF headers are; /proc/vmcore may still fail. */
+static int is_capture_kernel(void)
+{
+	char buf[LINE_MAX_LEN] = "";
+	FILE *f = fopen("/proc/cmdline", "r");
+
+	if (f) {
+		buf[fread(buf, 1, sizeof(buf) - 1, f)] = 0;
+		fclose(f);
+	}
+	return access("/proc/vmcore", F_OK) == 0 || strstr(buf, "elfcorehdr=") != NULL;
+}
+
 static void cmd_hello(void)
 {
 	struct utsname u;
 	unsigned long ck_start, ck_end;
-	int capture = access("/proc/vmcore", F_OK) == 0;
+	int capture = is_capture_kernel();
 
 	uname(&u);
 	crashkernel_region(&ck_start, &ck_end);

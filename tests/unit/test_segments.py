@@ -50,3 +50,23 @@ def test_unrecognised_lines_give_an_empty_table_not_a_guess():
     table = parse_segment_table(["random noise", "segment[x]: garbage", ""])
     assert table.segments == () and table.entry is None
     assert table.by_role("kernel") is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kexec_tools_output_gives_roles_and_entry(kernel):
+    """kexec_load: kexec-tools' `-d` output, one field per line, names its own segments."""
+    tool = message(kernel, "crash-corrupt-kexec-load", "kexec-tool")
+    assert tool["rc"] == 0 and tool["kexec_crash_loaded"] == "1"
+    table = parse_segment_table(tool["output"] + tool["log"])
+    roles = {s.role for s in table.segments}
+    assert {"kernel", "initrd", "boot_params", "elfcorehdr", "purgatory", "backup"} <= roles
+    assert table.by_role("purgatory").contains(table.entry)
+    assert len(table.segments) == 7  # kexec-tools adds a segment it does not name
+    assert sum(s.role is None for s in table.segments) == 1
+
+
+def test_kexec_tools_field_lines_need_all_three_fields():
+    lines = ["segment[0].bufsz = 0x30", "segment[0].mem   = 0x2a000000",
+             "segment[1].bufsz = 0x10", "segment[1].mem = 0x1000", "segment[1].memsz = 0x1000"]
+    table = parse_segment_table(lines)
+    assert [(s.index, s.mem) for s in table.segments] == [(1, 0x1000)]

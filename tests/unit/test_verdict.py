@@ -5,7 +5,7 @@ import pytest
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.verdict import ParkWatch, is_self_jump, judge, parse_registers
 from labctl.vmcore import check_vmcore
-from recorded import KERNELS, message, registers, result
+from recorded import KERNELS, control_messages, message, registers, result
 
 PURGATORY = Segment(index=1, mem=0x3DFFA000, memsz=0x5000, bufsz=0x4000, role="purgatory")
 KERNEL = Segment(index=3, mem=0x3AC00000, memsz=0x37DC000, bufsz=0xB187C0, role="kernel")
@@ -95,3 +95,35 @@ def test_judge():
         False, "expected purgatory-refused, got capture-booted")
     assert judge("purgatory-refused", "purgatory-refused", {})[0]
     assert not judge("purgatory-refused", "hang", {})[0]
+
+
+def test_judge_errno_and_recovery():
+    enoexec = {"errno": 8}
+    assert judge("load-rejected", "load-rejected", enoexec, "ENOEXEC") == (True, "load-rejected as expected (ENOEXEC)")
+    passed, reason = judge("load-rejected", "load-rejected", {"errno": 22}, "ENOEXEC")
+    assert not passed and reason == "load-rejected as expected, but with EINVAL instead of ENOEXEC"
+    healthy = {"outcome": "capture-booted", "vmcore": {"ok": True}}
+    assert judge("load-rejected", "load-rejected", enoexec, "ENOEXEC", healthy)[0]
+    passed, reason = judge("load-rejected", "load-rejected", enoexec, "ENOEXEC", {"outcome": "hang"})
+    assert not passed and "not healthy afterwards" in reason and "hang" in reason
+    broken = {"outcome": "capture-booted", "vmcore": {"ok": False, "problems": ["no PT_NOTE segment"]}}
+    assert not judge("load-accepted", "load-accepted", {}, None, broken)[0]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_recorded_kexec_load_refusal_parks_in_kexec_tools_purgatory(kernel):
+    recorded = result(kernel, "crash-corrupt-kexec-load")
+    parked = recorded["evidence"]["verdict"]["parked"]
+    table = parse_segment_table(message(kernel, "crash-corrupt-kexec-load", "kexec-tool")["output"])
+    rips = parse_registers(registers(kernel, "crash-corrupt-kexec-load"))
+    assert table.containing(rips[parked["cpu"]]).role == "purgatory"
+    assert is_self_jump(bytes.fromhex(parked["code"]))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_recorded_unload_then_panic_halts_without_capture(kernel):
+    recorded = result(kernel, "unload-then-panic")
+    assert recorded["evidence"]["unload"] == {"rc": 0, "kexec_crash_loaded": "0"}
+    assert "end Kernel panic - not syncing: sysrq triggered crash" in recorded["evidence"]["verdict"]["console"]
+    assert not any(m["type"] == "hello" and m.get("role") == "capture"
+                   for m in control_messages(kernel, "unload-then-panic"))

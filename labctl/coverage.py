@@ -1,0 +1,170 @@
+"""`labctl coverage`: which bytes does purgatory actually guard on this kernel?
+
+For each kernel and load method it corrupts every loaded segment role at
+several placements (first byte, middle, last byte, the zero-filled tail, one
+bit, a whole page), panics, and records whether purgatory refused.  The
+answer is a table (Markdown and JSON) in the run's artifacts.  The scenarios
+are generated here rather than kept as files: the table is the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from labctl.accel import AccelChooser
+from labctl.artifacts import check_writable, new_run_id
+from labctl.config import (Corruption, Expectation, LabConfig, LoadStep, Scenario,
+                           load_lab)
+from labctl.errors import EXIT_INFRA, EXIT_PASSED
+from labctl.kernels import Kernel, resolve_kernel
+from labctl.runner import CONFIG_ERROR, run_pair
+from labctl.verdict import PURGATORY_REFUSED
+
+PLACEMENTS = {  # name -> (offset, length, pattern)
+    "first-byte": ("start", 1, "flip"),
+    "middle": ("middle", 16, "flip"),
+    "last-byte": ("end", 1, "flip"),
+    "tail": ("tail", 1, "flip"),
+    "bit": ("middle", 1, "bit"),
+    "page-zero": ("page", 4096, "zero"),
+}
+ROLES = {
+    "kexec_file_load": ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory"),
+    "kexec_load": ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory", "backup"),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    kernel: str
+    method: str
+    role: str
+    placement: str
+    outcome: str
+    reason: str
+    directory: str
+
+    @property
+    def protected(self) -> bool | None:
+        if self.outcome == CONFIG_ERROR:
+            return None  # the placement does not exist on this segment (e.g. no tail)
+        return self.outcome == PURGATORY_REFUSED
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "protected": self.protected}
+
+
+def coverage_scenario(method: str, role: str, placement: str) -> Scenario:
+    offset, length, pattern = PLACEMENTS[placement]
+    name = f"cov-{method.replace('_', '-')}-{role}-{placement}"
+    return Scenario(name=name, path=Path(f"<coverage:{name}>"),
+                    description=f"{method}: corrupt {role} at {placement} ({length} B {pattern})",
+                    load=LoadStep(method=method),
+                    corrupt=Corruption(role, offset, length, pattern),
+                    trigger="sysrq", expect=Expectation(PURGATORY_REFUSED))
+
+
+def _run_cell(lab: LabConfig, kernel: Kernel, method: str, role: str, placement: str,
+              run_id: str) -> Cell:
+    """One corruption on a fresh guest (runs in a worker process)."""
+    chooser = AccelChooser(lab.cache_dir)
+    outcome = run_pair(lab, kernel, coverage_scenario(method, role, placement), run_id,
+                       chooser, quiet=True)
+    result = outcome.result
+    return Cell(kernel.name, method, role, placement, result["outcome"], result["reason"] or "",
+                str(outcome.directory))
+
+
+def cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    if cell.protected is None:
+        return "n/a"
+    if cell.protected:
+        return "refused"
+    broken = cell.outcome == "capture-booted" and "not sane" in cell.reason
+    return f"**NOT** ({cell.outcome}{', vmcore broken' if broken else ''})"
+
+
+def markdown(cells: list[Cell]) -> str:
+    """One table per kernel and method: roles as rows, placements as columns."""
+    lines = ["# Digest coverage: does purgatory refuse a corrupted segment?", "",
+             "`refused` = purgatory parked the CPU (protected); `NOT (outcome)` = the "
+             "corruption was not caught; `n/a` = that placement does not exist on the segment.", ""]
+    index = {(c.kernel, c.method, c.role, c.placement): c for c in cells}
+    for kernel, method in dict.fromkeys((c.kernel, c.method) for c in cells):
+        lines += [f"## {kernel}, {method}", "",
+                  "| segment | " + " | ".join(PLACEMENTS) + " |",
+                  "|---|" + "---|" * len(PLACEMENTS)]
+        for role in ROLES[method]:
+            row = [cell_text(index.get((kernel, method, role, p))) for p in PLACEMENTS]
+            lines.append(f"| {role} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _jobs(args: argparse.Namespace, lab: LabConfig) -> list[tuple]:
+    work = []
+    for name in args.kernel or [lab.default_kernel]:
+        kernel = resolve_kernel(lab, name, progress=lambda t: print(t, file=sys.stderr))
+        for method in args.method:
+            for role in args.role or ROLES[method]:
+                if role in ROLES[method]:
+                    work += [(kernel, method, role, p) for p in args.placement or PLACEMENTS]
+    return work
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    lab = load_lab(args.lab)
+    check_writable(lab.artifacts_dir)
+    work = _jobs(args, lab)
+    run_id = new_run_id()
+    print(f"coverage run {run_id}: {len(work)} corruptions, {args.jobs} at a time", file=sys.stderr)
+    cells = []
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run_cell, lab, *item, run_id) for item in work]
+        for done, future in enumerate(as_completed(futures), 1):
+            cell = future.result()
+            cells.append(cell)
+            print(f"[{done}/{len(work)}] {cell.kernel} {cell.method} {cell.role} {cell.placement}: "
+                  f"{cell_text(cell)}", file=sys.stderr, flush=True)
+    out = lab.artifacts_dir / run_id / "coverage"
+    out.mkdir(parents=True, exist_ok=True)
+    order = {item[1:]: i for i, item in enumerate(work)}
+    cells.sort(key=lambda c: (c.kernel, order[(c.method, c.role, c.placement)]))
+    text = markdown(cells)
+    (out / "coverage.md").write_text(text + "\n")
+    (out / "coverage.json").write_text(json.dumps([c.to_json() for c in cells], indent=2) + "\n")
+    print(text)
+    print(f"written: {out / 'coverage.md'} and coverage.json")
+    infra = [c for c in cells if c.outcome == "infra-error"]
+    if infra:
+        print(f"{len(infra)} corruption(s) ended in an infrastructure error; see their result.json",
+              file=sys.stderr)
+    return EXIT_INFRA if infra else EXIT_PASSED
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("coverage", help="which segment bytes the digest protects, as a table")
+    parser.add_argument("--kernel", action="append", help="catalogue name or bzImage (repeatable; "
+                        "default: the default kernel)")
+    parser.add_argument("--method", action="append", choices=tuple(ROLES),
+                        help="load method (repeatable; default: both)")
+    parser.add_argument("--role", action="append", choices=ROLES["kexec_load"],
+                        help="only these segment roles (repeatable)")
+    parser.add_argument("--placement", action="append", choices=tuple(PLACEMENTS),
+                        help="only these placements (repeatable)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="guests at a time (default 1)")
+    parser.set_defaults(func=_with_defaults)
+
+
+def _with_defaults(args: argparse.Namespace) -> int:
+    args.method = args.method or list(ROLES)
+    return cmd_coverage(args)
