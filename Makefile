@@ -11,6 +11,8 @@ STAMPS := .cache/stamps
 APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
 # chromium: the matrix report test renders report.html headless.
 APT_PACKAGES += chromium
+# labctl console --gdb: the e2e test attaches real gdb at purgatory's entry point.
+APT_PACKAGES += gdb
 # Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
 APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).

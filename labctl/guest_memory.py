@@ -67,6 +67,10 @@ class GuestMemory:
         self._check(address, length)
         return self._map[address:address + length]
 
+    def find(self, needle: bytes, start: int = 0) -> int:
+        """Guest physical address of the next occurrence of `needle`, or -1 (no copy of RAM)."""
+        return self._map.find(needle, start)
+
     def write(self, address: int, data: bytes) -> None:
         self._check(address, len(data))
         self._map[address:address + len(data)] = data

@@ -33,6 +33,7 @@ from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Int
 from labctl.kernels import resolve_kernel
 from labctl.lab_prompt import UsageError
 from labctl.progress import Progress
+from labctl.purgatory import Placement
 from labctl.runner import CONFIG_ERROR, PairRun
 from labctl.segments import SegmentTable
 from labctl.steps import POLL_SECONDS, REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
@@ -43,6 +44,7 @@ STAGES = ("booted", "loaded", "corrupted", "panicked")
 ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
 NO_VERDICT = "no-verdict"
 DEFAULT_GDB_PORT = 1234
+SYMBOLS = "purgatory.ro"  # the kernel's purgatory object, next to the run's other artifacts
 # A `verdict` watches this long: two register samples must agree for purgatory-refused.
 SNAPSHOT_SECONDS = 3 * REGISTER_SAMPLE_SECONDS
 
@@ -97,6 +99,7 @@ class LiveGuest:
         self.loaded: Loaded | None = None
         self.finding: Finding | None = None
         self.snapshot: dict = {}  # the last `verdict` that found no evidence yet
+        self.placement: Placement | None = None
         self.on_console = False
 
     # ------------------------------------------------------------ output
@@ -226,11 +229,26 @@ class LiveGuest:
                  f"{'PASS' if passed else 'FAIL'}: {reason})")
         self.say("evidence: " + json.dumps(finding.evidence, indent=2))
 
-    # ------------------------------------------------------------ gdb
+    # ------------------------------------------------------------ purgatory and gdb
+    def purgatory(self) -> Placement | None:
+        """Where this load put purgatory (found once, then kept); None before a load.  The
+        kernel's purgatory object is saved as purgatory.ro for gdb's add-symbol-file."""
+        if self.placement is None and self.loaded and not self.loaded.rejected:
+            obj = None
+            if self.pair.scenario.load.method == "kexec_file_load":  # kexec_load: kexec-tools' own
+                obj = purgatory.find_in_memory(self.session.memory)
+            if obj:
+                (self.pair.out / SYMBOLS).write_bytes(obj)
+            self.placement = purgatory.locate(self.loaded.table, obj)
+        return self.placement
+
     def show_gdb(self) -> None:
         if self.pair.gdb_port is None:
             return
-        self.say(purgatory.gdb_hint(self.pair.gdb_port, self.loaded.table if self.loaded else None))
+        symbols = self.pair.out / SYMBOLS
+        self.say(purgatory.gdb_hint(self.pair.gdb_port, self.purgatory(),
+                                    symbols.resolve() if symbols.exists() else None,
+                                    loaded=self.loaded is not None))
 
     # ------------------------------------------------------------ the terminal
     def serve(self) -> None:
@@ -310,12 +328,12 @@ class LiveGuest:
     def do_segments(self) -> None:
         if not self.loaded:
             raise UsageError(f"nothing loaded yet (stage {self.stage}); `load` runs the load step")
-        self.say(format_segments(self.loaded.table))
+        self.say(format_segments(self.loaded.table, self.purgatory()))
 
     def do_load(self) -> None:
         self.load()
         if not self.loaded.rejected:
-            self.say(format_segments(self.loaded.table))
+            self.say(format_segments(self.loaded.table, self.purgatory()))
 
     def do_corrupt(self, corruption: Corruption) -> None:
         e = self.corrupt(corruption)
@@ -353,13 +371,17 @@ class LiveGuest:
         return "quit"
 
 
-def format_segments(table: SegmentTable) -> str:
+def format_segments(table: SegmentTable, placement: Placement | None) -> str:
     lines = [f"{'#':>2} {'role':12} {'mem':>12} {'memsz':>10} {'bufsz':>10}"]
     for s in table.segments:
         lines.append(f"{s.index:>2} {s.role or '?':12} {s.mem:#12x} {s.memsz:#10x} {s.bufsz:#10x}")
-    entry = purgatory.entry_point(table)
-    lines.append(f"entry (purgatory start): {entry:#x}" if entry is not None else
-                 "entry: not in this kernel's log (it prints it from 6.7, with KEXEC_FILE_DEBUG)")
+    if placement is None:
+        lines.append("entry: unknown (not in this kernel's log, no kernel purgatory object in RAM)")
+    else:
+        how = "logged by the kernel" if table.entry is not None else \
+            "computed from the kernel's purgatory object; this kernel does not log it"
+        name = f" {placement.entry_symbol}" if placement.entry_symbol else ""
+        lines.append(f"entry: {placement.entry:#x}{name} ({how})")
     return "\n".join(lines)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -160,3 +162,43 @@ def test_terminal_closing_on_the_console_ends_qemu(console):
     child.wait()
     assert child.exitstatus == 130               # handled, not killed
     assert_cleaned_up(child.qemu)
+
+
+def test_gdb_line_stops_real_gdb_at_purgatory_entry_on_6_1(console):
+    """6.1 does not log purgatory's entry: the lab computes it from the kernel's purgatory
+    object in RAM.  Real gdb, run with the printed command line, must stop exactly there,
+    with purgatory's symbols loaded."""
+    port = free_port()
+    child = console("crash-corrupt", "--kernel", "debian-6.1", "--stop-at", "loaded", "--gdb", str(port))
+    hint = re.search(r"stops at purgatory's entry (0x[0-9a-f]+) \(purgatory_start\) after the panic\):"
+                     r"\r\n  (gdb [^\r\n]+)", child.before)
+    assert hint, child.before
+    entry, argv = int(hint[1], 16), shlex.split(hint[2])
+    assert argv[-2:] == ["-ex", "continue"] and any(a.startswith("add-symbol-file /") for a in argv)
+    gdb = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=60,
+                        env={**os.environ, "TERM": "dumb"})  # dumb: no colours in the output
+    gdb.logfile_read = TRANSCRIPT.open("a")
+    gdb.expect("Continuing.")                   # attached, breakpoint set, guest running again
+    child.send("\x1d")
+    child.expect(PROMPT)
+    lab(child, "corrupt kernel", "corrupted 16 bytes")
+    lab(child, "panic", "panic sent")
+    gdb.expect(r"Breakpoint 1, (0x[0-9a-f]+) in purgatory_start \(\)")
+    assert int(gdb.match[1], 16) == entry
+    gdb.expect(r"\(gdb\) ")
+    gdb.sendline("info symbol $pc")
+    gdb.expect(r"purgatory_start in section \.text")
+    gdb.sendline("detach")                      # the guest runs on into purgatory's check
+    gdb.expect("Detaching")
+    gdb.sendline("quit")
+    gdb.expect(pexpect.EOF)
+    for _ in range(40):
+        child.sendline("verdict")
+        if child.expect([r"verdict: purgatory-refused", r"no verdict yet"]) == 0:
+            break
+    else:
+        pytest.fail("no purgatory-refused verdict after gdb detached")
+    child.expect(PROMPT)
+    child.sendline("quit")
+    outcome, result, directory = ended(child)
+    assert outcome == "purgatory-refused" and (directory / "purgatory.ro").stat().st_size > 0

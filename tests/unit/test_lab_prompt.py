@@ -7,7 +7,8 @@ from labctl.interactive import format_registers, format_segments
 from labctl.lab_prompt import (COMMANDS, MAX_PEEK, Command, UsageError, help_text, hexdump,
                                parse)
 from labctl.segments import parse_segment_table
-from recorded import message, registers
+from labctl.purgatory import locate
+from recorded import DATA, message, registers
 
 
 def test_blank_lines_are_nothing_to_run():
@@ -89,16 +90,18 @@ def test_hexdump_shows_address_hex_and_ascii():
     assert lines[1].endswith("|IJKLMNOP|")
 
 
-def test_segments_table_from_recorded_6_12_load_names_roles_and_entry():
+def test_segments_table_from_recorded_6_12_load_names_roles_and_the_logged_entry():
     table = parse_segment_table(message("debian-6.12", "crash-corrupt", "loaded")["log"])
-    text = format_segments(table)
+    text = format_segments(table, locate(table, None))
     assert " 1 purgatory      0x3dffb000     0x5000     0x4000" in text
-    assert "entry (purgatory start): 0x3dffb160" in text
+    assert "entry: 0x3dffb160 (logged by the kernel)" in text
 
 
-def test_segments_table_from_recorded_6_1_load_says_the_entry_is_not_logged():
+def test_segments_table_from_recorded_6_1_load_says_how_the_entry_was_found():
     table = parse_segment_table(message("debian-6.1", "crash-corrupt", "loaded")["log"])
-    assert "entry: not in this kernel's log" in format_segments(table)
+    assert "entry: unknown" in format_segments(table, locate(table, None))
+    text = format_segments(table, locate(table, (DATA / "debian-6.1" / "purgatory.ro").read_bytes()))
+    assert "entry: 0x3dffa120 purgatory_start (computed from the kernel's purgatory object" in text
 
 
 def test_registers_name_the_segment_each_rip_is_in():
