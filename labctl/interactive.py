@@ -100,6 +100,7 @@ class LiveGuest:
         self.finding: Finding | None = None
         self.snapshot: dict = {}  # the last `verdict` that found no evidence yet
         self.placement: Placement | None = None
+        self.placement_searched = False
         self.on_console = False
 
     # ------------------------------------------------------------ output
@@ -200,6 +201,7 @@ class LiveGuest:
         finding = self.observe(within=SNAPSHOT_SECONDS)
         if finding.outcome == HANG and finding.evidence["waited"] < self.session.timeouts.verdict:
             self.snapshot = finding.evidence
+            self.session.timings.pop("panic_to_verdict", None)  # not a verdict: no time to it
             return None
         return finding
 
@@ -233,7 +235,8 @@ class LiveGuest:
     def purgatory(self) -> Placement | None:
         """Where this load put purgatory (found once, then kept); None before a load.  The
         kernel's purgatory object is saved as purgatory.ro for gdb's add-symbol-file."""
-        if self.placement is None and self.loaded and not self.loaded.rejected:
+        if not self.placement_searched and self.loaded and not self.loaded.rejected:
+            self.placement_searched = True
             obj = None
             if self.pair.scenario.load.method == "kexec_file_load":  # kexec_load: kexec-tools' own
                 obj = purgatory.find_in_memory(self.session.memory)
@@ -288,7 +291,7 @@ class LiveGuest:
     def keystrokes(self, data: bytes) -> None:
         typed, escape, _ = data.partition(ESCAPE)
         if typed:
-            self.session.machine.console.sendall(typed)
+            send_all(self.session.machine.console, typed)
         if escape:
             self.to_prompt()
 
@@ -369,6 +372,17 @@ class LiveGuest:
 
     def do_quit(self) -> str:
         return "quit"
+
+
+def send_all(sock, data: bytes) -> None:
+    """sendall for the console's non-blocking socket: a long paste waits, it never fails."""
+    view = memoryview(data)
+    while view:
+        select.select([], [sock], [], POLL_SECONDS)
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            continue
 
 
 def format_segments(table: SegmentTable, placement: Placement | None) -> str:
