@@ -122,10 +122,13 @@ class Validator:
         self.path = str(path)
         self.located = located
 
-    def fail(self, keypath: tuple, message: str) -> None:
+    def error(self, keypath: tuple, message: str) -> ConfigError:
         key = ".".join(str(k) for k in keypath)
         prefix = f"key '{key}': " if key else ""
-        raise ConfigError(prefix + message, self.path, self.located.line(keypath))
+        return ConfigError(prefix + message, self.path, self.located.line(keypath))
+
+    def fail(self, keypath: tuple, message: str) -> None:
+        raise self.error(keypath, message)
 
     def mapping(self, data: Any, schema: dict[str, Field], keypath: tuple = ()) -> dict:
         if data is None:
@@ -175,6 +178,16 @@ class Validator:
             if problem:
                 self.fail(keypath, f"{value!r} {problem}")
         return value
+
+
+def key_error(path: Path, keypath: tuple, message: str) -> ConfigError:
+    """An error about a key that only shows once the file is used (a kernel path that is
+    missing, an offset past a segment): the file is read again for the key's line."""
+    try:
+        located = _Located(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        located = _Located("")
+    return Validator(path, located).error(keypath, message)
 
 
 # ---------------------------------------------------------------- lab.yaml
@@ -454,12 +467,13 @@ def load_scenario(path: Path) -> Scenario:
 def find_scenario(name_or_path: str, scenarios_dir: Path) -> Path:
     """A scenario name from scenarios/, or a path to a YAML file anywhere."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+    if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
             raise ConfigError(f"scenario file not found: {name_or_path}")
         return candidate
     if not SCENARIO_NAME.match(name_or_path):
-        raise ConfigError(f"bad scenario name {name_or_path!r}: use letters, digits, '.', '_', '-'")
+        raise ConfigError(f"bad scenario name {name_or_path!r}: use letters, digits, '.', '_', '-' "
+                          "(or give a path to a .yaml file)")
     found = scenarios_dir / f"{name_or_path}.yaml"
     if not found.is_file():
         known = sorted(p.stem for p in scenarios_dir.glob("*.yaml"))

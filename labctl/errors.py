@@ -21,11 +21,13 @@ class ConfigError(LabError):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: tuple | None = None):
         where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
         super().__init__(where + message)
         self.path = path
         self.line = line
+        self.key = key  # the scenario key at fault, when found on the guest (runner names the file)
 
 
 class InfraError(LabError):

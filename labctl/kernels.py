@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.config import KernelEntry, LabConfig
+from labctl.config import KernelEntry, LabConfig, key_error
 from labctl.errors import ConfigError, InfraError
 
 VERSIONED_IMAGE = re.compile(r"^linux-image-\d+\.\d+\.\d+")  # not 6.12-cloud-amd64
@@ -150,7 +150,10 @@ def resolve_kernel(lab: LabConfig, name_or_path: str | None, progress=print) -> 
         raise ConfigError(f"unknown kernel {name!r}: not in the catalogue of {lab.path} "
                           f"({', '.join(sorted(lab.kernels))}) and not a file")
     if entry.path:
-        return path_kernel(entry.name, (lab.path.parent / entry.path).resolve())
+        path = (lab.path.parent / entry.path).resolve()
+        if not path.is_file():
+            raise key_error(lab.path, ("kernels", name, "path"), f"kernel image not found: {path}")
+        return path_kernel(entry.name, path)
     if entry.recipe:
         from labctl.kernel_build import recipe_kernel  # kernel_build imports this module
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
 from labctl.artifacts import pair_dir, write_json
-from labctl.config import LabConfig, LoadStep, MachineConfig, Scenario
+from labctl.config import LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
@@ -214,6 +214,8 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.update(outcome=INTERRUPTED, reason=f"interrupted while {phase}", phase=phase)
         raise Interrupted(f"interrupted while {phase}; partial results in {out}") from None
     except ConfigError as exc:
+        if exc.key and not exc.path:  # found on the guest: name the scenario's file and line
+            exc = key_error(scenario.path, exc.key, str(exc))
         result.update(outcome=CONFIG_ERROR, reason=str(exc))
         exit_code = EXIT_USAGE
     except LabError as exc:

@@ -80,7 +80,7 @@ def placement_offset(corruption: Corruption, segment: Segment) -> int:
     if offset < 0 or offset + length > segment.memsz:
         raise ConfigError(f"corrupt: offset {offset:#x} + length {length:#x} is outside the "
                           f"{segment.role} segment (bufsz {segment.bufsz:#x}, memsz "
-                          f"{segment.memsz:#x}) on this kernel")
+                          f"{segment.memsz:#x}) on this kernel", key=("corrupt", "offset"))
     return offset
 
 
@@ -220,7 +220,7 @@ class Session:
         if segment is None:
             known = ", ".join(s.role or f"#{s.index}" for s in table.segments) or "none"
             raise ConfigError(f"corrupt: no {corruption.segment} segment was loaded on this "
-                              f"kernel (loaded: {known})")
+                              f"kernel (loaded: {known})", key=("corrupt", "segment"))
         offset = placement_offset(corruption, segment)
         write = self.memory.corrupt(segment.mem + offset, corruption.length,
                                     corruption.pattern, corruption.seed)
