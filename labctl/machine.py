@@ -23,7 +23,7 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from labctl.errors import InfraError
+from labctl.errors import InfraError, Interrupted
 
 PR_SET_PDEATHSIG = 1
 
@@ -156,6 +156,8 @@ class Machine:
             self.control = self._accept(listeners["control"])
             try:
                 self.qmp.accept(timeout=10)
+            except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
+                raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
                 if not self.alive():
                     raise InfraError(self.death_reason()) from None

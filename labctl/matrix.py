@@ -169,18 +169,20 @@ class MatrixRun:
     def start(self, pair: Pair, attempt: int) -> None:
         log_path = self.run_dir / f".{safe_component(pair.kernel)}.{safe_component(pair.scenario)}.{attempt}.log"
         with open(log_path, "wb") as log:
+            # own session: a terminal's Ctrl-C reaches only this process, which then
+            # stops each child exactly once (stop_children), never twice mid-cleanup
             process = subprocess.Popen(self.child_argv(pair), stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.running.append(Running(pair, attempt, process, log_path))
         self.say(f"start {pair.key}" + (f" (retry {attempt - 1})" if attempt > 1 else "")
                  + f"; running {len(self.running)}")
 
-    def collect(self, job: Running, total: int) -> Pair | None:
+    def collect(self, job: Running, total: int, may_retry: bool = True) -> Pair | None:
         """Read a finished child's result; return its pair if it must be retried."""
         self.running.remove(job)
         directory = self.pair_dir(job.pair)
         result = self._result(job, directory)
-        if result["outcome"] in RETRY_OUTCOMES and job.attempt == 1:
+        if result["outcome"] in RETRY_OUTCOMES and job.attempt == 1 and may_retry:
             directory.rename(directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1"))
             self.retries[job.pair.key] = [{"attempt": 1, "outcome": result["outcome"],
                                            "reason": result.get("reason"),
@@ -256,8 +258,7 @@ class MatrixRun:
             except subprocess.TimeoutExpired:
                 job.process.kill()
                 job.process.wait()
-            job.attempt = 2  # an interrupted pair is not retried
-            self.collect(job, total)
+            self.collect(job, total, may_retry=False)
 
 
 # ---------------------------------------------------------------- labctl matrix
@@ -279,12 +280,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if run.run_dir.exists():
         raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
     _say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")
-    cells = run.run(pairs)
-    paths = write_reports(cells, run.run_dir)
-    write_json(run.run_dir / "matrix.json", {
-        "run_id": run.run_id, "shard": args.shard, "jobs": args.jobs,
-        "pairs": [p.key for p in pairs], "wall_seconds": round(time.monotonic() - run.t0, 3),
-        "counts": counts(cells)})
+    try:
+        cells = run.run(pairs)
+    finally:  # an interrupted matrix still reports the pairs it finished or stopped
+        paths = write_reports(run.done, run.run_dir)
+        write_json(run.run_dir / "matrix.json", {
+            "run_id": run.run_id, "shard": args.shard, "jobs": args.jobs,
+            "pairs": [p.key for p in pairs], "wall_seconds": round(time.monotonic() - run.t0, 3),
+            "counts": counts(run.done)})
     c = counts(cells)
     print(f"matrix {run.run_id}: {len(cells)} pairs in {time.monotonic() - run.t0:.1f} s: "
           + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS))

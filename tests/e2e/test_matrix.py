@@ -8,22 +8,25 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
 
-from conftest import ROOT, labctl, leftover_run_dirs, qemu_processes
+from conftest import ROOT, labctl
 
 pytestmark = pytest.mark.e2e
 
 KERNELS = ["debian-6.12", "debian-6.1"]
 SCENARIOS = ["crash-corrupt", "crash-intact"]
 RESULT_LINE = re.compile(r"^matrix (\S+): (\d+) pairs in ([\d.]+) s: (.*)$", re.MULTILINE)
+RAM_PATH = re.compile(r"mem-path=(\S+)/guest-ram")
 MATRIX_TAG = {"KEXEC_LAB_TEST_TAG": secrets.token_hex(8)}
 WRONG_EXPECTATION = "load: {method: kexec_file_load}\nexpect: purgatory-refused\n"
 
@@ -54,29 +57,37 @@ def tag():
     return {"KEXEC_LAB_TEST_TAG": secrets.token_hex(8)}
 
 
-def tagged_qemu_pids(tag: dict) -> list[int]:
+def tagged_qemus(tag: dict) -> dict[int, str]:
+    """pid -> run directory of the QEMU processes that carry this test's mark."""
     mark = "=".join(next(iter(tag.items()))).encode()
-    pids = []
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"qemu-system-x86_64" in cmd.split(b"\0")[0] and mark in environ:
-            pids.append(int(pid))
-    return pids
+        if cmd[0].endswith(b"qemu-system-x86_64") and mark in environ:
+            ram = RAM_PATH.search(b" ".join(cmd).decode(errors="replace"))
+            found[int(pid)] = ram[1] if ram else ""
+    return found
+
+
+def tagged_qemu_pids(tag: dict) -> list[int]:
+    return sorted(tagged_qemus(tag))
+
+
+def tagged_guest_dirs(tag: dict) -> list[str]:
+    """Run directories of this test's guests (not of QEMU probes such as -accel help)."""
+    return [d for d in tagged_qemus(tag).values() if d]
 
 
 @pytest.fixture
 def no_leaks_of_mine(tag):
-    """No QEMU started by this test survives it, and no run directory is left behind
-    that no running QEMU uses."""
-    before = set(leftover_run_dirs())
+    """No QEMU started by this test survives it.  (conftest's no_leaks also counts the
+    guests and run directories of other people's runs on a shared host.)"""
     yield
     assert tagged_qemu_pids(tag) == []
-    in_use = " ".join(qemu_processes())
-    assert [d for d in set(leftover_run_dirs()) - before if d not in in_use] == []
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
@@ -218,3 +229,26 @@ def test_pytest_plugin_reports_an_infra_error_as_error(tmp_path, tag, no_leaks_o
     assert case.find("error") is not None and case.find("failure") is None
     assert "crash-intact" in case.get("classname") and case.get("name") == "truncated"
     assert "QEMU" in case.find("error").get("message") or "guest" in case.find("error").get("message")
+
+
+def test_sigterm_stops_every_guest_and_still_reports(tmp_path, tag, no_leaks_of_mine):
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "matrix", "--kernels", "debian-6.12",
+                             "--scenarios", *SCENARIOS, "--jobs", "2", "--artifacts", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **tag})
+    deadline = time.monotonic() + 120
+    while len(tagged_guest_dirs(tag)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_dirs = tagged_guest_dirs(tag)
+    proc.send_signal(signal.SIGTERM)
+    assert len(run_dirs) == 2, "two guests should have been running"
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert [d for d in run_dirs if Path(d).exists()] == []  # sockets and RAM files removed
+    assert "matrix interrupted" in err
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("*/debian-6.12/*/result.json")]
+    assert sorted(r["scenario"]["name"] for r in results) == SCENARIOS
+    assert {r["outcome"] for r in results} == {"interrupted"}
+    assert all(r["matrix"]["retries"] == [] for r in results)
+    root = ET.parse(next(tmp_path.glob("*/junit.xml"))).getroot()
+    assert (root.get("tests"), root.get("errors")) == ("2", "2")
