@@ -67,9 +67,21 @@ class GuestMemory:
         self._check(address, length)
         return self._map[address:address + length]
 
-    def find(self, needle: bytes, start: int = 0) -> int:
-        """Guest physical address of the next occurrence of `needle`, or -1 (no copy of RAM)."""
-        return self._map.find(needle, start)
+    def find(self, needle: bytes, start: int, end: int) -> int:
+        """Guest physical address of `needle` in [start, end), or -1 (no copy of RAM)."""
+        return self._map.find(needle, start, end)
+
+    def written_ranges(self):
+        """(start, end) of the RAM the guest has touched: the rest of the file is holes, and
+        reading a hole through the mapping would only allocate pages of zeros."""
+        offset = 0
+        while offset < self.size:
+            try:
+                start = os.lseek(self._fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                return
+            offset = os.lseek(self._fd, start, os.SEEK_HOLE)
+            yield start, offset
 
     def write(self, address: int, data: bytes) -> None:
         self._check(address, len(data))

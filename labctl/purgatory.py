@@ -69,12 +69,12 @@ def _kernel_purgatory(blob: bytes) -> bytes | None:
 
 def find_in_memory(memory: GuestMemory) -> bytes | None:
     """The running kernel's purgatory object (kexec_purgatory[]), found in guest RAM."""
-    address = memory.find(ELF64_LE)
-    while address != -1:
-        length = min(MAX_OBJECT, memory.size - address)
-        if obj := _kernel_purgatory(memory.read(address, length)):
-            return obj
-        address = memory.find(ELF64_LE, address + 1)
+    for start, end in memory.written_ranges():
+        address = memory.find(ELF64_LE, start, end)
+        while address != -1:
+            if obj := _kernel_purgatory(memory.read(address, min(MAX_OBJECT, memory.size - address))):
+                return obj
+            address = memory.find(ELF64_LE, address + 1, end)
     return None
 
 

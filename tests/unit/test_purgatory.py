@@ -98,3 +98,19 @@ def test_find_in_memory_skips_other_elf_objects(tmp_path):
         assert purgatory.find_in_memory(memory) is None
     finally:
         memory.close()
+
+
+def test_search_reads_only_what_the_guest_wrote(tmp_path):
+    kernel = obj("debian-6.1")
+    with open(tmp_path / "ram", "wb") as ram:      # sparse, like a fresh RAM backing file
+        ram.truncate(64 << 20)
+        ram.seek(40 << 20)
+        ram.write(kernel)
+    memory = GuestMemory(tmp_path / "ram")
+    try:
+        ranges = list(memory.written_ranges())
+        assert any(start <= 40 << 20 < end for start, end in ranges)
+        assert sum(end - start for start, end in ranges) < 8 << 20   # the holes are skipped
+        assert purgatory.find_in_memory(memory) == kernel
+    finally:
+        memory.close()
