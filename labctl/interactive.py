@@ -257,7 +257,7 @@ class LiveGuest:
     def serve(self) -> None:
         """Hand the terminal over until the person quits, the terminal closes or QEMU exits."""
         self.to_console()
-        typed = b""
+        pending = b""
         fds = [self.terminal.fd, self.session.console.spawn.child_fd, self.session.control.fileno()]
         while True:
             ready, _, _ = select.select(fds, [], [], POLL_SECONDS)
@@ -272,14 +272,24 @@ class LiveGuest:
             data = self.terminal.read()
             if not data:
                 return self.say("the terminal closed: ending the session")
+            pending = self.route(pending + data)
+            if pending is None:
+                return None
+
+    def route(self, pending: bytes) -> bytes | None:
+        """Input goes to the guest on the console and line by line to the prompt; returns
+        an unfinished prompt line, or None after `quit`."""
+        while pending:
             if self.on_console:
-                self.keystrokes(data)
+                pending = self.keystrokes(pending)
                 continue
-            typed += data
-            while b"\n" in typed:
-                line, _, typed = typed.partition(b"\n")
-                if self.run_line(line.decode(errors="replace")) == "quit":
-                    return None
+            line, newline, rest = pending.partition(b"\n")
+            if not newline:
+                return pending
+            pending = rest
+            if self.run_line(line.decode(errors="replace")) == "quit":
+                return None
+        return b""
 
     def guest_gone(self) -> None:
         self.terminal.restore()
@@ -288,12 +298,14 @@ class LiveGuest:
         if self._reached("panicked") and not self.finding:
             self.report(self.observe())  # QEMU exited after the panic: guest-reset
 
-    def keystrokes(self, data: bytes) -> None:
-        typed, escape, _ = data.partition(ESCAPE)
+    def keystrokes(self, data: bytes) -> bytes:
+        """Send what was typed to the guest up to Ctrl-]; return what came after it."""
+        typed, escape, rest = data.partition(ESCAPE)
         if typed:
             send_all(self.session.machine.console, typed)
         if escape:
             self.to_prompt()
+        return rest
 
     def to_console(self) -> None:
         self.say(f"\n--- on the guest console (ttyS0); {lab_prompt.ESCAPE_NAME} for the lab prompt ---")
