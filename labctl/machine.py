@@ -159,7 +159,7 @@ class Machine:
             except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
                 raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
-                if not self.alive():
+                if self._exits_within(2.0):
                     raise InfraError(self.death_reason()) from None
                 raise InfraError(f"QMP handshake with QEMU failed: {exc}") from None
         finally:
@@ -181,6 +181,15 @@ class Machine:
                     raise InfraError(f"QEMU did not connect its serial ports within {timeout:.0f} s") from None
 
     # -------------------------------------------------------------- state
+    def _exits_within(self, seconds: float) -> bool:
+        """QEMU closes its sockets a moment before it is gone (e.g. refusing a bad kernel):
+        a failed handshake is QEMU's own exit if it exits within a short grace period."""
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
