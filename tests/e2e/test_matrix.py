@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from bs4 import BeautifulSoup
 
 from conftest import ROOT, labctl
@@ -36,17 +37,23 @@ def run_dir(run) -> Path:
     return Path(re.search(r"^  (\S+)/junit.xml$", run.stdout, re.MULTILINE)[1])
 
 
-def make_lab(tmp_path: Path, scenarios: dict[str, str], boot_timeout: int = 90) -> Path:
-    """A copy of lab.yaml with its own scenarios/ and a kernel whose bzImage is cut short
-    (QEMU or the guest fails on it: a real infrastructure error)."""
+def make_lab(tmp_path: Path, scenarios: dict[str, str], boot_timeout: int = 90,
+             expect_fail: dict[str, str] | None = None) -> Path:
+    """lab.yaml's settings with its own scenarios/, the two Debian kernels (debian-6.12 with
+    the given expect_fail) and `truncated`, whose bzImage is cut short (QEMU or the guest
+    fails on it: a real infrastructure error)."""
     lab = tmp_path / "lab"
     (lab / "scenarios").mkdir(parents=True)
     for name, text in scenarios.items():
         (lab / "scenarios" / f"{name}.yaml").write_text(text)
     bzimage = next((Path.home() / ".cache/kexec-lab/kernels").glob("linux-image-6.12*/boot/vmlinuz-*"))
     (lab / "bzImage-truncated").write_bytes(bzimage.read_bytes()[:1_000_000])
-    text = (ROOT / "lab.yaml").read_text().replace("  boot: 90", f"  boot: {boot_timeout}")
-    (lab / "lab.yaml").write_text(text + "  truncated:\n    path: bzImage-truncated\n")
+    data = yaml.safe_load((ROOT / "lab.yaml").read_text())
+    data["timeouts"]["boot"] = boot_timeout
+    data["kernels"] = {k: data["kernels"][k] for k in KERNELS}
+    data["kernels"]["debian-6.12"]["expect_fail"] = expect_fail or {}
+    data["kernels"]["truncated"] = {"path": "bzImage-truncated"}
+    (lab / "lab.yaml").write_text(yaml.safe_dump(data))
     return lab / "lab.yaml"
 
 
@@ -252,3 +259,25 @@ def test_sigterm_stops_every_guest_and_still_reports(tmp_path, tag, no_leaks_of_
     assert all(r["matrix"]["retries"] == [] for r in results)
     root = ET.parse(next(tmp_path.glob("*/junit.xml"))).getroot()
     assert (root.get("tests"), root.get("errors")) == ("2", "2")
+
+
+def test_expect_fail_is_an_xfail_and_an_unexpected_pass_fails(tmp_path, tag, no_leaks_of_mine):
+    lab = make_lab(tmp_path, {"intact-expect-refused": WRONG_EXPECTATION,
+                              "crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
+                   expect_fail={"intact-expect-refused": "demo: known to fail",
+                                "crash-intact": "demo: listed but passes"})
+    run = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", "--jobs", "2", env=tag)
+    assert run.returncode == 1, run.stdout + run.stderr  # the unexpected pass
+    assert "2 pairs" in run.stdout and "0 fail, 0 error, 1 xfail, 1 xpass" in run.stdout
+    summary = (run_dir(run) / "summary.md").read_text()
+    assert "XFAIL capture-booted" in summary and "expected failure: demo: known to fail" in summary
+    cases = {c.get("name"): c for c in ET.parse(run_dir(run) / "junit.xml").getroot().iter("testcase")}
+    assert cases["intact-expect-refused"].find("skipped").get("type") == "pytest.xfail"
+    assert "unexpectedly passed" in cases["crash-intact"].find("failure").get("message")
+    xml = tmp_path / "lab.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "labctl.pytest_plugin",
+                           "-n", "2", str(lab.parent / "scenarios"), "--lab-config", str(lab),
+                           "--lab-kernel", "debian-6.12", f"--junitxml={xml}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
+    assert proc.returncode == 1 and "1 failed" in proc.stdout and "1 xfailed" in proc.stdout, proc.stdout
+    assert "passed, but expect_fail says: demo: listed but passes" in proc.stdout
