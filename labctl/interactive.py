@@ -22,6 +22,7 @@ import termios
 import time
 import tty
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from labctl import lab_prompt, purgatory
@@ -29,7 +30,7 @@ from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir, write_json
 from labctl.config import ACCELERATORS, Corruption, Expected, find_scenario, load_scenario
 from labctl.console import StampedLog
-from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted, LabError
+from labctl.errors import EXIT_FAILED, EXIT_PASSED, ConfigError, Interrupted, LabError
 from labctl.kernels import resolve_kernel
 from labctl.lab_prompt import UsageError
 from labctl.progress import Progress
@@ -429,9 +430,10 @@ class ConsolePair(PairRun):
     stop_at: str = "loaded"
     gdb_port: int | None = None
     out: Path | None = None
+    t0: float = 0.0  # the run's clock, shared by serial.log, control.log and lab.log
     live: LiveGuest | None = None
 
-    @property
+    @cached_property
     def expected(self) -> Expected:
         return self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols())
 
@@ -452,7 +454,7 @@ class ConsolePair(PairRun):
     def _steps(self, session: Session) -> Finding | None:
         terminal = Terminal(sys.stdin.fileno())
         session.console.spawn.logfile_read = Tee(session.console.log, sys.stdout)
-        transcript = StampedLog(self.out / "lab.log", session.progress.t0)
+        transcript = StampedLog(self.out / "lab.log", self.t0)  # same clock as serial.log
         self.live = LiveGuest(self, session, terminal, transcript)
         try:
             self.live.advance(self.stop_at)
@@ -481,6 +483,7 @@ def record(result: dict, finding: Finding | None, pair: ConsolePair, out: Path) 
 def run_console(pair: ConsolePair, run_id: str) -> int:
     """Run the session and always leave result.json (mode: console) behind."""
     out, t0 = pair.out, time.monotonic()
+    pair.t0 = t0
     result = {"run_id": run_id, "mode": "console", "stop_at": pair.stop_at,
               "scenario": {"name": pair.scenario.name, "path": str(pair.scenario.path)},
               "kernel": pair.kernel.describe(), "accelerator": None,
@@ -490,7 +493,6 @@ def run_console(pair: ConsolePair, run_id: str) -> int:
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "artifacts": {"serial_log": "serial.log", "control_log": "control.log",
                             "qemu_log": "qemu.log", "lab_log": "lab.log"}}
-    code = EXIT_INFRA
     try:
         accel, finding = pair.run(out, t0)
         result["accelerator"] = accel.to_json()
