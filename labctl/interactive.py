@@ -376,6 +376,11 @@ class LiveGuest:
     def do_verdict(self) -> None:
         self.report(self.verdict_now())
 
+    def do_gdb(self) -> None:
+        if self.pair.gdb_port is None:
+            raise UsageError("gdb: QEMU's gdbstub is off; start the session with --gdb [PORT]")
+        self.show_gdb()
+
     def do_continue(self) -> str:
         self.run_rest()
         return "console"

@@ -104,6 +104,7 @@ COMMANDS: dict[str, Spec] = {
                                      "(default: the scenario's trigger)",
                   _panic),
     "verdict": Spec("verdict", "what the lab would conclude now, with its evidence"),
+    "gdb": Spec("gdb", "the gdb command line for this session (needs --gdb)"),
     "continue": Spec("continue", "run the scenario's remaining steps, wait for the verdict, "
                                  "then return to the console"),
     "console": Spec("console", "back to the guest console"),

@@ -102,6 +102,7 @@ def test_corrupt_panic_and_verdict_from_the_lab_prompt(console):
     segments = lab(child, "segments", "entry")
     assert re.search(r" 3 kernel +0x[0-9a-f]+", segments) and "purgatory" in segments
     assert "unknown command 'corupt'" in lab(child, "corupt kernel")   # a typo keeps the guest
+    assert "start the session with --gdb" in lab(child, "gdb")
     child.sendline("corrupt kernel")
     child.expect(r"corrupted 16 bytes of kernel at 0x[0-9a-f]+ \(\+0x[0-9a-f]+\): "
                  r"before ([0-9a-f]{32}) after ([0-9a-f]{32})")
@@ -136,6 +137,7 @@ def test_continue_runs_the_rest_and_ctrl_c_at_the_prompt_cleans_up(console):
     child.send("\x1d")
     child.expect(PROMPT)
     assert "nothing loaded yet" in lab(child, "segments")
+    assert f"target remote 127.0.0.1:{port}" in lab(child, "gdb")
     assert "peek: LEN must be between 1 and 4096" in lab(child, "peek 0x1000 999999")
     child.sendline("continue")
     child.expect(r"verdict: capture-booted \(scenario expects capture-booted: PASS")

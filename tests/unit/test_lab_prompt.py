@@ -15,8 +15,8 @@ def test_blank_lines_are_nothing_to_run():
     assert parse("") is None and parse("   \t") is None
 
 
-@pytest.mark.parametrize("name", ["help", "segments", "load", "regs", "verdict", "continue",
-                                  "console", "quit"])
+@pytest.mark.parametrize("name", ["help", "segments", "load", "regs", "verdict", "gdb",
+                                  "continue", "console", "quit"])
 def test_commands_without_arguments(name):
     assert parse(name) == Command(name, {})
     assert parse(f"  {name.upper()}  ") == Command(name, {})
