@@ -8,6 +8,7 @@ version.  The resolved package and version are recorded in every result.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from labctl.config import KernelEntry, LabConfig, key_error
 from labctl.errors import ConfigError, InfraError
 
 VERSIONED_IMAGE = re.compile(r"^linux-image-\d+\.\d+\.\d+")  # not 6.12-cloud-amd64
+PACKAGE_PINS_ENV = "KEXEC_LAB_PACKAGE_PINS"
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,13 @@ def _apt_show(package: str) -> dict[str, str]:
 
 
 def resolve_package(package: str) -> tuple[str, str]:
-    """Follow metapackages to the versioned linux-image package: (name, version)."""
+    """Follow metapackages to the versioned linux-image package: (name, version).
+
+    `labctl matrix` resolves once and pins the answer for its pairs in
+    $KEXEC_LAB_PACKAGE_PINS (JSON {package: [name, version]}): every pair of a run
+    tests the same version even if the archive moves, and skips apt-cache."""
+    if pinned := json.loads(os.environ.get(PACKAGE_PINS_ENV) or "{}").get(package):
+        return pinned[0], pinned[1]
     name = package
     for _ in range(4):
         fields = _apt_show(name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from labctl.artifacts import check_writable, new_run_id, safe_component, write_json
 from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
-from labctl.kernels import resolve_kernel
+from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
 
 RETRY_OUTCOMES = {"infra-error"}
@@ -144,6 +145,7 @@ class MatrixRun:
     jobs: int
     accel: str | None = None
     shard: str = "1/1"
+    pins: dict[str, list[str]] = field(default_factory=dict)
     stream: object = sys.stderr
     t0: float = field(default_factory=time.monotonic)
     running: list[Running] = field(default_factory=list)
@@ -172,7 +174,8 @@ class MatrixRun:
             # own session: a terminal's Ctrl-C reaches only this process, which then
             # stops each child exactly once (stop_children), never twice mid-cleanup
             process = subprocess.Popen(self.child_argv(pair), stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       env={**os.environ, PACKAGE_PINS_ENV: json.dumps(self.pins)})
         self.running.append(Running(pair, attempt, process, log_path))
         self.say(f"start {pair.key}" + (f" (retry {attempt - 1})" if attempt > 1 else "")
                  + f"; running {len(self.running)}")
@@ -263,6 +266,18 @@ class MatrixRun:
 
 # ---------------------------------------------------------------- labctl matrix
 
+def resolve_kernels(lab: LabConfig, names: list[str]) -> dict[str, list[str]]:
+    """Download (or build) each kernel once, before guests race for it; return the
+    Debian package versions to pin for the children."""
+    from labctl.cli import _say  # cli imports this module
+    pins = {}
+    for name in names:
+        kernel = resolve_kernel(lab, name, progress=_say)
+        if package := lab.kernels[name].debian_package:
+            pins[package] = [kernel.package, kernel.version]
+    return pins
+
+
 def cmd_matrix(args: argparse.Namespace) -> int:
     from labctl.cli import _load_lab, _say, scenarios_dir  # cli imports this module
     lab = _load_lab(args)
@@ -274,9 +289,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         return 0
     pairs = select_pairs(lab, directory, args.kernels, args.scenarios, parse_shard(args.shard))
     check_writable(lab.artifacts_dir)
-    for kernel in sorted({p.kernel for p in pairs}):
-        resolve_kernel(lab, kernel, progress=_say)  # download once, before guests race for it
-    run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard)
+    run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard,
+                    pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})))
     if run.run_dir.exists():
         raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
     _say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")

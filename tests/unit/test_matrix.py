@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 from labctl.cli import main
 from labctl.config import load_lab
 from labctl.errors import ConfigError
+from labctl.kernels import PACKAGE_PINS_ENV, resolve_package
 from labctl.matrix import (emit_github, emit_gitlab, parse_shard, run_id_arg, select_pairs,
                            shard_of)
 
@@ -135,3 +136,10 @@ def test_emit_prints_one_json_line(lab, capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert {j["kernel"] for j in json.loads(out)["include"]} == {"k1"}
+
+
+def test_a_pinned_package_skips_the_archive(monkeypatch):
+    """A matrix pins each metapackage's resolution for its children (same version everywhere)."""
+    monkeypatch.setenv(PACKAGE_PINS_ENV, json.dumps(
+        {"linux-image-cloud-amd64": ["linux-image-6.1.0-999-cloud-amd64", "6.1.999-1"]}))
+    assert resolve_package("linux-image-cloud-amd64") == ("linux-image-6.1.0-999-cloud-amd64", "6.1.999-1")
