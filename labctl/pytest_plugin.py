@@ -20,7 +20,7 @@ import pytest
 
 from labctl.artifacts import new_run_id
 from labctl.config import LabConfig, load_lab
-from labctl.matrix import MatrixRun, Pair
+from labctl.matrix import MatrixRun, Pair, resolve_kernels
 from labctl.report import ERROR, FAIL, XFAIL, XPASS, Cell, evidence_summary
 
 SCENARIO_DIR = "scenarios"
@@ -60,6 +60,7 @@ def _lab(config: pytest.Config) -> LabConfig:
         from labctl.cli import default_lab_path
         config._kexec_lab = load_lab(Path(config.getoption("--lab-config") or default_lab_path()))
         config._kexec_lab_run_id = new_run_id()
+        config._kexec_lab_pins = {}
     return config._kexec_lab
 
 
@@ -98,7 +99,10 @@ class PairItem(pytest.Item):
 
     def setup(self) -> None:
         lab = _lab(self.config)
-        run = MatrixRun(lab, self.config._kexec_lab_run_id, jobs=1)
+        pins = self.config._kexec_lab_pins
+        if self.pair.kernel not in pins:  # once per kernel and process, as the matrix does
+            pins[self.pair.kernel] = resolve_kernels(lab, [self.pair.kernel])
+        run = MatrixRun(lab, self.config._kexec_lab_run_id, jobs=1, pins=pins[self.pair.kernel])
         self.cell = run.run([self.pair])[0]
         for name in ("outcome", "expected"):
             self.user_properties.append((name, str(self.cell.result.get(name))))
