@@ -51,16 +51,20 @@ RECIPE_SCHEMA = {
         "debian_package": Field(str, default=None),
         "path": Field(str, default=None),
     }),
-    "patches": Field(list, default=[]),
+    "patches": Field(list, default=[], items=Field(str)),
     "config": Field(dict, schema={
         "base": Field(str, default="tinyconfig"),
-        "fragments": Field(list, default=[]),
+        "fragments": Field(list, default=[], items=Field(str)),
     }, default={}),
 }
 
 
 class BuildError(InfraError):
-    """The kernel did not build (or a patch did not apply); names the step and the log."""
+    """The kernel did not build; names the step and the log."""
+
+
+class PatchError(ConfigError):
+    """A patch of the series does not apply: the recipe needs fixing (exit 2, not 3)."""
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,7 @@ def _file_list(check: Validator, recipe: Path, keypath: tuple, items: list) -> t
                  for i, item in enumerate(items))
 
 
-def _existing_file(check: Validator, recipe: Path, keypath: tuple, item, problem: str) -> Path:
-    if not isinstance(item, str):
-        check.fail(keypath, f"must be a file name, got {item!r}")
+def _existing_file(check: Validator, recipe: Path, keypath: tuple, item: str, problem: str) -> Path:
     found = recipe.parent / os.path.expanduser(item)
     if not found.is_file():
         check.fail(keypath, f"{item!r} {problem} (looked for {found})")
@@ -280,7 +282,7 @@ def apply_patch(patch: Path, tree: Path) -> None:
                            "--reject-file=-", "--fuzz=0", "-i", str(patch)],
                           cwd=tree, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise BuildError(describe_patch_failure(patch, proc.stdout + proc.stderr))
+        raise PatchError(describe_patch_failure(patch, proc.stdout + proc.stderr))
 
 
 def describe_patch_failure(patch: Path, output: str) -> str:
@@ -392,6 +394,8 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
     log = work / "build.log"
     kept_log = log_dir / f"build-{recipe.name}-{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     start = time.monotonic()
+    log.write_text(f"recipe {recipe.name} ({recipe.path})\nkey {key}\n"
+                   f"inputs {json.dumps(plan.inputs, indent=2)}\n")
     try:
         src, obj, out = work / "src", work / "obj", work / "out"
         progress.say(f"building {recipe.name} (key {key}) from {plan.inputs['source']} "
@@ -420,11 +424,12 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
              "jobs": jobs, "seconds": seconds}, indent=2) + "\n")
         os.replace(out, final)
         progress.say(f"built {recipe.name} {release} in {seconds:.0f} s -> {final}")
-    except BuildError as exc:
-        raise BuildError(f"{recipe.name}: {exc}\n(build log: {kept_log})") from None
+    except (BuildError, PatchError) as exc:
+        with log.open("a") as f:
+            f.write(f"\n{exc}\n")
+        raise type(exc)(f"{recipe.name}: {exc}\n(build log: {kept_log})") from None
     finally:
-        if log.exists():
-            shutil.copy2(log, kept_log)
+        shutil.copy2(log, kept_log)
         shutil.rmtree(work, ignore_errors=True)
 
 

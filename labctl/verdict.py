@@ -106,12 +106,13 @@ def _vmcore_problem(evidence: dict) -> str | None:
 # What a purgatory carrying guests/kernels/patches/0001-x86-purgatory-report-the-digest-
 # result-on-COM1.patch prints on COM1 before it parks or jumps on.
 PURGATORY_REPORT = re.compile(r"purgatory: sha256 digest (ok|mismatch)[^\r\n]*\r?\n")  # whole line
+DIGEST_RESULT = re.compile(r"sha256 digest (ok|mismatch)")
 GOES_ON = re.compile(r"\b(not )?booting the next kernel")
 
 
 def purgatory_report(line: str) -> dict:
     """An instrumented purgatory's COM1 line: the digest result and whether it goes on."""
-    digest, goes_on = PURGATORY_REPORT.search(line), GOES_ON.search(line)
+    digest, goes_on = DIGEST_RESULT.search(line), GOES_ON.search(line)
     return {"line": line.strip(), "digest": digest[1] if digest else None,
             "boots_next_kernel": bool(goes_on) and not goes_on[1]}
 

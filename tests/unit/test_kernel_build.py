@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from labctl.errors import ConfigError
-from labctl.kernel_build import (BuildError, apply_patch, cache_key, check_fragments, load_recipe,
+from labctl.kernel_build import (PatchError, apply_patch, cache_key, check_fragments, load_recipe,
                                  private_copy, recipe_inputs, source_identity, tree_fingerprint)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_shipped_patches_are_kernel_style_one_change_each():
     ("source: {path: nowhere}\n", 1, "key 'source.path':"),
     ("source: {path: linux}\npatchs: []\n", 2, "key 'patchs': unknown key"),
     ("source: {path: linux}\nconfig: {fragments: [3]}\n", 2,
-     "key 'config.fragments.0': must be a file name, got 3"),
+     "key 'config.fragments.0': must be a string, got 3"),
 ])
 def test_bad_recipes_name_file_line_and_key(tmp_path, text, line, message):
     make_tree(tmp_path / "linux")
@@ -188,7 +188,7 @@ def test_a_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path):
     tree = make_tree(tmp_path / "linux")
     patch = tmp_path / "0003-stale.patch"
     patch.write_text(STALE_PATCH)
-    with pytest.raises(BuildError) as err:
+    with pytest.raises(PatchError) as err:
         apply_patch(patch, tree)
     message = str(err.value)
     assert message.startswith("patch 0003-stale.patch does not apply: purgatory.c: hunk #1 "
@@ -207,7 +207,7 @@ def test_shipped_series_applies_in_order_to_the_real_purgatory(tmp_path):
         apply_patch(patch, tree)
     text = (tree / "arch/x86/purgatory/purgatory.c").read_text()
     assert "outb %0, %1" in text and "ignored (negative control)" in text
-    with pytest.raises(BuildError, match=r"patch 0001-\S+ does not apply: .*previously applied"):
+    with pytest.raises(PatchError, match=r"patch 0001-\S+ does not apply: .*previously applied"):
         apply_patch(sorted(PATCHES.glob("0001-*.patch"))[0], tree)
 
 
