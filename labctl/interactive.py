@@ -344,6 +344,10 @@ class LiveGuest:
     def do_segments(self) -> None:
         if not self.loaded:
             raise UsageError(f"nothing loaded yet (stage {self.stage}); `load` runs the load step")
+        if self.loaded.rejected:
+            m = self.loaded.message
+            raise UsageError(f"the load was rejected (rc {m.get('rc')}, errno {m.get('errno')} "
+                             f"{m.get('strerror') or ''}): no segments")
         self.say(format_segments(self.loaded.table, self.purgatory()))
 
     def do_load(self) -> None:
@@ -410,7 +414,7 @@ def format_segments(table: SegmentTable, placement: Placement | None) -> str:
     if placement is None:
         lines.append("entry: unknown (not in this kernel's log, no kernel purgatory object in RAM)")
     else:
-        how = "logged by the kernel" if table.entry is not None else \
+        how = "from the load's log" if table.entry is not None else \
             "computed from the kernel's purgatory object; this kernel does not log it"
         name = f" {placement.entry_symbol}" if placement.entry_symbol else ""
         lines.append(f"entry: {placement.entry:#x}{name} ({how})")

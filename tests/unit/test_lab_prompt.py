@@ -94,7 +94,7 @@ def test_segments_table_from_recorded_6_12_load_names_roles_and_the_logged_entry
     table = parse_segment_table(message("debian-6.12", "crash-corrupt", "loaded")["log"])
     text = format_segments(table, locate(table, None))
     assert " 1 purgatory      0x3dffb000     0x5000     0x4000" in text
-    assert "entry: 0x3dffb160 (logged by the kernel)" in text
+    assert "entry: 0x3dffb160 (from the load's log)" in text
 
 
 def test_segments_table_from_recorded_6_1_load_says_how_the_entry_was_found():
