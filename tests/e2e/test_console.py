@@ -20,7 +20,6 @@ pytestmark = pytest.mark.e2e
 
 PROMPT = "lab> "
 SESSION_END = re.compile(r"session ended: (\S+); artifacts: (\S+)")
-TRANSCRIPT = Path("/tmp/kexec-lab-console-test.log")  # what the pty showed, for a failed test
 
 
 def own_qemu(pid: int) -> dict[int, Path]:
@@ -46,17 +45,17 @@ def assert_cleaned_up(qemu: dict[int, Path]) -> None:
 
 
 @pytest.fixture
-def console():
+def console(tmp_path):
     """Start `python -m labctl console ...` on a pty, as a person would.  Each child gets
     .qemu (its QEMU and run directory, seen at the hand-over); any child still running after
-    the test gets SIGHUP (the terminal closing)."""
+    the test gets SIGHUP (the terminal closing).  What the ptys showed is in tmp_path/pty.log."""
     children = []
 
     def start(*args: str) -> pexpect.spawn:
         child = pexpect.spawn(sys.executable, ["-m", "labctl", "console", *args], cwd=str(ROOT),
                               encoding="utf-8", codec_errors="replace", timeout=120,
                               dimensions=(50, 200))
-        child.logfile_read = TRANSCRIPT.open("a")
+        child.logfile_read = (tmp_path / "pty.log").open("a")
         children.append(child)
         child.expect("on the guest console")
         child.qemu = own_qemu(child.pid)
@@ -166,7 +165,7 @@ def test_terminal_closing_on_the_console_ends_qemu(console):
     assert_cleaned_up(child.qemu)
 
 
-def test_gdb_line_stops_real_gdb_at_purgatory_entry_on_6_1(console):
+def test_gdb_line_stops_real_gdb_at_purgatory_entry_on_6_1(console, tmp_path):
     """6.1 does not log purgatory's entry: the lab computes it from the kernel's purgatory
     object in RAM.  Real gdb, run with the printed command line, must stop exactly there,
     with purgatory's symbols loaded."""
@@ -179,7 +178,7 @@ def test_gdb_line_stops_real_gdb_at_purgatory_entry_on_6_1(console):
     assert argv[-2:] == ["-ex", "continue"] and any(a.startswith("add-symbol-file /") for a in argv)
     gdb = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=60,
                         env={**os.environ, "TERM": "dumb"})  # dumb: no colours in the output
-    gdb.logfile_read = TRANSCRIPT.open("a")
+    gdb.logfile_read = (tmp_path / "pty.log").open("a")
     gdb.expect("Continuing.")                   # attached, breakpoint set, guest running again
     child.send("\x1d")
     child.expect(PROMPT)
