@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from labctl.errors import InfraError
+from labctl.errors import ConfigError, InfraError
 
 MIN_FREE_BYTES = 64 << 20
 UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -51,7 +51,11 @@ def check_writable(directory: Path, min_free: int = MIN_FREE_BYTES) -> None:
 def pair_dir(root: Path, run_id: str, kernel: str, scenario: str) -> Path:
     """Create and return the directory of one kernel x scenario pair."""
     path = root / run_id / safe_component(kernel) / safe_component(scenario)
-    path.mkdir(parents=True, exist_ok=False)
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists and results are never overwritten: "
+                          "use another --run-id") from None
     return path
 
 

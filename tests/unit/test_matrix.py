@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, strategies as st
 
+from labctl.artifacts import pair_dir
 from labctl.cli import main
 from labctl.config import load_lab
 from labctl.errors import ConfigError
@@ -143,3 +144,9 @@ def test_a_pinned_package_skips_the_archive(monkeypatch):
     monkeypatch.setenv(PACKAGE_PINS_ENV, json.dumps(
         {"linux-image-cloud-amd64": ["linux-image-6.1.0-999-cloud-amd64", "6.1.999-1"]}))
     assert resolve_package("linux-image-cloud-amd64") == ("linux-image-6.1.0-999-cloud-amd64", "6.1.999-1")
+
+
+def test_a_reused_run_id_never_overwrites_a_pair(tmp_path):
+    pair_dir(tmp_path, "nightly-1", "debian-6.12", "crash-intact")
+    with pytest.raises(ConfigError, match=r"nightly-1/debian-6.12/crash-intact already exists .* another --run-id"):
+        pair_dir(tmp_path, "nightly-1", "debian-6.12", "crash-intact")
