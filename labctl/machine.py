@@ -26,6 +26,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from labctl.errors import InfraError, Interrupted
 
 PR_SET_PDEATHSIG = 1
+QMP_SECONDS = 10.0  # a QMP command QEMU does not answer in this time: QEMU is stuck
+QUIT_SECONDS = 2.0  # on the way out, a stuck QEMU is killed rather than waited for
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,11 @@ class Machine:
             self.control = self._accept(listeners["control"])
             try:
                 self.qmp.accept(timeout=10)
+                self.qmp.settimeout(QMP_SECONDS)
             except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
                 raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
-                if self._exits_within(2.0):
+                if self.exits_within(2.0):
                     raise InfraError(self.death_reason()) from None
                 raise InfraError(f"QMP handshake with QEMU failed: {exc}") from None
         finally:
@@ -181,7 +184,7 @@ class Machine:
                     raise InfraError(f"QEMU did not connect its serial ports within {timeout:.0f} s") from None
 
     # -------------------------------------------------------------- state
-    def _exits_within(self, seconds: float) -> bool:
+    def exits_within(self, seconds: float) -> bool:
         """QEMU closes its sockets a moment before it is gone (e.g. refusing a bad kernel):
         a failed handshake is QEMU's own exit if it exits within a short grace period."""
         try:
@@ -212,24 +215,42 @@ class Machine:
 
     def hmp(self, command: str) -> str:
         """A human monitor command through QMP (e.g. 'info registers -a')."""
-        return self.qmp.cmd("human-monitor-command", **{"command-line": command})
+        return self._qmp_cmd("human-monitor-command", **{"command-line": command})
 
     def status(self) -> str:
-        return self.qmp.cmd("query-status")["status"]
+        return self._qmp_cmd("query-status")["status"]
+
+    def _qmp_cmd(self, command: str, **args):
+        """A QMP command; a QEMU that does not answer (frozen, stopped) is an InfraError."""
+        try:
+            return self.qmp.cmd(command, **args)
+        except TimeoutError:
+            raise InfraError(f"QEMU did not answer QMP '{command}' within {QMP_SECONDS:g} s") from None
 
     # -------------------------------------------------------------- shutdown
     def shutdown(self) -> None:
-        """Stop QEMU (politely, then by force) and remove every socket and the RAM file."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.qmp.cmd("quit")
-            except Exception:  # noqa: BLE001 - any QMP failure means: kill it
-                pass
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop QEMU (politely, then by force) and remove every socket and the RAM file,
+        even if a second signal interrupts the stopping."""
+        try:
+            self._stop_qemu()
+        finally:
+            self._close()
+
+    def _stop_qemu(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.qmp.settimeout(QUIT_SECONDS)
+            self.qmp.cmd("quit")
+        except Exception:  # noqa: BLE001 - any QMP failure (or a stuck QEMU) means: kill it
+            pass
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _close(self) -> None:
         for closable in (self.qmp, self.console, self.control):
             if closable is not None:
                 try:

@@ -218,7 +218,7 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
             exc = key_error(scenario.path, exc.key, str(exc))
         result.update(outcome=CONFIG_ERROR, reason=str(exc))
         exit_code = EXIT_USAGE
-    except LabError as exc:
+    except (LabError, OSError) as exc:  # OSError: a socket or the disk failed under the lab
         phase = pair.session.phase if pair.session else "preparing"
         result.update(outcome=INFRA_ERROR, reason=str(exc), phase=phase)
     finally:

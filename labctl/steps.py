@@ -104,7 +104,12 @@ class Session:
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
         fds = [self.control.fileno(), self.console.spawn.child_fd]
         select.select(fds, [], [], POLL_SECONDS)
-        return self.control.pump(strict=strict), self.console.poll(patterns)
+        try:
+            return self.control.pump(strict=strict), self.console.poll(patterns)
+        except OSError as exc:  # the socket went with QEMU (killed from outside)
+            if self.machine.exits_within(2.0):
+                raise self._guest_gone() from None
+            raise InfraError(f"lost the guest's serial ports while {self.phase}: {exc}") from None
 
     def _guest_gone(self) -> InfraError | KvmUnusable:
         output = self.machine.qemu_output()
