@@ -158,6 +158,7 @@ def test_html_grid_cells_links_and_timeline(mixed):
     assert "boot 2.47 s" in corrupt.select_one(".phases").text
     assert soup.select_one('td[data-status="xfail"] .xfail-reason').text.endswith("digest skips this segment")
     assert "QEMU exited early" in soup.select_one('td[data-status="error"] .retry').text
+    assert [td["data-status"] for td in soup.select("td.cell") if td.select(".badge.retried")] == [ERROR]
     assert not soup.find_all(["script", "link"]) and not soup.select("[src]")  # self-contained
 
 
