@@ -281,3 +281,25 @@ def test_expect_fail_is_an_xfail_and_an_unexpected_pass_fails(tmp_path, tag, no_
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
     assert proc.returncode == 1 and "1 failed" in proc.stdout and "1 xfailed" in proc.stdout, proc.stdout
     assert "passed, but expect_fail says: demo: listed but passes" in proc.stdout
+
+
+def test_ci_flow_emit_shards_then_merge_covers_every_pair_once(tmp_path, tag, no_leaks_of_mine):
+    """What the nightly workflow does, on a kernel that fails fast: emit the job list, run
+    each kernel x shard job as its own matrix, merge the shards."""
+    intact = (ROOT / "scenarios/crash-intact.yaml").read_text()
+    lab = make_lab(tmp_path, {f"s{i}": intact for i in range(4)}, boot_timeout=20)
+    emitted = labctl("--lab", str(lab), "matrix", "--emit", "github", "--kernels", "truncated",
+                     "--shards", "3")
+    jobs = json.loads(emitted.stdout)["include"]
+    assert sum(j["pairs"] for j in jobs) == 4
+    shard_dirs = []
+    for job in jobs:
+        run = labctl("--lab", str(lab), "matrix", "--kernels", job["kernel"], "--shard",
+                     f"{job['shard']}/{job['shards']}", "--jobs", "2", "--run-id", f"shard-{job['shard']}",
+                     env=tag)
+        assert run.returncode == 3 and f"{job['pairs']} pairs" in run.stdout, run.stdout + run.stderr
+        shard_dirs.append(str(run_dir(run)))
+    merged = labctl("report", "merge", *shard_dirs, "--out", str(tmp_path / "merged"))
+    assert "4 pairs: 0 pass, 0 fail, 4 error" in merged.stdout
+    cases = ET.parse(tmp_path / "merged" / "junit.xml").getroot().findall(".//testcase")
+    assert sorted(c.get("name") for c in cases) == ["s0", "s1", "s2", "s3"]
