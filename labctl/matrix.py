@@ -185,16 +185,21 @@ class MatrixRun:
         self.running.remove(job)
         directory = self.pair_dir(job.pair)
         result = self._result(job, directory)
+        set_aside = directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1")
         if result["outcome"] in RETRY_OUTCOMES and job.attempt == 1 and may_retry:
-            directory.rename(directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1"))
+            directory.rename(set_aside)  # the retry needs a fresh pair directory
             self.retries[job.pair.key] = [{"attempt": 1, "outcome": result["outcome"],
                                            "reason": result.get("reason"),
                                            "directory": f"{ATTEMPT_PREFIX}1"}]
             self.say(f"{job.pair.key}: {result['outcome']} ({result.get('reason')}); retrying once")
             return job.pair
         if job.attempt > 1:
-            directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1").rename(
-                directory / f"{ATTEMPT_PREFIX}1")
+            set_aside.rename(directory / f"{ATTEMPT_PREFIX}1")
+        self._record(job, directory, result, total)
+        return None
+
+    def _record(self, job: Running, directory: Path, result: dict, total: int) -> None:
+        """Annotate the final result with the matrix's facts and report it."""
         result["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": job.attempt,
                             "retries": self.retries.get(job.pair.key, []),
                             "expect_fail": job.pair.expect_fail}
@@ -204,7 +209,6 @@ class MatrixRun:
         self.say(f"{len(self.done)}/{total} done: {job.pair.key} {STATUS_LABELS[cell.status]} "
                  f"{result['outcome']} in {time.monotonic() - job.started:.1f} s"
                  + self._running_note())
-        return None
 
     def _result(self, job: Running, directory: Path) -> dict:
         """The child's result.json, or an infra-error result if it left none."""
