@@ -32,6 +32,7 @@ HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30.0
 CHILD_LOG = "labctl-run.log"
+WATCHDOG_MARGIN_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Running:
     process: subprocess.Popen
     log_path: Path
     started: float = field(default_factory=time.monotonic)
+    watchdog: bool = False  # stopped by the matrix for taking too long
 
 
 @dataclass
@@ -146,11 +148,17 @@ class MatrixRun:
     accel: str | None = None
     shard: str = "1/1"
     pins: dict[str, list[str]] = field(default_factory=dict)
+    pair_timeout: float | None = None
     stream: object = sys.stderr
     t0: float = field(default_factory=time.monotonic)
     running: list[Running] = field(default_factory=list)
     retries: dict[str, list] = field(default_factory=dict)
     done: list[Cell] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.pair_timeout is None:  # every step's own timeout, plus start-up and judging
+            t = self.lab.timeouts
+            self.pair_timeout = t.boot + t.load + t.verdict + WATCHDOG_MARGIN_SECONDS
 
     @property
     def run_dir(self) -> Path:
@@ -216,7 +224,12 @@ class MatrixRun:
         job.log_path.rename(directory / CHILD_LOG)
         path = directory / "result.json"
         if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if job.watchdog:  # the lab hung, not the kernel: an infra error, retried once
+                result.update(outcome="infra-error", passed=False,
+                              reason=f"watchdog: no verdict within {self.pair_timeout:.0f} s, "
+                                     f"stopped ({result.get('reason')})")
+            return result
         tail = (directory / CHILD_LOG).read_text(errors="replace").strip().splitlines()[-3:]
         return {"run_id": self.run_id,
                 "scenario": {"name": job.pair.scenario, "path": str(job.pair.path)},
@@ -242,6 +255,7 @@ class MatrixRun:
             while pending or self.running:
                 while pending and len(self.running) < self.jobs:
                     self.start(*pending.pop(0))
+                self.watch()
                 for job in [j for j in self.running if j.process.poll() is not None]:
                     if retry := self.collect(job, len(pairs)):
                         pending.append((retry, 2))
@@ -255,6 +269,17 @@ class MatrixRun:
                               f"finished, results in {self.run_dir}") from None
         return self.done
 
+    def watch(self) -> None:
+        """SIGTERM a child that outlived every timeout of its own (a wedged QMP call...)."""
+        now = time.monotonic()
+        for job in self.running:
+            if not job.watchdog and now - job.started > self.pair_timeout:
+                job.watchdog = True
+                job.process.send_signal(signal.SIGTERM)
+                self.say(f"{job.pair.key}: no verdict after {now - job.started:.0f} s; stopping it")
+            elif job.watchdog and now - job.started > self.pair_timeout + STOP_GRACE_SECONDS:
+                _kill(job.process)
+
     def stop_children(self, total: int) -> None:
         """SIGTERM each child (it cleans up its guest and writes its result), then wait."""
         for job in self.running:
@@ -263,9 +288,17 @@ class MatrixRun:
             try:
                 job.process.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                job.process.kill()
+                _kill(job.process)
                 job.process.wait()
             self.collect(job, total, may_retry=False)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL a child that ignored SIGTERM, with its session (QEMU included)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 # ---------------------------------------------------------------- labctl matrix
@@ -294,7 +327,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     pairs = select_pairs(lab, directory, args.kernels, args.scenarios, parse_shard(args.shard))
     check_writable(lab.artifacts_dir)
     run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard,
-                    pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})))
+                    pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})),
+                    pair_timeout=args.pair_timeout)
     if run.run_dir.exists():
         raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
     _say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")
@@ -331,6 +365,9 @@ def register(subparsers) -> None:
     matrix.add_argument("--shard", default="1/1", help="run only shard I of N (default 1/1)")
     matrix.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
     matrix.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    matrix.add_argument("--pair-timeout", type=float, default=None,
+                        help="stop a pair after this many seconds as an infra error (default: "
+                             f"lab.yaml's boot + load + verdict timeouts + {WATCHDOG_MARGIN_SECONDS:.0f})")
     matrix.add_argument("--run-id", type=run_id_arg, help="name of the run directory (default: time + random)")
     matrix.add_argument("--emit", choices=("github", "gitlab"),
                         help="print the CI job matrix (kernel x shard) as JSON and exit")

@@ -303,3 +303,14 @@ def test_ci_flow_emit_shards_then_merge_covers_every_pair_once(tmp_path, tag, no
     assert "4 pairs: 0 pass, 0 fail, 4 error" in merged.stdout
     cases = ET.parse(tmp_path / "merged" / "junit.xml").getroot().findall(".//testcase")
     assert sorted(c.get("name") for c in cases) == ["s0", "s1", "s2", "s3"]
+
+
+def test_a_pair_past_its_deadline_is_stopped_as_an_infra_error(tmp_path, tag, no_leaks_of_mine):
+    run = labctl("matrix", "--kernels", "debian-6.12", "--scenarios", "crash-intact", "--pair-timeout", "3",
+                 "--artifacts", str(tmp_path), env=tag)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert run.stderr.count("no verdict after 3 s; stopping it") == 2  # the attempt and its retry
+    result = json.loads((run_dir(run) / "debian-6.12" / "crash-intact" / "result.json").read_text())
+    assert result["outcome"] == "infra-error" and result["reason"].startswith("watchdog: no verdict within 3 s")
+    assert result["matrix"]["attempts"] == 2
+    assert result["matrix"]["retries"][0]["reason"].startswith("watchdog")
