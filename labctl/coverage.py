@@ -120,6 +120,25 @@ def _jobs(args: argparse.Namespace, lab: LabConfig) -> list[tuple]:
     return work
 
 
+def _completed(futures: list, work: list):
+    """(future, work item) pairs in the order they finish."""
+    index = {future: item for future, item in zip(futures, work)}
+    for future in as_completed(futures):
+        yield future, index[future]
+
+
+def _cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> Cell:
+    """The cell a worker produced; a worker that crashed is an infrastructure error
+    in its cell, never the end of the whole table."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - the table must survive one broken worker
+        kernel, method, role, placement = item
+        return Cell(kernel.name, method, role, placement, "infra-error",
+                    f"worker failed: {type(exc).__name__}: {exc}",
+                    str(lab.artifacts_dir / run_id / kernel.name))
+
+
 def cmd_coverage(args: argparse.Namespace) -> int:
     lab = load_lab(args.lab)
     check_writable(lab.artifacts_dir)
@@ -130,8 +149,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         futures = [pool.submit(_run_cell, lab, *item, run_id) for item in work]
-        for done, future in enumerate(as_completed(futures), 1):
-            cell = future.result()
+        for done, (future, item) in enumerate(_completed(futures, work), 1):
+            cell = _cell_of(future, item, lab, run_id)
             cells.append(cell)
             print(f"[{done}/{len(work)}] {cell.kernel} {cell.method} {cell.role} {cell.placement}: "
                   f"{cell_text(cell)}", file=sys.stderr, flush=True)

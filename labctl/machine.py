@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from labctl.errors import InfraError, Interrupted
@@ -193,6 +194,16 @@ class Machine:
             return False
         return True
 
+    def exited_within(self, seconds: float) -> bool:
+        """Whether QEMU exits within `seconds` (True at once if it already has)."""
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -226,6 +237,9 @@ class Machine:
             return self.qmp.cmd(command, **args)
         except TimeoutError:
             raise InfraError(f"QEMU did not answer QMP '{command}' within {QMP_SECONDS:g} s") from None
+        except QMPError as exc:  # the monitor went away: QEMU is exiting or died
+            raise InfraError(f"QMP '{command}' failed ({type(exc).__name__}): "
+                             f"{self.death_reason()}") from None
 
     # -------------------------------------------------------------- shutdown
     def shutdown(self) -> None:

@@ -35,6 +35,7 @@ KEXEC_FILE_DEBUG = 0x8
 POLL_SECONDS = 0.1
 REGISTER_SAMPLE_SECONDS = 0.25
 STATUS_SAMPLE_SECONDS = 1.0
+EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
 PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
 # Printed only once panic() has given up on kexec: no capture kernel will run.
@@ -229,8 +230,14 @@ class Session:
         offset = placement_offset(corruption, segment)
         write = self.memory.corrupt(segment.mem + offset, corruption.length,
                                     corruption.pattern, corruption.seed)
+        if write.before == write.written:
+            raise ConfigError(f"corrupt: the {corruption.length} bytes at {write.address:#x} "
+                              f"({segment.role}+{offset:#x}) already hold what pattern "
+                              f"'{corruption.pattern}' writes, so nothing would be corrupted; "
+                              "choose another offset or pattern", key=("corrupt", "pattern"))
         if not write.verified:
-            raise InfraError(f"corruption at {write.address:#x} did not stick (read back {write.after})")
+            raise InfraError(f"corruption at {write.address:#x} did not stick "
+                             f"(read back {write.after[:64]}...)")
         self._timed("corrupt", start)
         self.progress.say(f"corrupted {corruption.length} bytes of {segment.role} at "
                           f"{write.address:#x} (+{offset:#x}, {corruption.pattern})")
@@ -269,11 +276,15 @@ class Session:
                 if message["type"] == "hello":
                     return self._finish(start, self._capture_booted(message, release))
             if not self.machine.alive():
-                return self._finish(start, Finding(GUEST_RESET, {
-                    "qemu": self.machine.death_reason(), "since_panic": self._since(start)}))
+                return self._finish(start, self._reset(start))
             now = time.monotonic()
             if now >= next_sample:
-                registers = self.machine.hmp("info registers -a")
+                try:
+                    registers = self.machine.hmp("info registers -a")
+                except InfraError:
+                    if self.machine.exited_within(EXIT_GRACE_SECONDS):  # a reset, mid-sample
+                        return self._finish(start, self._reset(start))
+                    raise
                 watch.add(parse_registers(registers))
                 next_sample = now + REGISTER_SAMPLE_SECONDS
                 if parked := watch.parked(self._code_at):
@@ -306,6 +317,10 @@ class Session:
             return self.memory.read(rip, 8)
         except ValueError:
             return b""
+
+    def _reset(self, start: float) -> Finding:
+        return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
+                                     "since_panic": self._since(start)})
 
     def _capture_booted(self, hello: dict, release: str) -> Finding:
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
