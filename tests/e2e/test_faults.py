@@ -231,15 +231,13 @@ def test_qemu_killed_from_outside_is_an_infra_error_naming_the_signal(clean):
     assert_gone(pid, rundir)
 
 
-def catalogue_bzimage() -> Path:
-    return resolve_kernel(load_lab(ROOT / "lab.yaml"), KERNEL, progress=lambda _: None).bzimage
-
-
-@pytest.fixture
-def broken_lab(tmp_path):
+@pytest.fixture(scope="module")
+def broken_lab(tmp_path_factory):
     """A lab with a short boot deadline and broken kernels: garbage, a corrupt payload
     behind a valid header, and a good kernel told it has 40 MiB."""
-    good = catalogue_bzimage().read_bytes()
+    tmp_path = tmp_path_factory.mktemp("broken-lab")
+    bzimage = resolve_kernel(load_lab(ROOT / "lab.yaml"), KERNEL, progress=lambda _: None).bzimage
+    good = bzimage.read_bytes()
     (tmp_path / "garbage").write_bytes(os.urandom(len(good)))
     payload = bytearray(good)
     payload[len(good) // 4:-4096] = os.urandom(len(good) - 4096 - len(good) // 4)
@@ -253,7 +251,7 @@ kernels:
   bad-payload: {{path: bad-payload}}
 """)
     (tmp_path / "lowmem.yaml").write_text((tmp_path / "lab.yaml").read_text().replace(
-        "kernels:", f"machine: {{cmdline: mem=40M}}\nkernels:\n  lowmem: {{path: {catalogue_bzimage()}}}"))
+        "kernels:", f"machine: {{cmdline: mem=40M}}\nkernels:\n  lowmem: {{path: {bzimage}}}"))
     return tmp_path
 
 
