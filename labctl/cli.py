@@ -144,7 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    """The first stop signal stops the run; later ones are ignored, so that an impatient
+    second Ctrl-C cannot cut short the cleanup (bounded: QEMU is killed within seconds)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(f"received {signal.Signals(signum).name}")
 
 
@@ -152,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.lab is None:
         args.lab = default_lab_path()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _terminate)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -188,6 +188,20 @@ def test_a_signal_in_any_phase_stops_cleanly(clean, signum, text, phases):
     assert_gone(pid, rundir)
 
 
+def test_a_second_sigint_while_stopping_still_leaves_nothing(clean):
+    """An impatient second Ctrl-C lands while the lab is stopping QEMU."""
+    run = LiveRun("crash-corrupt", "--kernel", KERNEL)
+    run.wait_for("loading the capture kernel")
+    pid, rundir = run.qemu()
+    os.kill(run.proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.kill(run.proc.pid, signal.SIGINT)
+    code, stdout, took = run.finish()
+    assert code == 130 and took < PROMPT_EXIT, (code, took, run.stderr)
+    assert run.result(stdout)["outcome"] == "interrupted"
+    assert_gone(pid, rundir)
+
+
 def test_ctrl_c_at_a_terminal_reaches_qemu_too_and_still_stops_cleanly(clean):
     """A terminal's Ctrl-C signals the whole process group, QEMU included."""
     run = LiveRun("crash-corrupt", "--kernel", KERNEL, group=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,16 @@ def children() -> set[int]:
 
 
 def run_cli(lab: Path, *argv: str, capsys) -> tuple[int, str]:
-    """`labctl --lab LAB run ...` in this process: (exit code, stderr)."""
+    """`labctl --lab LAB run ...` in this process: (exit code, stderr).  The signal
+    handlers labctl installs are put back, so pytest keeps its own Ctrl-C."""
+    handlers = {sig: signal.getsignal(sig) for sig in cli.STOP_SIGNALS}
     try:
         code = cli.main(["--lab", str(lab / "lab.yaml"), "run", *argv])
     except SystemExit as exc:  # argparse's own usage errors
         code = exc.code
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return code, capsys.readouterr().err
 
 
