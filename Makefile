@@ -13,6 +13,8 @@ APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio k
 APT_PACKAGES += chromium
 # labctl console --gdb: the e2e test attaches real gdb at purgatory's entry point.
 APT_PACKAGES += gdb
+# The fault suite (tests/e2e/test_faults.py, as root) mounts a read-only bind and a tiny tmpfs.
+APT_PACKAGES += mount
 # Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
 APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
@@ -21,7 +23,7 @@ RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix recipes bench-recipe
+.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat
 MATRIX_ARGS ?= --jobs 2
 
 setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
@@ -84,6 +86,10 @@ matrix: setup
 
 bench-matrix: setup
 	$(VENV)/bin/python bench/matrix.py
+
+# crash-corrupt and crash-intact 10 times each: flake count and time-to-verdict spread.
+bench-repeat: setup
+	$(VENV)/bin/python bench/repeatability.py
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -287,6 +287,19 @@ def test_a_guest_that_never_reaches_init_fails_within_the_boot_deadline(clean, b
     assert reason in result["reason"], result["reason"]
 
 
+def test_an_offset_past_the_segment_is_exit_2_naming_file_line_and_key(clean, tmp_path):
+    """Segment sizes are only known once the kernel has loaded them: the guest is stopped and
+    the error still points into the scenario file."""
+    scenario = tmp_path / "past-the-end.yaml"
+    scenario.write_text("expect: purgatory-refused\ncorrupt:\n  segment: kernel\n  offset: 0x10000000\n")
+    run = labctl("run", str(scenario), "--kernel", KERNEL, timeout=300)
+    assert run.returncode == 2, run.stdout + run.stderr
+    result = run.results["past-the-end"]
+    assert result["outcome"] == "config-error"
+    assert result["reason"].startswith(f"{scenario}:4: key 'corrupt.offset': corrupt: offset 0x10000000 "
+                                       "+ length 0x10 is outside the kernel segment"), result["reason"]
+
+
 # ------------------------------------------------------------ the control channel, from a real guest
 
 class TypeAfterBoot(Progress):
