@@ -47,6 +47,7 @@ def measure(kernel: str, scenario: str, n: int, artifacts: Path) -> dict:
                    for p in PHASES if any(p in r["timings"] for r in results)},
         "wall": statistics.median(w for w, _ in runs),
         "verdicts": sorted({f"{r['outcome']}{'' if r['passed'] else ' (FAILED)'}" for r in results}),
+        "failures": [f"{r['outcome']}: {r['reason']}" for r in results if not r["passed"]],
         "hashed_mib": sum(int(s["memsz"], 16) for s in segments if s.get("role") != "purgatory") / 2**20,
         "bzimage_kib": Path(results[-1]["kernel"]["bzimage"]).stat().st_size / 1024,
     }
@@ -74,7 +75,10 @@ def main() -> int:
                 if a is None or b is None:
                     continue
                 print(f"  {name:26}{a:22.2f}{b:22.2f}{(b / a if a else 0):8.2f}")
-            print(f"  {'verdicts':26}" + "".join(f"{', '.join(figures[k]['verdicts']):>22}" for k in kernels))
+            for k in kernels:
+                print(f"  verdicts on {k}: {', '.join(figures[k]['verdicts'])}")
+                for failure in figures[k]["failures"]:
+                    print(f"    failed run: {failure}")
     return 0
 
 

@@ -92,14 +92,27 @@ def test_expected_failure_is_named_in_the_summary():
     assert known_failure(lab, control, intact) is None
     assert known_failure(lab, Kernel("debian-6.12", Path("b"), "r"), corrupt) is None
 
-    result, _ = recorded("crash-corrupt")
-    failed = {**result, "kernel": {"name": control.name}, "outcome": "hang", "passed": False,
-              "reason": "expected purgatory-refused, got hang", "expected_failure": why}
+    failed = json.loads((RECORDED / "tiny-6.12-no-digest" / "crash-corrupt" / "result.json").read_text())
+    assert failed["expected_failure"] == why
     summary = PairOutcome(Path("."), failed, 1).summary
     assert summary == (f"tiny-6.12-no-digest x crash-corrupt: hang (expected purgatory-refused) -> "
                        f"FAIL (expected failure: {why}): expected purgatory-refused, got hang")
+    result, _ = recorded("crash-corrupt")
     lucky = {**result, "unexpected_pass": why}
     assert "PASS (UNEXPECTED PASS: listed in expect_fail" in PairOutcome(Path("."), lucky, 0).summary
+
+
+def test_recorded_negative_control_run_is_convicted_on_its_evidence():
+    """Purgatory said mismatch and went on; the vCPU ended in the kernel segment, not parked."""
+    folder = RECORDED / "tiny-6.12-no-digest" / "crash-corrupt"
+    result = json.loads((folder / "result.json").read_text())
+    report = console_report((folder / "serial.log").read_text())
+    assert report["digest"] == "mismatch" and report["boots_next_kernel"] is True
+    verdict = result["evidence"]["verdict"]
+    assert verdict["purgatory_console"] == report
+    assert [v["segment"] for v in verdict["vcpus"]] == ["kernel"]
+    assert judge(PURGATORY_REFUSED, result["outcome"], verdict) == (
+        False, "expected purgatory-refused, got hang")
 
 
 def test_expect_fail_must_map_scenarios_to_reasons(tmp_path):
