@@ -138,7 +138,9 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
     must boot the capture kernel with a sane vmcore in the same guest.
     """
     if outcome != expected:
-        return False, f"expected {expected}, got {outcome}"
+        report = evidence.get("purgatory_console")
+        return False, f"expected {expected}, got {outcome}" + \
+            (f" (purgatory said on COM1: {report['line']!r})" if report else "")
     if problem := console_contradiction(outcome, evidence):
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if outcome == CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):

@@ -112,7 +112,8 @@ def test_recorded_negative_control_run_is_convicted_on_its_evidence():
     assert verdict["purgatory_console"] == report
     assert [v["segment"] for v in verdict["vcpus"]] == ["kernel"]
     assert judge(PURGATORY_REFUSED, result["outcome"], verdict) == (
-        False, "expected purgatory-refused, got hang")
+        False, "expected purgatory-refused, got hang (purgatory said on COM1: 'purgatory: sha256 "
+               "digest mismatch, ignored (negative control), booting the next kernel')")
 
 
 def test_expect_fail_must_map_scenarios_to_reasons(tmp_path):
