@@ -49,6 +49,7 @@ class Cell:
     outcome: str
     reason: str
     directory: str
+    vmcore_ok: bool | None = None  # when the capture kernel booted: was its dump sane?
 
     @property
     def protected(self) -> bool | None:
@@ -77,8 +78,9 @@ def _run_cell(lab: LabConfig, kernel: Kernel, method: str, role: str, placement:
     outcome = run_pair(lab, kernel, coverage_scenario(method, role, placement), run_id,
                        chooser, quiet=True)
     result = outcome.result
+    vmcore = ((result["evidence"].get("verdict") or {}).get("vmcore") or {})
     return Cell(kernel.name, method, role, placement, result["outcome"], result["reason"] or "",
-                str(outcome.directory))
+                str(outcome.directory), vmcore.get("ok"))
 
 
 def cell_text(cell: Cell | None) -> str:
@@ -88,7 +90,7 @@ def cell_text(cell: Cell | None) -> str:
         return "n/a"
     if cell.protected:
         return "refused"
-    broken = cell.outcome == "capture-booted" and "not sane" in cell.reason
+    broken = cell.outcome == "capture-booted" and cell.vmcore_ok is False
     return f"**NOT** ({cell.outcome}{', vmcore broken' if broken else ''})"
 
 
