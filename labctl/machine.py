@@ -219,6 +219,8 @@ class Machine:
             how = "is still running"
         elif code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
+        elif code == 0:  # -no-reboot: a reset (a triple fault, say) ends QEMU cleanly
+            how = "exited with status 0 (the guest reset or powered off)"
         else:
             how = f"exited with status {code}"
         tail = self.qemu_output(600)

@@ -271,7 +271,7 @@ kernels:
 
 @pytest.mark.parametrize("lab_file,kernel,reason", [
     ("lab.yaml", "garbage", "QEMU exited with status 1: qemu: linux kernel too old"),
-    ("lab.yaml", "bad-payload", "QEMU exited with status 0 while booting"),
+    ("lab.yaml", "bad-payload", "QEMU exited with status 0 (the guest reset or powered off) while booting"),
     ("lowmem.yaml", "lowmem", "the guest did not reach init within 15 s"),
 ], ids=["garbage-bzImage", "corrupt-payload", "too-little-memory"])
 def test_a_guest_that_never_reaches_init_fails_within_the_boot_deadline(clean, broken_lab, lab_file,
