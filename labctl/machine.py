@@ -163,7 +163,7 @@ class Machine:
             except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
                 raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
-                if self.exits_within(2.0):
+                if self.exited_within(2.0):  # QEMU closes its sockets a moment before it exits
                     raise InfraError(self.death_reason()) from None
                 raise InfraError(f"QMP handshake with QEMU failed: {exc}") from None
         finally:
@@ -185,15 +185,6 @@ class Machine:
                     raise InfraError(f"QEMU did not connect its serial ports within {timeout:.0f} s") from None
 
     # -------------------------------------------------------------- state
-    def exits_within(self, seconds: float) -> bool:
-        """QEMU closes its sockets a moment before it is gone (e.g. refusing a bad kernel):
-        a failed handshake is QEMU's own exit if it exits within a short grace period."""
-        try:
-            self.proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
     def exited_within(self, seconds: float) -> bool:
         """Whether QEMU exits within `seconds` (True at once if it already has)."""
         if self.proc is None:

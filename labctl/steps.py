@@ -108,7 +108,7 @@ class Session:
         try:
             return self.control.pump(strict=strict), self.console.poll(patterns)
         except OSError as exc:  # the socket went with QEMU (killed from outside)
-            if self.machine.exits_within(2.0):
+            if self.machine.exited_within(EXIT_GRACE_SECONDS):
                 raise self._guest_gone() from None
             raise InfraError(f"lost the guest's serial ports while {self.phase}: {exc}") from None
 
@@ -319,6 +319,10 @@ class Session:
             return b""
 
     def _reset(self, start: float) -> Finding:
+        """QEMU ended after the panic: a reset (exit 0 under -no-reboot) is a finding; QEMU
+        killed from outside or failing is not, and is the guest-gone infrastructure error."""
+        if self.machine.proc.returncode != 0:
+            raise self._guest_gone()
         return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
