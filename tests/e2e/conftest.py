@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +59,48 @@ def leftover_run_dirs() -> list[str]:
     return [str(p) for base in (Path("/dev/shm"), Path("/tmp")) for p in base.glob("kexec-lab-*")]
 
 
+MARK = "KEXEC_LAB_TEST_MARK"
+RUN_DIR = re.compile(r"/kexec-lab-[a-z0-9_]{8}$")  # RunDir's mkdtemp names, not a bench's temp dir
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Running processes (labctl, QEMU) that inherited a test's mark in their environment."""
+    needle = f"{MARK}={mark}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environ and int(pid) != os.getpid() and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def unused_run_dirs(candidates: set[str]) -> set[str]:
+    """Run directories that no running QEMU uses."""
+    return {d for d in candidates if RUN_DIR.search(d) and os.path.exists(d)
+            and not any(f"mem-path={d}/" in cmd for cmd in qemu_processes())}
+
+
 @pytest.fixture
-def no_leaks():
-    """Asserts that the test left no QEMU process and no run directory behind."""
+def no_leaks(monkeypatch):
+    """Asserts that the test left no QEMU process and no run directory behind.
+
+    Other people's guests may run on this host meanwhile, so only what this test
+    started counts: every process it starts inherits a mark in its environment.
+    Leftovers of its own are killed after the check, not left to the next test."""
+    mark = os.urandom(6).hex()
+    monkeypatch.setenv(MARK, mark)
     before = set(leftover_run_dirs())
     yield
-    assert qemu_processes() == []
-    assert set(leftover_run_dirs()) - before == set()
+    deadline = time.monotonic() + 5
+    while (marked_processes(mark) or unused_run_dirs(set(leftover_run_dirs()) - before)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = marked_processes(mark)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert unused_run_dirs(set(leftover_run_dirs()) - before) == set()

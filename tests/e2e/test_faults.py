@@ -5,7 +5,7 @@ names the phase; QEMU is killed from outside; the kernel is a real garbage or
 broken bzImage; the artifacts directory is a real read-only bind mount or a full
 tmpfs; the guest's own console shell makes the control channel send garbage, an
 oversized line or nothing.  After each: no QEMU, RAM file, socket or run
-directory is left (the `clean` fixture, and the run's own QEMU pid and run dir).
+directory is left (conftest's no_leaks, and the run's own QEMU pid and run dir).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import select
 import signal
 import socket
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, labctl, leftover_run_dirs, qemu_processes
+from conftest import ROOT, labctl
 from labctl.accel import AccelChooser
 from labctl.config import Timeouts, load_lab, load_scenario
 from labctl.control import ProtocolError
@@ -110,52 +109,6 @@ class LiveRun:
         return result
 
 
-MARK = "KEXEC_LAB_FAULT_TEST"
-
-
-def marked_processes(mark: str) -> list[int]:
-    """Running processes (labctl, QEMU) that inherited this test's mark in their environment."""
-    needle = f"{MARK}={mark}".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in environ and int(pid) != os.getpid() and running(int(pid)):
-            found.append(int(pid))
-    return found
-
-
-RUN_DIR = re.compile(r"/kexec-lab-[a-z0-9_]{8}$")  # RunDir's mkdtemp names, not a bench's temp dir
-
-
-def unused_run_dirs(candidates: set[str]) -> set[str]:
-    """Run directories no running QEMU uses (others' guests run on this host at the same time)."""
-    return {d for d in candidates if RUN_DIR.search(d) and d in leftover_run_dirs()
-            and not any(f"mem-path={d}/" in cmd for cmd in qemu_processes())}
-
-
-@pytest.fixture
-def clean(monkeypatch):
-    """No leak from this test: every process it starts carries a mark in its environment
-    (labctl, and QEMU from it); afterwards none runs, and no run directory is left that
-    no running QEMU uses.  (conftest's no_leaks counts every QEMU on the host.)"""
-    mark = secrets.token_hex(6)
-    monkeypatch.setenv(MARK, mark)
-    before = set(leftover_run_dirs())
-    yield
-    deadline = time.monotonic() + 5
-    while (marked_processes(mark) or unused_run_dirs(set(leftover_run_dirs()) - before)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = marked_processes(mark)
-    for pid in left:  # ours: do not leave them to the next test or to other people's guests
-        os.kill(pid, signal.SIGKILL)
-    assert left == []
-    assert unused_run_dirs(set(leftover_run_dirs()) - before) == set()
-
-
 def assert_gone(pid: int, rundir: Path) -> None:
     assert not running(pid), f"QEMU {pid} outlived labctl"
     assert not rundir.exists(), f"{rundir} (RAM file, sockets) was left behind"
@@ -173,7 +126,7 @@ PHASES = [  # (progress text to wait for, phases the interruption may be recorde
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("text,phases", PHASES, ids=["booting", "loaded", "corrupted", "panicked"])
-def test_a_signal_in_any_phase_stops_cleanly(clean, signum, text, phases):
+def test_a_signal_in_any_phase_stops_cleanly(no_leaks, signum, text, phases):
     run = LiveRun("crash-corrupt", "--kernel", KERNEL)
     run.wait_for(text)
     pid, rundir = run.qemu()
@@ -188,7 +141,7 @@ def test_a_signal_in_any_phase_stops_cleanly(clean, signum, text, phases):
     assert_gone(pid, rundir)
 
 
-def test_a_second_sigint_while_stopping_still_leaves_nothing(clean):
+def test_a_second_sigint_while_stopping_still_leaves_nothing(no_leaks):
     """An impatient second Ctrl-C lands while the lab is stopping QEMU."""
     run = LiveRun("crash-corrupt", "--kernel", KERNEL)
     run.wait_for("loading the capture kernel")
@@ -202,7 +155,7 @@ def test_a_second_sigint_while_stopping_still_leaves_nothing(clean):
     assert_gone(pid, rundir)
 
 
-def test_ctrl_c_at_a_terminal_reaches_qemu_too_and_still_stops_cleanly(clean):
+def test_ctrl_c_at_a_terminal_reaches_qemu_too_and_still_stops_cleanly(no_leaks):
     """A terminal's Ctrl-C signals the whole process group, QEMU included."""
     run = LiveRun("crash-corrupt", "--kernel", KERNEL, group=True)
     run.wait_for("triggering a panic")
@@ -215,7 +168,7 @@ def test_ctrl_c_at_a_terminal_reaches_qemu_too_and_still_stops_cleanly(clean):
     assert_gone(pid, rundir)
 
 
-def test_qemu_frozen_then_sigterm_still_exits_promptly(clean):
+def test_qemu_frozen_then_sigterm_still_exits_promptly(no_leaks):
     """A QEMU that no longer answers QMP (SIGSTOP) must not make labctl hang on the way out."""
     run = LiveRun("crash-corrupt", "--kernel", KERNEL)
     run.wait_for("loading the capture kernel")
@@ -232,7 +185,7 @@ def test_qemu_frozen_then_sigterm_still_exits_promptly(clean):
 
 @pytest.mark.parametrize("text,phase", [("loading the capture kernel", "loading"),
                                         ("triggering a panic", "observing")], ids=["loading", "panicked"])
-def test_qemu_killed_from_outside_is_an_infra_error_naming_the_signal(clean, text, phase):
+def test_qemu_killed_from_outside_is_an_infra_error_naming_the_signal(no_leaks, text, phase):
     """Not a verdict: after the panic, QEMU killed from outside is no guest reset."""
     run = LiveRun("crash-corrupt", "--kernel", KERNEL)
     run.wait_for(text)
@@ -279,7 +232,7 @@ kernels:
     ("lab.yaml", "bad-payload", "QEMU exited with status 0 (the guest reset or powered off) while booting"),
     ("lowmem.yaml", "lowmem", "the guest did not reach init within 15 s"),
 ], ids=["garbage-bzImage", "corrupt-payload", "too-little-memory"])
-def test_a_guest_that_never_reaches_init_fails_within_the_boot_deadline(clean, broken_lab, lab_file,
+def test_a_guest_that_never_reaches_init_fails_within_the_boot_deadline(no_leaks, broken_lab, lab_file,
                                                                         kernel, reason):
     start = time.monotonic()
     run = labctl("--lab", str(broken_lab / lab_file), "run", str(ROOT / "scenarios" / "crash-intact.yaml"),
@@ -292,7 +245,7 @@ def test_a_guest_that_never_reaches_init_fails_within_the_boot_deadline(clean, b
     assert reason in result["reason"], result["reason"]
 
 
-def test_an_offset_past_the_segment_is_exit_2_naming_file_line_and_key(clean, tmp_path):
+def test_an_offset_past_the_segment_is_exit_2_naming_file_line_and_key(no_leaks, tmp_path):
     """Segment sizes are only known once the kernel has loaded them: the guest is stopped and
     the error still points into the scenario file."""
     scenario = tmp_path / "past-the-end.yaml"
@@ -343,7 +296,7 @@ def run_with_guest_command(tmp_path: Path, command: str, load_timeout: float = 6
      "control channel: a line longer than"),
     ("kill -STOP $(pidof kexec-lab-helper)", InfraError, "timed out after 8 s waiting for the load"),
 ], ids=["garbage", "oversized", "silent"])
-def test_the_control_channel_misbehaving_is_a_clear_error(clean, tmp_path, command, error, message):
+def test_the_control_channel_misbehaving_is_a_clear_error(no_leaks, tmp_path, command, error, message):
     exc = run_with_guest_command(tmp_path, command, load_timeout=60 if "dd" in command else 8)
     assert type(exc) is error and message in str(exc), str(exc)
     assert "> load " in (tmp_path / "control.log").read_text()
@@ -395,7 +348,7 @@ def small_dir(tmp_path: Path, mount) -> Path:
     (full_dir, "is not writable (No space left on device)"),
     (small_dir, "has only 16 MiB free (need 64 MiB)"),
 ], ids=["read-only", "full", "nearly-full"])
-def test_artifacts_disk_unusable_is_a_clear_error_before_qemu(clean, tmp_path, mounted, make, message):
+def test_artifacts_disk_unusable_is_a_clear_error_before_qemu(no_leaks, tmp_path, mounted, make, message):
     target = make(tmp_path, mounted) / "artifacts"
     run = labctl("run", "crash-intact", "--kernel", KERNEL, "--artifacts", str(target), timeout=60)
     assert run.returncode == 3, run.stderr
@@ -405,7 +358,7 @@ def test_artifacts_disk_unusable_is_a_clear_error_before_qemu(clean, tmp_path, m
 
 # ------------------------------------------------------------ two runs at once
 
-def test_two_runs_of_one_scenario_at_once_share_nothing(clean):
+def test_two_runs_of_one_scenario_at_once_share_nothing(no_leaks):
     runs = [LiveRun("crash-corrupt", "--kernel", KERNEL) for _ in range(2)]
     for run in runs:
         run.wait_for("booting the primary kernel")
@@ -439,7 +392,7 @@ def tcp_listeners(pid: int) -> list[str]:
     return found
 
 
-def test_a_live_guest_is_private_and_listens_on_loopback_only(clean, tmp_path):
+def test_a_live_guest_is_private_and_listens_on_loopback_only(no_leaks, tmp_path):
     lab = load_lab(ROOT / "lab.yaml")
     kernel = resolve_kernel(lab, KERNEL, progress=lambda _: None)
     assets = build_assets(lab.cache_dir, kernel.bzimage)
