@@ -27,7 +27,7 @@ import pytest
 
 from conftest import ROOT, labctl
 from labctl.accel import AccelChooser
-from labctl.config import Timeouts, load_lab, load_scenario
+from labctl.config import load_lab, load_scenario
 from labctl.control import ProtocolError
 from labctl.errors import InfraError
 from labctl.guest_assets import build_assets
