@@ -225,5 +225,8 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         if pair.session:
             result["timings"] = {**pair.session.timings}
         result["timings"]["total"] = round(time.monotonic() - t0, 3)
-        write_json(out / "result.json", result)
+        try:
+            write_json(out / "result.json", result)
+        except OSError as exc:  # the disk filled up (or went away) during the run
+            raise InfraError(f"could not write {out / 'result.json'}: {exc.strerror}") from None
     return PairOutcome(out, result, exit_code)

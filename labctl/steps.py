@@ -107,7 +107,7 @@ class Session:
         select.select(fds, [], [], POLL_SECONDS)
         try:
             return self.control.pump(strict=strict), self.console.poll(patterns)
-        except OSError as exc:  # the socket went with QEMU (killed from outside)
+        except ConnectionError as exc:  # the socket went with QEMU (killed from outside)
             if self.machine.exited_within(EXIT_GRACE_SECONDS):
                 raise self._guest_gone() from None
             raise InfraError(f"lost the guest's serial ports while {self.phase}: {exc}") from None

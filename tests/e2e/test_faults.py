@@ -359,6 +359,26 @@ def test_artifacts_disk_unusable_is_a_clear_error_before_qemu(no_leaks, tmp_path
     assert message in run.stderr and "booting" not in run.stderr
 
 
+def test_artifacts_disk_filling_during_the_run_is_an_infra_error(no_leaks, tmp_path, mounted):
+    """Enough space at the start, none once the guest boots: exit 3 saying what could not be
+    kept, never a traceback with exit 1 (which would read as a failed expectation)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted("-t", "tmpfs", "-o", "size=70m", "tmpfs", str(disk))
+    run = LiveRun("crash-corrupt", "--kernel", KERNEL, "--artifacts", str(disk / "artifacts"))
+    run.wait_for("booting the primary kernel")
+    pid, rundir = run.qemu()
+    with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    code, _, took = run.finish()
+    assert code == 3 and took < 120, run.stderr
+    assert "labctl: infrastructure error: could not write " in run.stderr
+    assert "result.json: No space left on device" in run.stderr and "Traceback" not in run.stderr
+    assert_gone(pid, rundir)
+
+
 # ------------------------------------------------------------ two runs at once
 
 def test_two_runs_of_one_scenario_at_once_share_nothing(no_leaks):
