@@ -386,6 +386,7 @@ def build_recipe(recipe: Recipe, cache_dir: Path, progress: Progress, log_dir: P
 
 
 def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int) -> None:
+    """Patch, configure and make in a private work directory; publish it only when done."""
     recipe, key, final = plan.recipe, plan.key, plan.directory
     work = final.with_name(f".work-{key}")
     shutil.rmtree(work, ignore_errors=True)
@@ -397,40 +398,49 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
     log.write_text(f"recipe {recipe.name} ({recipe.path})\nkey {key}\n"
                    f"inputs {json.dumps(plan.inputs, indent=2)}\n")
     try:
-        src, obj, out = work / "src", work / "obj", work / "out"
         progress.say(f"building {recipe.name} (key {key}) from {plan.inputs['source']} "
                      f"with {jobs} jobs; log: {kept_log}")
-        if recipe.patches:
-            progress.say(f"copying the source tree and applying {len(recipe.patches)} patch(es)")
-            private_copy(tree, src)
-            for patch in recipe.patches:
-                apply_patch(patch, src)
-                with log.open("a") as f:
-                    f.write(f"applied {patch}\n")
-        else:
-            src = tree
+        src, obj = _patched_source(recipe, tree, work / "src", log, progress), work / "obj"
         make = ["make", "-C", str(src), f"O={obj}", f"LOCALVERSION=-lab-{key[:8]}",
                 "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab"]
         _configure(recipe, src, obj, make, log, progress)
         _make(make + [f"-j{jobs}", "bzImage"], log, "building", progress)
-        out.mkdir()
-        for name, rel in OUTPUTS.items():
-            shutil.copy2(obj / rel, out / name)
-        release = (obj / "include" / "config" / "kernel.release").read_text().strip()
-        seconds = round(time.monotonic() - start, 1)
-        shutil.copy2(log, out / "build.log")
-        (out / "build.json").write_text(json.dumps(
-            {"recipe": recipe.name, "key": key, "release": release, "inputs": plan.inputs,
-             "jobs": jobs, "seconds": seconds}, indent=2) + "\n")
-        os.replace(out, final)
-        progress.say(f"built {recipe.name} {release} in {seconds:.0f} s -> {final}")
-    except (BuildError, PatchError) as exc:
+        release = _publish(plan, obj, work / "out", log, jobs, round(time.monotonic() - start, 1))
+        progress.say(f"built {recipe.name} {release} in {time.monotonic() - start:.0f} s -> {final}")
+    except (BuildError, ConfigError) as exc:
         with log.open("a") as f:
             f.write(f"\n{exc}\n")
         raise type(exc)(f"{recipe.name}: {exc}\n(build log: {kept_log})") from None
     finally:
         shutil.copy2(log, kept_log)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _patched_source(recipe: Recipe, tree: Path, copy: Path, log: Path, progress: Progress) -> Path:
+    """The tree itself when there are no patches (make O= only reads it), else a patched copy."""
+    if not recipe.patches:
+        return tree
+    progress.say(f"copying the source tree and applying {len(recipe.patches)} patch(es)")
+    private_copy(tree, copy)
+    for patch in recipe.patches:
+        apply_patch(patch, copy)
+        with log.open("a") as f:
+            f.write(f"applied {patch}\n")
+    return copy
+
+
+def _publish(plan: Plan, obj: Path, out: Path, log: Path, jobs: int, seconds: float) -> str:
+    """Copy the outputs and build.json next to each other, then move them in at once."""
+    out.mkdir()
+    for name, rel in OUTPUTS.items():
+        shutil.copy2(obj / rel, out / name)
+    release = (obj / "include" / "config" / "kernel.release").read_text().strip()
+    shutil.copy2(log, out / "build.log")
+    (out / "build.json").write_text(json.dumps(
+        {"recipe": plan.recipe.name, "key": plan.key, "release": release, "inputs": plan.inputs,
+         "jobs": jobs, "seconds": seconds}, indent=2) + "\n")
+    os.replace(out, plan.directory)
+    return release
 
 
 def _configure(recipe: Recipe, src: Path, obj: Path, make: list[str], log: Path,
