@@ -6,15 +6,19 @@ runs on the .config of a real tiny-6.12 build (tests/data/recipes/).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
+from labctl import kernel_build
 from labctl.errors import ConfigError
-from labctl.kernel_build import (PatchError, apply_patch, cache_key, check_fragments, load_recipe,
+from labctl.kernel_build import (BuildError, PatchError, apply_patch, cache_key, check_fragments, load_recipe,
                                  private_copy, recipe_inputs, source_identity, tree_fingerprint)
+from labctl.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "guests" / "kernels"
@@ -234,3 +238,27 @@ def test_not_set_lines_are_checked_too(tmp_path):
     check_fragments((fragment,), "CONFIG_KEXEC_FILE=y\n")
     with pytest.raises(ConfigError, match=r"f.config:2: CONFIG_KEXEC_SIG=n did not survive"):
         check_fragments((fragment,), "CONFIG_KEXEC_SIG=y\n")
+
+
+# ------------------------------------------------------------------ progress and failures
+
+KBUILD_OUTPUT = "  CC      kernel/fork.o\n  AR      kernel/built-in.a\n  LD      vmlinux\n"
+
+
+def test_make_steps_show_stage_count_and_last_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel_build, "PROGRESS_SECONDS", 0)
+    stream = io.StringIO()
+    log = tmp_path / "build.log"
+    argv = [sys.executable, "-c", f"print({KBUILD_OUTPUT!r}, end='')"]
+    kernel_build._make(argv, log, "building", Progress("kernel k", stream=stream))
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].endswith("kernel k: building: 3 steps, last: LD      vmlinux")
+    assert log.read_text().endswith("  LD      vmlinux\n") and log.read_text().startswith("$ ")
+
+
+def test_a_failed_make_step_quotes_the_end_of_the_log(tmp_path):
+    argv = [sys.executable, "-c", "print('  CC      fs/x.o'); print('fs/x.c:1: error: boom'); exit(2)"]
+    with pytest.raises(BuildError) as err:
+        kernel_build._make(argv, tmp_path / "build.log", "building", Progress(quiet=True))
+    assert str(err.value).startswith("building failed (exit 2)")
+    assert "fs/x.c:1: error: boom" in str(err.value)
