@@ -20,7 +20,7 @@ import pytest
 import yaml
 from bs4 import BeautifulSoup
 
-from conftest import ROOT, labctl
+from conftest import MARK, ROOT, labctl, marked_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ KERNELS = ["debian-6.12", "debian-6.1"]
 SCENARIOS = ["crash-corrupt", "crash-intact"]
 RESULT_LINE = re.compile(r"^matrix (\S+): (\d+) pairs in ([\d.]+) s: (.*)$", re.MULTILINE)
 RAM_PATH = re.compile(r"mem-path=(\S+)/guest-ram")
-MATRIX_TAG = {"KEXEC_LAB_TEST_TAG": secrets.token_hex(8)}
+MATRIX_MARK = secrets.token_hex(6)
 WRONG_EXPECTATION = "load: {method: kexec_file_load}\nexpect: purgatory-refused\n"
 
 
@@ -57,44 +57,17 @@ def make_lab(tmp_path: Path, scenarios: dict[str, str], boot_timeout: int = 90,
     return lab / "lab.yaml"
 
 
-@pytest.fixture
-def tag():
-    """An environment mark for this test's guests, so that the leak check below
-    ignores guests other people run on the same host at the same time."""
-    return {"KEXEC_LAB_TEST_TAG": secrets.token_hex(8)}
-
-
-def tagged_qemus(tag: dict) -> dict[int, str]:
-    """pid -> run directory of the QEMU processes that carry this test's mark."""
-    mark = "=".join(next(iter(tag.items()))).encode()
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def guest_run_dirs(mark: str) -> list[str]:
+    """Run directories of the guests that carry a test's mark (not of QEMU probes)."""
+    found = []
+    for pid in marked_processes(mark):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if cmd[0].endswith(b"qemu-system-x86_64") and mark in environ:
-            ram = RAM_PATH.search(b" ".join(cmd).decode(errors="replace"))
-            found[int(pid)] = ram[1] if ram else ""
+        if ram := RAM_PATH.search(cmd):
+            found.append(ram[1])
     return found
-
-
-def tagged_qemu_pids(tag: dict) -> list[int]:
-    return sorted(tagged_qemus(tag))
-
-
-def tagged_guest_dirs(tag: dict) -> list[str]:
-    """Run directories of this test's guests (not of QEMU probes such as -accel help)."""
-    return [d for d in tagged_qemus(tag).values() if d]
-
-
-@pytest.fixture
-def no_leaks_of_mine(tag):
-    """No QEMU started by this test survives it.  (conftest's no_leaks also counts the
-    guests and run directories of other people's runs on a shared host.)"""
-    yield
-    assert tagged_qemu_pids(tag) == []
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
@@ -108,7 +81,7 @@ def matrix(tmp_path_factory):
     """Both kernels x both core scenarios, two guests at a time."""
     artifacts = tmp_path_factory.mktemp("matrix")
     run = labctl("matrix", "--kernels", *KERNELS, "--scenarios", *SCENARIOS, "--jobs", "2",
-                 "--artifacts", str(artifacts), env=MATRIX_TAG)
+                 "--artifacts", str(artifacts), env={MARK: MATRIX_MARK})
     return run, run_dir(run)
 
 
@@ -121,7 +94,7 @@ def test_matrix_runs_every_pair_two_at_a_time(matrix):
     assert events[:2] == ["start", "start"], run.stderr  # two guests before the first verdict
     assert [e for e in events if e != "start"] == ["1/4 done", "2/4 done", "3/4 done", "4/4 done"]
     assert "running: " in run.stderr
-    assert tagged_qemu_pids(MATRIX_TAG) == []
+    assert marked_processes(MATRIX_MARK) == []  # no labctl child, no QEMU left
     plan = json.loads((directory / "matrix.json").read_text())
     assert plan["run_id"] == run_id == directory.name and len(plan["pairs"]) == 4
     for kernel in KERNELS:
@@ -172,10 +145,10 @@ def test_report_html_renders_in_chromium(matrix, tmp_path):
     assert png.stat().st_size > 20_000  # a rendered grid, not a blank page
 
 
-def test_infra_error_is_retried_once_and_is_an_error(tmp_path, tag, no_leaks_of_mine):
+def test_infra_error_is_retried_once_and_is_an_error(tmp_path, no_leaks):
     lab = make_lab(tmp_path, {"crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
                    boot_timeout=20)
-    run = labctl("--lab", str(lab), "matrix", "--kernels", "truncated", env=tag)
+    run = labctl("--lab", str(lab), "matrix", "--kernels", "truncated")
     assert run.returncode == 3, run.stdout + run.stderr
     assert "retrying once" in run.stderr
     directory = run_dir(run) / "truncated" / "crash-intact"
@@ -189,16 +162,16 @@ def test_infra_error_is_retried_once_and_is_an_error(tmp_path, tag, no_leaks_of_
     assert case.find("error") is not None and case.find("failure") is None
 
 
-def test_a_wrong_verdict_is_a_failure_never_retried_and_merges(tmp_path, tag, no_leaks_of_mine):
+def test_a_wrong_verdict_is_a_failure_never_retried_and_merges(tmp_path, no_leaks):
     lab = make_lab(tmp_path, {"intact-expect-refused": WRONG_EXPECTATION}, boot_timeout=20)
-    failed = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", env=tag)
+    failed = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "retrying" not in failed.stderr
     directory = run_dir(failed) / "debian-6.12" / "intact-expect-refused"
     result = json.loads((directory / "result.json").read_text())
     assert result["outcome"] == "capture-booted" and result["matrix"]["attempts"] == 1
     assert not (directory / "attempt-1").exists()
-    broken = labctl("--lab", str(lab), "matrix", "--kernels", "truncated", env=tag)
+    broken = labctl("--lab", str(lab), "matrix", "--kernels", "truncated")
     assert broken.returncode == 3
     out = tmp_path / "merged"
     merged = labctl("report", "merge", str(run_dir(failed)), str(run_dir(broken)), "--out", str(out))
@@ -208,12 +181,12 @@ def test_a_wrong_verdict_is_a_failure_never_retried_and_merges(tmp_path, tag, no
     assert "expected purgatory-refused, got capture-booted" in (out / "summary.md").read_text()
 
 
-def test_pytest_plugin_runs_pairs_with_xdist_and_junitxml(tmp_path, tag, no_leaks_of_mine):
+def test_pytest_plugin_runs_pairs_with_xdist_and_junitxml(tmp_path, no_leaks):
     xml = tmp_path / "lab.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2",
                            "scenarios", "--lab-scenario", "crash-intact", "--lab-kernel", "debian-6.12",
                            "--lab-kernel", "debian-6.1", f"--junitxml={xml}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
     cases = ET.parse(xml).getroot().findall(".//testcase")
@@ -223,14 +196,14 @@ def test_pytest_plugin_runs_pairs_with_xdist_and_junitxml(tmp_path, tag, no_leak
         assert props["outcome"] == "capture-booted" and Path(props["serial_log"]).is_file()
 
 
-def test_pytest_plugin_reports_an_infra_error_as_error(tmp_path, tag, no_leaks_of_mine):
+def test_pytest_plugin_reports_an_infra_error_as_error(tmp_path, no_leaks):
     lab = make_lab(tmp_path, {"crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
                    boot_timeout=20)
     xml = tmp_path / "lab.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "labctl.pytest_plugin",
                            str(lab.parent / "scenarios"), "--lab-config", str(lab), "--lab-kernel", "truncated",
                            f"--junitxml={xml}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout + proc.stderr
     case = ET.parse(xml).getroot().find(".//testcase")
     assert case.find("error") is not None and case.find("failure") is None
@@ -238,15 +211,14 @@ def test_pytest_plugin_reports_an_infra_error_as_error(tmp_path, tag, no_leaks_o
     assert "QEMU" in case.find("error").get("message") or "guest" in case.find("error").get("message")
 
 
-def test_sigterm_stops_every_guest_and_still_reports(tmp_path, tag, no_leaks_of_mine):
+def test_sigterm_stops_every_guest_and_still_reports(tmp_path, no_leaks):
     proc = subprocess.Popen([sys.executable, "-m", "labctl", "matrix", "--kernels", "debian-6.12",
                              "--scenarios", *SCENARIOS, "--jobs", "2", "--artifacts", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **tag})
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while len(tagged_guest_dirs(tag)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while len(guest_run_dirs(os.environ[MARK])) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    run_dirs = tagged_guest_dirs(tag)
+    run_dirs = guest_run_dirs(os.environ[MARK])
     proc.send_signal(signal.SIGTERM)
     assert len(run_dirs) == 2, "two guests should have been running"
     out, err = proc.communicate(timeout=120)
@@ -261,12 +233,12 @@ def test_sigterm_stops_every_guest_and_still_reports(tmp_path, tag, no_leaks_of_
     assert (root.get("tests"), root.get("errors")) == ("2", "2")
 
 
-def test_expect_fail_is_an_xfail_and_an_unexpected_pass_fails(tmp_path, tag, no_leaks_of_mine):
+def test_expect_fail_is_an_xfail_and_an_unexpected_pass_fails(tmp_path, no_leaks):
     lab = make_lab(tmp_path, {"intact-expect-refused": WRONG_EXPECTATION,
                               "crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
                    expect_fail={"intact-expect-refused": "demo: known to fail",
                                 "crash-intact": "demo: listed but passes"})
-    run = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", "--jobs", "2", env=tag)
+    run = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", "--jobs", "2")
     assert run.returncode == 1, run.stdout + run.stderr  # the unexpected pass
     assert "2 pairs" in run.stdout and "0 fail, 0 error, 1 xfail, 1 xpass" in run.stdout
     summary = (run_dir(run) / "summary.md").read_text()
@@ -278,12 +250,12 @@ def test_expect_fail_is_an_xfail_and_an_unexpected_pass_fails(tmp_path, tag, no_
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "labctl.pytest_plugin",
                            "-n", "2", str(lab.parent / "scenarios"), "--lab-config", str(lab),
                            "--lab-kernel", "debian-6.12", f"--junitxml={xml}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **tag})
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "1 failed" in proc.stdout and "1 xfailed" in proc.stdout, proc.stdout
     assert "passed, but expect_fail says: demo: listed but passes" in proc.stdout
 
 
-def test_ci_flow_emit_shards_then_merge_covers_every_pair_once(tmp_path, tag, no_leaks_of_mine):
+def test_ci_flow_emit_shards_then_merge_covers_every_pair_once(tmp_path, no_leaks):
     """What the nightly workflow does, on a kernel that fails fast: emit the job list, run
     each kernel x shard job as its own matrix, merge the shards."""
     intact = (ROOT / "scenarios/crash-intact.yaml").read_text()
@@ -295,8 +267,7 @@ def test_ci_flow_emit_shards_then_merge_covers_every_pair_once(tmp_path, tag, no
     shard_dirs = []
     for job in jobs:
         run = labctl("--lab", str(lab), "matrix", "--kernels", job["kernel"], "--shard",
-                     f"{job['shard']}/{job['shards']}", "--jobs", "2", "--run-id", f"shard-{job['shard']}",
-                     env=tag)
+                     f"{job['shard']}/{job['shards']}", "--jobs", "2", "--run-id", f"shard-{job['shard']}")
         assert run.returncode == 3 and f"{job['pairs']} pairs" in run.stdout, run.stdout + run.stderr
         shard_dirs.append(str(run_dir(run)))
     merged = labctl("report", "merge", *shard_dirs, "--out", str(tmp_path / "merged"))
@@ -305,9 +276,9 @@ def test_ci_flow_emit_shards_then_merge_covers_every_pair_once(tmp_path, tag, no
     assert sorted(c.get("name") for c in cases) == ["s0", "s1", "s2", "s3"]
 
 
-def test_a_pair_past_its_deadline_is_stopped_as_an_infra_error(tmp_path, tag, no_leaks_of_mine):
+def test_a_pair_past_its_deadline_is_stopped_as_an_infra_error(tmp_path, no_leaks):
     run = labctl("matrix", "--kernels", "debian-6.12", "--scenarios", "crash-intact", "--pair-timeout", "3",
-                 "--artifacts", str(tmp_path), env=tag)
+                 "--artifacts", str(tmp_path))
     assert run.returncode == 3, run.stdout + run.stderr
     assert run.stderr.count("no verdict after 3 s; stopping it") == 2  # the attempt and its retry
     result = json.loads((run_dir(run) / "debian-6.12" / "crash-intact" / "result.json").read_text())
