@@ -27,6 +27,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from labctl.errors import InfraError, Interrupted
 
 PR_SET_PDEATHSIG = 1
+OWNER_FILE = "owner"  # in a run directory: the pid of the labctl that made it
 QMP_SECONDS = 10.0  # a QMP command QEMU does not answer in this time: QEMU is stuck
 QUIT_SECONDS = 2.0  # on the way out, a stuck QEMU is killed rather than waited for
 
@@ -47,18 +48,48 @@ class MachineSpec:
 
 
 class RunDir:
-    """A private (0700) directory for sockets and the RAM file, removed on close."""
+    """A private (0700) directory for sockets and the RAM file, removed on close.
+
+    It names the labctl process that owns it, so that the next run can remove the
+    directories of a labctl that was killed outright (SIGKILL, OOM) and could not."""
 
     def __init__(self) -> None:
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        base = Path("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
+        sweep_stale_run_dirs(base)
         self.path = Path(tempfile.mkdtemp(prefix="kexec-lab-", dir=base))
         os.chmod(self.path, 0o700)
+        (self.path / OWNER_FILE).write_text(str(os.getpid()))
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _owner_gone(directory: Path) -> bool:
+    """Whether the labctl that made a run directory no longer runs.  No owner file (being
+    created right now, or made by another tool) and a live pid both mean: keep it."""
+    try:
+        pid = int((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return not Path(f"/proc/{pid}").exists()
+
+
+def sweep_stale_run_dirs(base: Path) -> list[Path]:
+    """Remove this user's run directories whose labctl is gone: a 1 GiB RAM file in
+    /dev/shm would otherwise hold the host's memory until reboot."""
+    swept = []
+    for directory in base.glob("kexec-lab-*"):
+        try:
+            mine = directory.is_dir() and directory.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and _owner_gone(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+            swept.append(directory)
+    return swept
 
 
 def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: Path,

@@ -32,7 +32,7 @@ from labctl.control import ProtocolError
 from labctl.errors import InfraError
 from labctl.guest_assets import build_assets
 from labctl.kernels import resolve_kernel
-from labctl.machine import Machine, MachineSpec
+from labctl.machine import Machine, MachineSpec, RunDir
 from labctl.progress import Progress
 from labctl.runner import PairRun
 
@@ -182,6 +182,22 @@ def test_qemu_frozen_then_sigterm_still_exits_promptly(no_leaks):
     assert code == 130 and took < PROMPT_EXIT, (code, took, run.stderr)
     assert run.result(stdout)["phase"] == "loading"
     assert_gone(pid, rundir)
+
+
+def test_labctl_killed_outright_takes_qemu_and_the_next_run_sweeps_its_run_dir(no_leaks):
+    """SIGKILL leaves labctl no chance to clean up: QEMU dies with it (PR_SET_PDEATHSIG), and
+    the run directory, whose owner is gone, is removed by the next run directory made."""
+    run = LiveRun("crash-corrupt", "--kernel", KERNEL)
+    run.wait_for("loading the capture kernel")
+    pid, rundir = run.qemu()
+    run.proc.kill()
+    run.finish()
+    deadline = time.monotonic() + 10
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(pid) and (rundir / "guest-ram").exists()  # the state a SIGKILL leaves
+    RunDir().close()
+    assert not rundir.exists()
 
 
 # ------------------------------------------------------------ QEMU and kernel faults

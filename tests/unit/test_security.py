@@ -9,12 +9,13 @@ from __future__ import annotations
 import ast
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 from hypothesis import given, strategies as st
 
 from labctl.artifacts import safe_component
-from labctl.machine import Machine, MachineSpec, RunDir, qemu_argv
+from labctl.machine import OWNER_FILE, Machine, MachineSpec, RunDir, qemu_argv, sweep_stale_run_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output", "spawn"}
@@ -113,3 +114,16 @@ def test_names_become_one_safe_path_component(name):
     part = safe_component(name)
     assert part and "/" not in part and "\0" not in part
     assert not part.startswith(".") and part not in ("..", ".")
+
+
+def test_only_run_dirs_of_a_dead_labctl_are_swept(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, alive, unowned = (tmp_path / f"kexec-lab-{n}" for n in ("dead0000", "alive000", "unowned0"))
+    for directory, owner in ((dead, finished.pid), (alive, os.getpid()), (unowned, None)):
+        directory.mkdir()
+        (directory / "guest-ram").write_bytes(b"\0" * 16)
+        if owner is not None:
+            (directory / OWNER_FILE).write_text(str(owner))
+    assert sweep_stale_run_dirs(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and unowned.exists()
