@@ -20,8 +20,12 @@ import yaml
 from labctl.errors import ConfigError
 
 ACCELERATORS = ("auto", "kvm", "tcg")
+# no_timer_check: under TCG on a loaded host the IO-APIC timer check can fail and panic
+# a kernel that is fine ("IO-APIC + timer doesn't work!"); it is a VM, not a bad board.
+DEFAULT_CMDLINE = "no_timer_check"
+DEFAULT_CAPTURE_CMDLINE = "irqpoll nr_cpus=1 reset_devices no_timer_check"
 OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "load-accepted",
-            "panic-halted", "guest-reset", "hang")
+            "panic-halted", "capture-panicked", "guest-reset", "hang")
 # backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds
 SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup")
 PATTERNS = ("flip", "zero", "random", "bit")
@@ -209,8 +213,8 @@ LAB_SCHEMA = {
                             else "must be between 256 and 3072 (RAM below the PCI hole)"),
         "smp": Field(int, default=1, check=_positive),
         "crashkernel_mib": Field(int, default=256, check=_positive),
-        "cmdline": Field(str, default=""),
-        "capture_cmdline": Field(str, default="irqpoll nr_cpus=1 reset_devices"),
+        "cmdline": Field(str, default=DEFAULT_CMDLINE),
+        "capture_cmdline": Field(str, default=DEFAULT_CAPTURE_CMDLINE),
         "tcg_threads": Field(str, default="multi", choices=("multi", "single")),
     }, default={}),
     "timeouts": Field(dict, schema={
@@ -231,8 +235,8 @@ class MachineConfig:
     memory_mib: int = 1024
     smp: int = 1
     crashkernel_mib: int = 256
-    cmdline: str = ""
-    capture_cmdline: str = "irqpoll nr_cpus=1 reset_devices"
+    cmdline: str = DEFAULT_CMDLINE
+    capture_cmdline: str = DEFAULT_CAPTURE_CMDLINE
     tcg_threads: str = "multi"
 
 

@@ -25,7 +25,8 @@ from labctl.machine import Machine
 from labctl.progress import Progress
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.images import guest_path
-from labctl.verdict import (CAPTURE_BOOTED, GUEST_RESET, HANG, PANIC_HALTED, PURGATORY_REFUSED,
+from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_PANICKED, GUEST_RESET, HANG, PANIC_HALTED,
+                            PURGATORY_REFUSED,
                             PURGATORY_REPORT, ParkWatch, parse_registers, purgatory_report)
 from labctl.vmcore import check_vmcore
 
@@ -269,7 +270,10 @@ class Session:
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
             if ended := [line for name, line in hits if name == "end"]:
-                return self._finish(start, Finding(PANIC_HALTED, {"console": ended[0].strip()}))
+                # Before a capture kernel's banner, the crashed kernel gave up on kexec;
+                # after it, the capture kernel itself panicked.
+                outcome = CAPTURE_PANICKED if "capture_banner" in self.marks else PANIC_HALTED
+                return self._finish(start, Finding(outcome, {"console": ended[0].strip()}))
             for message in messages:
                 # After the panic only a kexec'd kernel can say hello, even one that
                 # failed to set up /proc/vmcore (its role then reads "primary").

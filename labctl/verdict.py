@@ -11,6 +11,7 @@ guest.  An outcome is only ever declared on positive evidence:
 - load-accepted: the load succeeded and the scenario stops there (trigger none);
 - panic-halted: the crashed kernel printed the end of its panic, which panic()
   only reaches when no capture kernel took over;
+- capture-panicked: the capture kernel started (its banner) and then panicked;
 - guest-reset: QEMU exited after the panic (the guest rebooted or powered
   off; the lab runs QEMU with -no-reboot);
 - hang: none of the above before the deadline.
@@ -31,6 +32,7 @@ HANG = "hang"
 GUEST_RESET = "guest-reset"
 LOAD_ACCEPTED = "load-accepted"
 PANIC_HALTED = "panic-halted"
+CAPTURE_PANICKED = "capture-panicked"
 INFRA_ERROR = "infra-error"
 INTERRUPTED = "interrupted"
 
