@@ -12,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from labctl.accel import AccelChooser
@@ -171,3 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted" if isinstance(exc, Interrupted) else "infrastructure error"
         print(f"labctl: {kind}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:  # noqa: BLE001 - a bug in the lab must not read as a kernel failure (1)
+        traceback.print_exc()
+        print("labctl: internal error (a bug in kexec-lab, not a finding about the kernel); "
+              "the traceback above says where", file=sys.stderr)
+        return EXIT_INFRA
