@@ -9,6 +9,8 @@ PYTEST := $(VENV)/bin/pytest
 STAMPS := .cache/stamps
 # Everything the lab and its tests use from Debian.
 APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
+# zstd, lz4: unpack the vmlinux inside a bzImage (the elf-vmlinux bad image)
+APT_PACKAGES += zstd lz4
 # chromium: the matrix report test renders report.html headless.
 APT_PACKAGES += chromium
 # labctl console --gdb: the e2e test attaches real gdb at purgatory's entry point.
