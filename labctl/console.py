@@ -15,6 +15,7 @@ import pexpect
 import pexpect.fdpexpect
 
 SEARCH_WINDOW = 8192
+ANY_OUTPUT = re.compile(r".+", re.DOTALL)
 BUFFER_LIMIT = 64 * 1024
 
 
@@ -71,6 +72,13 @@ class Console:
         if len(self.spawn.buffer) > BUFFER_LIMIT:
             self.spawn.buffer = self.spawn.buffer[-SEARCH_WINDOW:]
         return found
+
+    def forget(self) -> None:
+        """Drop what was read so far from the match buffer (the log keeps it), so that
+        later patterns only see new output: the primary kernel's own boot banner must
+        not pass for a capture kernel's."""
+        while self.spawn.expect_list([ANY_OUTPUT, pexpect.TIMEOUT, pexpect.EOF], timeout=0) == 0:
+            pass  # a match is the one way pexpect lets go of what it has read
 
     def send(self, text: str) -> None:
         self.spawn.send(text)

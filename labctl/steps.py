@@ -249,6 +249,7 @@ class Session:
         """Crash the guest: sysrq and init-exit from inside, nmi armed inside, sent by QMP."""
         self.phase = "panicking"
         self.progress.say(f"triggering a panic ({trigger})")
+        self.console.forget()
         self.marks["trigger"] = time.monotonic()
         self.control.send(f"panic {trigger}")
         if trigger == "nmi":

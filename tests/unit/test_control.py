@@ -62,3 +62,26 @@ def test_commands_are_single_lines(channel):
     chan, _ = channel
     with pytest.raises(ValueError):
         chan.send("load 2 a b\npanic sysrq")
+
+
+def test_console_forget_drops_old_output_but_keeps_the_log(tmp_path):
+    """The primary kernel's boot banner must not pass for a capture kernel's later on."""
+    import os
+    import re
+    import time
+
+    from labctl.console import Console, StampedLog
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    console = Console(read_end, StampedLog(tmp_path / "serial.log", time.monotonic()))
+    banner = {"banner": re.compile(r"Linux version \S+")}
+    os.write(write_end, b"Linux version 6.12.0 (primary)\n" * 100)
+    console.poll({})
+    console.forget()
+    assert console.poll(banner) == []
+    os.write(write_end, b"Linux version 6.12.0 (capture)\n")
+    assert console.poll(banner) == [("banner", "Linux version 6.12.0")]
+    console.close()
+    os.close(write_end)
+    assert (tmp_path / "serial.log").read_text().count("(primary)") == 100
