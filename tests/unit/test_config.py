@@ -55,14 +55,18 @@ BAD_LABS = [
 ]
 
 
-@pytest.mark.parametrize("text,line,message", BAD_LABS)
-def test_bad_lab_names_file_line_and_key(tmp_path, text, line, message):
-    path = write(tmp_path, "lab.yaml", text)
+def assert_config_error(load, path, line, message):
+    """The error names the file and line first, then the key and what is wrong; exit 2."""
     with pytest.raises(ConfigError) as err:
-        load_lab(path)
+        load(path)
     assert str(err.value).startswith(f"{path}:{line}: "), str(err.value)
     assert message in str(err.value)
     assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text,line,message", BAD_LABS)
+def test_bad_lab_names_file_line_and_key(tmp_path, text, line, message):
+    assert_config_error(load_lab, write(tmp_path, "lab.yaml", text), line, message)
 
 
 SCENARIO_OK = "expect: capture-booted\n"
@@ -93,11 +97,7 @@ BAD_SCENARIOS = [
 
 @pytest.mark.parametrize("text,line,message", BAD_SCENARIOS)
 def test_bad_scenario_names_file_line_and_key(tmp_path, text, line, message):
-    path = write(tmp_path, "bad.yaml", text)
-    with pytest.raises(ConfigError) as err:
-        load_scenario(path)
-    assert str(err.value).startswith(f"{path}:{line}: "), str(err.value)
-    assert message in str(err.value)
+    assert_config_error(load_scenario, write(tmp_path, "bad.yaml", text), line, message)
 
 
 def test_find_scenario_by_name_or_path(tmp_path):
