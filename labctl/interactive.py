@@ -38,12 +38,11 @@ from labctl.purgatory import Placement
 from labctl.runner import CONFIG_ERROR, PairRun
 from labctl.segments import SegmentTable
 from labctl.steps import POLL_SECONDS, REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
-from labctl.verdict import (HANG, INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, judge,
-                            parse_registers)
+from labctl.verdict import (INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, NO_VERDICT,
+                            judge, parse_registers)
 
 STAGES = ("booted", "loaded", "corrupted", "panicked")
 ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
-NO_VERDICT = "no-verdict"
 DEFAULT_GDB_PORT = 1234
 SYMBOLS = "purgatory.ro"  # the kernel's purgatory object, next to the run's other artifacts
 # A `verdict` watches this long: two register samples must agree for purgatory-refused.
@@ -185,24 +184,15 @@ class LiveGuest:
         self.session.control.pump(strict=False)
         if hello := self._capture_hello():
             return self.session._capture_booted(hello, self.pair.kernel.release)
-        timeouts, progress = self.session.timeouts, self.session.progress
-        if within is not None:
-            since = time.monotonic() - self.session.marks["trigger"]
-            self.session.timeouts = replace(timeouts, verdict=min(timeouts.verdict, since + within))
-            self.session.progress = Progress(progress.label, quiet=True)
-        try:
-            return self.session.observe(self._table(), self.pair.kernel.release)
-        finally:
-            self.session.timeouts, self.session.progress = timeouts, progress
+        return self.session.observe(self._table(), self.pair.kernel.release, within)
 
     def verdict_now(self) -> Finding | None:
         """The outcome `labctl run` would declare on what is visible now, or None."""
         if self.finding or not self._reached("panicked"):
             return self.finding
         finding = self.observe(within=SNAPSHOT_SECONDS)
-        if finding.outcome == HANG and finding.evidence["waited"] < self.session.timeouts.verdict:
+        if finding.outcome == NO_VERDICT:
             self.snapshot = finding.evidence
-            self.session.timings.pop("panic_to_verdict", None)  # not a verdict: no time to it
             return None
         return finding
 

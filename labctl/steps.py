@@ -19,14 +19,14 @@ from labctl.config import Corruption, Timeouts
 from labctl.console import Console
 from labctl.control import ControlChannel
 from labctl.errors import ConfigError, InfraError
-from labctl.guest_assets import GUEST_INITRD, GUEST_KERNEL
+from labctl.guest_assets import GUEST_INITRD
 from labctl.guest_memory import GuestMemory
 from labctl.machine import Machine
 from labctl.progress import Progress
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.images import guest_path
-from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_PANICKED, GUEST_RESET, HANG, PANIC_HALTED,
-                            PURGATORY_REFUSED,
+from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_PANICKED, GUEST_RESET, HANG, NO_VERDICT,
+                            PANIC_HALTED, PURGATORY_REFUSED,
                             PURGATORY_REPORT, ParkWatch, parse_registers, purgatory_report)
 from labctl.vmcore import check_vmcore
 
@@ -256,13 +256,19 @@ class Session:
             self._await_message(("panicking",), self.timeouts.load, "unknown_nmi_panic to be armed")
             self.machine.qmp.cmd("inject-nmi")
 
-    def observe(self, table: SegmentTable, release: str) -> Finding:
-        """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang."""
+    def observe(self, table: SegmentTable, release: str, within: float | None = None) -> Finding:
+        """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang.
+
+        within: look for at most this many more seconds (`labctl console`'s `verdict`);
+        if that window closes before the verdict deadline, the result is NO_VERDICT with
+        what was seen so far, and nothing is recorded as a verdict.
+        """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
         self.purgatory_line = None
         watch = ParkWatch(table)
         registers = ""
         next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
+        window_end = None if within is None else time.monotonic() + within
         while True:
             messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER,
                                            "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT},
@@ -297,8 +303,10 @@ class Session:
                                                        {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(HANG, {
-                    "waited": self.timeouts.verdict, "vcpus": watch.last_positions(),
-                    "console_marks": dict(self.marks_since(start))}, {"registers.txt": registers}))
+                    "waited": self.timeouts.verdict, **self._seen(watch, start)},
+                    {"registers.txt": registers}))
+            if window_end is not None and now > window_end:
+                return Finding(NO_VERDICT, self._seen(watch, start))
             self.progress.tick("the capture kernel or a parked vCPU", start)
 
     # ------------------------------------------------------------ observe helpers
@@ -309,6 +317,10 @@ class Session:
             if key not in self.marks:
                 self.marks[key] = time.monotonic()
                 self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
+
+    def _seen(self, watch: ParkWatch, start: float) -> dict:
+        """What is known without a verdict: where the vCPUs are, what the console said."""
+        return {"vcpus": watch.last_positions(), "console_marks": dict(self.marks_since(start))}
 
     def marks_since(self, start: float):
         for key, value in self.marks.items():

@@ -33,6 +33,7 @@ GUEST_RESET = "guest-reset"
 LOAD_ACCEPTED = "load-accepted"
 PANIC_HALTED = "panic-halted"
 CAPTURE_PANICKED = "capture-panicked"
+NO_VERDICT = "no-verdict"  # a bounded look (labctl console) ended before any evidence
 INFRA_ERROR = "infra-error"
 INTERRUPTED = "interrupted"
 
