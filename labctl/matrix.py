@@ -26,6 +26,7 @@ from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
+from labctl.report_diff import load_run, write_with_baseline
 
 RETRY_OUTCOMES = {"infra-error"}
 HEARTBEAT_SECONDS = 15.0
@@ -325,6 +326,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(json.dumps(emit(all_pairs, args.shards), separators=(",", ":")))
         return 0
     pairs = select_pairs(lab, directory, args.kernels, args.scenarios, parse_shard(args.shard))
+    baseline = load_run(Path(args.baseline)) if args.baseline else None  # bad input: before any guest
     check_writable(lab.artifacts_dir)
     run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard,
                     pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})),
@@ -335,7 +337,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:
         cells = run.run(pairs)
     finally:  # an interrupted matrix still reports the pairs it finished or stopped
-        paths = write_reports(run.done, run.run_dir)
+        diff, paths = write_with_baseline(run.done, run.run_dir, baseline, run.run_id) \
+            if baseline else (None, write_reports(run.done, run.run_dir))
         write_json(run.run_dir / "matrix.json", {
             "run_id": run.run_id, "shard": args.shard, "jobs": args.jobs,
             "pairs": [p.key for p in pairs], "wall_seconds": round(time.monotonic() - run.t0, 3),
@@ -343,9 +346,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     c = counts(cells)
     print(f"matrix {run.run_id}: {len(cells)} pairs in {time.monotonic() - run.t0:.1f} s: "
           + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS))
+    if diff:
+        print(f"since {baseline.label}: {diff.headline()}")
     for path in paths.values():
         print(f"  {path}")
-    return exit_code(cells)
+    return exit_code(cells)  # a regression is a fail or xpass now: exit 1 already
 
 
 def _jobs(text: str) -> int:
@@ -369,6 +374,8 @@ def register(subparsers) -> None:
                         help="stop a pair after this many seconds as an infra error (default: "
                              f"lab.yaml's boot + load + verdict timeouts + {WATCHDOG_MARGIN_SECONDS:.0f})")
     matrix.add_argument("--run-id", type=run_id_arg, help="name of the run directory (default: time + random)")
+    matrix.add_argument("--baseline", help="an earlier run (directory or matrix.json) to diff "
+                                           "against: diff.md, badges in report.html")
     matrix.add_argument("--emit", choices=("github", "gitlab"),
                         help="print the CI job matrix (kernel x shard) as JSON and exit")
     matrix.add_argument("--shards", type=_jobs, default=2, help="shards per kernel for --emit")

@@ -28,6 +28,7 @@ STATUS_MARKS = {PASS: "✅", FAIL: "❌", ERROR: "⚠️", XFAIL: "☑️", XPAS
 ERROR_OUTCOMES = {None, "infra-error", "config-error", "interrupted"}
 PHASES = ("boot", "load", "corrupt", "panic_to_verdict")
 ATTEMPT_PREFIX = "attempt-"
+NO_CHANGE = {"badges": [], "baseline": {"serial": None, "result": None}}  # report.html without a baseline
 REPORT_FILES = {"junit": "junit.xml", "summary": "summary.md", "html": "report.html"}
 TEMPLATE = jinja2.Environment(
     loader=jinja2.PackageLoader("labctl", "templates"), autoescape=True,
@@ -253,22 +254,29 @@ def _md_cell(cell: Cell, out_dir: Path) -> str:
 
 # ---------------------------------------------------------------- report.html
 
-def report_html(cells: list[Cell], out_dir: Path, title: str = "kexec-lab matrix") -> str:
-    """One HTML file, no external resources; each cell links the pair's files."""
+def report_html(cells: list[Cell], out_dir: Path, title: str = "kexec-lab matrix",
+                changes: dict | None = None) -> str:
+    """One HTML file, no external resources; each cell links the pair's files.
+
+    changes (report_diff.html_changes) adds the diff against a baseline: its
+    sections, a badge on each changed cell with a link to the baseline's serial.log."""
     kernels = sorted({c.kernel for c in cells})
     scenarios = sorted({c.scenario for c in cells})
     grid = {(c.kernel, c.scenario): c for c in cells}
-    rows = [{"scenario": s, "cells": [_html_cell(grid.get((k, s)), out_dir) for k in kernels]}
+    notes = (changes or {}).get("cells", {})
+    rows = [{"scenario": s, "cells": [_html_cell(grid.get((k, s)), out_dir, notes.get((k, s)))
+                                      for k in kernels]}
             for s in scenarios]
     return TEMPLATE.render(title=title, kernels=kernels, rows=rows, counts=counts(cells),
                            labels=STATUS_LABELS, total=len(cells), phases=PHASES + ("other",),
+                           changes=changes,
                            generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
 
 
-def _html_cell(cell: Cell | None, out_dir: Path) -> dict | None:
+def _html_cell(cell: Cell | None, out_dir: Path, change: dict | None = None) -> dict | None:
     if cell is None:
         return None
-    return {"status": cell.status, "label": STATUS_LABELS[cell.status], "kernel": cell.kernel,
+    return {"change": change or NO_CHANGE, "status": cell.status, "label": STATUS_LABELS[cell.status], "kernel": cell.kernel,
             "scenario": cell.scenario, "outcome": cell.result.get("outcome"),
             "expected": cell.result.get("expected"), "seconds": cell.seconds,
             "summary": evidence_summary(cell.result), "timeline": cell.timeline(),
@@ -276,25 +284,32 @@ def _html_cell(cell: Cell | None, out_dir: Path) -> dict | None:
             "expect_fail": cell.matrix.get("expect_fail"), "retries": cell.matrix.get("retries", [])}
 
 
-def write_reports(cells: list[Cell], out_dir: Path) -> dict[str, Path]:
-    """Write junit.xml, summary.md and report.html into out_dir; return their paths."""
+def write_reports(cells: list[Cell], out_dir: Path, changes: dict | None = None) -> dict[str, Path]:
+    """Write junit.xml, summary.md and report.html (with changes, see report_html) into
+    out_dir; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / name for kind, name in REPORT_FILES.items()}
     junit_xml(cells, out_dir).write(paths["junit"], encoding="utf-8", xml_declaration=True)
     paths["summary"].write_text(summary_md(cells, out_dir), encoding="utf-8")
-    paths["html"].write_text(report_html(cells, out_dir), encoding="utf-8")
+    paths["html"].write_text(report_html(cells, out_dir, changes=changes), encoding="utf-8")
     return paths
 
 
 # ---------------------------------------------------------------- labctl report merge
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from labctl.report_diff import load_run, run_label, write_with_baseline  # they import this module
+    base = load_run(Path(args.baseline)) if args.baseline else None
     cells = load_cells([Path(d) for d in args.dirs])
     if not cells:
         raise ConfigError(f"no result.json under {', '.join(args.dirs)}")
-    paths = write_reports(cells, Path(args.out).resolve())
+    out = Path(args.out).resolve()
+    label = run_label(Path(args.dirs[0]), cells) if len(args.dirs) == 1 else " + ".join(args.dirs)
+    diff, paths = write_with_baseline(cells, out, base, label) if base else (None, write_reports(cells, out))
     c = counts(cells)
     print(f"{len(cells)} pairs: " + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS))
+    if diff:
+        print(f"since {base.label}: {diff.headline()}")
     for path in paths.values():
         print(f"  {path}")
     return exit_code(cells)
@@ -307,4 +322,9 @@ def register(subparsers) -> None:
                                           "junit.xml, summary.md and report.html")
     merge.add_argument("dirs", nargs="+", help="directories searched for result.json files")
     merge.add_argument("--out", default="report", help="output directory (default: ./report)")
+    merge.add_argument("--baseline", help="an earlier run (directory or matrix.json) to diff "
+                                          "against: diff.md and badges in report.html")
     merge.set_defaults(func=cmd_merge)
+    from labctl import report_diff, report_history  # they import this module
+    report_diff.register(rsub)
+    report_history.register(rsub)
