@@ -82,3 +82,31 @@ def test_ci_files_use_the_keys_labctl_emits():
     assert {".lab-shard", ".lab-merge"} <= set(jobs)
     script = " ".join(jobs[".lab-shard"]["script"])
     assert '--kernels "$KERNEL" --shard "$SHARD"' in script
+
+
+def test_nightly_diffs_against_the_last_good_night():
+    """GitHub: the baseline job's run id feeds the download of the artifact the merge job
+    uploads, merged with --baseline, diff.md first in the job summary.  GitLab: the artifacts
+    API asks for the job that `labctl matrix --emit gitlab` names, and its artifact paths hold
+    what the merge reads back as the baseline."""
+    from labctl.matrix import emit_gitlab
+
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    assert "baseline" in jobs["merge"]["needs"] and jobs["merge"]["permissions"]["actions"] == "read"
+    steps = jobs["merge"]["steps"]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
+    download = next(s for s in steps if s.get("with", {}).get("path") == "baseline")
+    assert download["with"]["name"] == upload["with"]["name"] == "lab-report"
+    assert download["with"]["run-id"] == "${{ needs.baseline.outputs.run-id }}"
+    assert "run-id=" in jobs["baseline"]["steps"][0]["run"] and "--status success" in jobs["baseline"]["steps"][0]["run"]
+    merges = [s["run"] for s in steps if "report merge" in s.get("run", "")]
+    assert any("--baseline baseline/shards" in m for m in merges) and "shards/" in upload["with"]["path"]
+    summary = next(s["run"] for s in steps if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
+    assert summary.index("diff.md") < summary.index("summary.md")
+
+    merge_job = yaml.safe_load(GITLAB[1].read_text())[".lab-merge"]
+    script = "\n".join(merge_job["script"])
+    child = emit_gitlab([], 1)
+    name = next(k for k, v in child.items() if isinstance(v, dict) and v.get("extends") == ".lab-merge")
+    assert f"jobs/artifacts/$CI_DEFAULT_BRANCH/download?job={name}" in script
+    assert "--baseline baseline/artifacts" in script and "artifacts/" in merge_job["artifacts"]["paths"]
