@@ -276,8 +276,8 @@ def report_html(cells: list[Cell], out_dir: Path, title: str = "kexec-lab matrix
 def _html_cell(cell: Cell | None, out_dir: Path, change: dict | None = None) -> dict | None:
     if cell is None:
         return None
-    return {"change": change or NO_CHANGE, "status": cell.status, "label": STATUS_LABELS[cell.status], "kernel": cell.kernel,
-            "scenario": cell.scenario, "outcome": cell.result.get("outcome"),
+    return {"status": cell.status, "label": STATUS_LABELS[cell.status], "kernel": cell.kernel,
+            "change": change or NO_CHANGE, "scenario": cell.scenario, "outcome": cell.result.get("outcome"),
             "expected": cell.result.get("expected"), "seconds": cell.seconds,
             "summary": evidence_summary(cell.result), "timeline": cell.timeline(),
             "serial": cell.link("serial.log", out_dir), "result": cell.link("result.json", out_dir),

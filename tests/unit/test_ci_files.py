@@ -98,7 +98,8 @@ def test_nightly_diffs_against_the_last_good_night():
     download = next(s for s in steps if s.get("with", {}).get("path") == "baseline")
     assert download["with"]["name"] == upload["with"]["name"] == "lab-report"
     assert download["with"]["run-id"] == "${{ needs.baseline.outputs.run-id }}"
-    assert "run-id=" in jobs["baseline"]["steps"][0]["run"] and "--status success" in jobs["baseline"]["steps"][0]["run"]
+    find = jobs["baseline"]["steps"][0]["run"]
+    assert "run-id=" in find and "--status success" in find
     merges = [s["run"] for s in steps if "report merge" in s.get("run", "")]
     assert any("--baseline baseline/shards" in m for m in merges) and "shards/" in upload["with"]["path"]
     summary = next(s["run"] for s in steps if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
