@@ -90,11 +90,14 @@ class RunDiff:
         return EXIT_FAILED if self.regressed else EXIT_PASSED
 
     def headline(self) -> str:
+        """The counts that are not zero, e.g. '1 regressed, 2 slower, 1 new pair'."""
         kinds = {k: sum(v.kind == k for v in self.verdicts) for k in KIND_ORDER}
-        return (f"{kinds[REGRESSED]} regressed, {kinds[FIXED]} fixed, {kinds[CHANGED]} changed "
-                f"outcome, {kinds[INFRA]} to or from an infra error; {len(self.kernels)} kernel "
-                f"version change(s); {len(self.slower)} slower; {len(self.retried)} passed only "
-                f"on retry; {len(self.only_new)} new, {len(self.only_base)} removed pair(s)")
+        parts = [(kinds[REGRESSED], "regressed"), (kinds[FIXED], "fixed"),
+                 (kinds[CHANGED], "changed outcome"), (kinds[INFRA], "to or from an infra error"),
+                 (len(self.kernels), "kernel version change(s)"), (len(self.slower), "slower"),
+                 (len(self.retried), "passed only on retry"), (len(self.only_new), "new pair(s)"),
+                 (len(self.only_base), "removed pair(s)")]
+        return ", ".join(f"{n} {text}" for n, text in parts if n) or "no change"
 
 
 # ---------------------------------------------------------------- comparing

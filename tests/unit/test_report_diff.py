@@ -164,7 +164,7 @@ def test_the_same_run_twice_changes_nothing():
     assert [r.side for r in diff.retried] == ["baseline", "now"]  # a retry is news in either run
     quiet = [r for r in base if not r.get("matrix")]
     assert diff_md(diff_runs(run_of("a", quiet), run_of("b", quiet)), Path("/")).endswith(
-        "0 new, 0 removed pair(s).\n\nNothing changed.\n")
+        "in the baseline: no change.\n\nNothing changed.\n")
 
 
 def test_an_error_is_never_timed():
