@@ -346,7 +346,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     c = counts(cells)
     print(f"matrix {run.run_id}: {len(cells)} pairs in {time.monotonic() - run.t0:.1f} s: "
           + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS))
-    if diff:
+    if baseline and diff:
         print(f"since {baseline.label}: {diff.headline()}")
     for path in paths.values():
         print(f"  {path}")

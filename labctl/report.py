@@ -308,7 +308,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     diff, paths = write_with_baseline(cells, out, base, label) if base else (None, write_reports(cells, out))
     c = counts(cells)
     print(f"{len(cells)} pairs: " + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS))
-    if diff:
+    if base and diff:
         print(f"since {base.label}: {diff.headline()}")
     for path in paths.values():
         print(f"  {path}")

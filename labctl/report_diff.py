@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.errors import EXIT_FAILED, EXIT_PASSED, ConfigError
-from labctl.report import (ERROR, FAIL, PHASES, STATUS_LABELS, XPASS, Cell, load_cells,
-                           write_reports)
+from labctl.report import ERROR, FAIL, PHASES, STATUS_LABELS, XPASS, Cell, load_cells, write_reports
 
 REGRESSED, FIXED, CHANGED, INFRA = "regressed", "fixed", "changed", "infra"
 KIND_ORDER = (REGRESSED, FIXED, CHANGED, INFRA)

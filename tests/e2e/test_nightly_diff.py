@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from bs4 import BeautifulSoup
+from test_matrix import chromium, run_dir
 
 from conftest import ROOT, labctl
-from test_matrix import chromium, run_dir
 
 pytestmark = pytest.mark.e2e
 

@@ -13,13 +13,25 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
+from recorded import DATA
+from recorded import result as recorded
 
 from labctl.cli import main
 from labctl.errors import ConfigError
 from labctl.report import ERROR, FAIL, PASS, XFAIL, XPASS, Cell, load_cells
-from labctl.report_diff import (CHANGED, FIXED, INFRA, REGRESSED, Run, diff_md, diff_runs,
-                                kernel_version, load_run, slower_phases, verdict_change)
-from recorded import DATA, result as recorded
+from labctl.report_diff import (
+    CHANGED,
+    FIXED,
+    INFRA,
+    REGRESSED,
+    Run,
+    diff_md,
+    diff_runs,
+    kernel_version,
+    load_run,
+    slower_phases,
+    verdict_change,
+)
 
 NIGHTLY = DATA / "nightly"
 GOLDEN = DATA / "golden"
@@ -168,8 +180,8 @@ def test_the_same_run_twice_changes_nothing():
 
 
 def test_an_error_is_never_timed():
-    slow_error = infra(); slow_error["timings"] = {"boot": 60.0, "total": 90.0}
-    err_before = infra(); err_before["timings"] = {"boot": 1.0, "total": 2.0}
+    slow_error = dict(infra(), timings={"boot": 60.0, "total": 90.0})
+    err_before = dict(infra(), timings={"boot": 1.0, "total": 2.0})
     assert diff_runs(run_of("a", [err_before]), run_of("b", [slow_error])).slower == []
 
 
@@ -279,7 +291,7 @@ def test_merge_with_a_baseline_writes_the_diff(tmp_path, capsys):
     assert "since night-1: 1 regressed, 1 fixed" in printed
     text = (out / "diff.md").read_text()
     assert text.startswith("# What changed: night-1 -> shards (")
-    assert f"](../shards/a/debian-6.12/crash-corrupt/serial.log)" in text and shard_a.is_dir()
+    assert "](../shards/a/debian-6.12/crash-corrupt/serial.log)" in text and shard_a.is_dir()
     assert len(load_cells([tmp_path / "shards"])) == 7
 
 

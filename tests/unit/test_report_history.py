@@ -7,12 +7,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from recorded import DATA
+from test_report_diff import failing, infra, recorded, write_run
 
 from labctl.cli import main
 from labctl.report import Cell
 from labctl.report_history import PairHistory, histories, load_nights, note
-from recorded import DATA
-from test_report_diff import failing, infra, recorded, write_run
 
 NIGHTLY = DATA / "nightly"
 
