@@ -25,7 +25,7 @@ RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat
+.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp
 MATRIX_ARGS ?= --jobs 2
 
 setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
@@ -92,6 +92,10 @@ bench-matrix: setup
 # crash-corrupt and crash-intact 10 times each: flake count and time-to-verdict spread.
 bench-repeat: setup
 	$(VENV)/bin/python bench/repeatability.py
+
+# crash-intact at smp 1 and smp 2 on both Debian kernels: spurious oopses, time-to-verdict.
+bench-smp: setup
+	$(VENV)/bin/python bench/smp_repeatability.py
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -317,19 +317,34 @@ def _config_check(value: Any) -> str | None:
     return None if CONFIG_ASSIGNMENT.match(value) else "is not of the form CONFIG_NAME=value"
 
 
+# What the dump must hold beyond the outcome (smp.py checks them): PRSTATUS notes in the
+# dump (default: one per CPU online at the crash), and whether a CPU hot-add rewrote the
+# ELF core headers in guest RAM.
+DUMP_EXPECT_SCHEMA = {
+    "prstatus_notes": Field(int, default=None, check=_non_negative),
+    "elfcorehdr": Field(str, default=None, choices=("changed", "unchanged")),
+}
+
 EXPECT_CASE_SCHEMA = {
     "kernel": Field(str, default=None),
     "config": Field(str, default=None, check=_config_check),
     "outcome": Field(str, choices=OUTCOMES),
     "errno": Field(str, default=None, choices=ERRNO_NAMES),
     "reason": Field(str),
+    **DUMP_EXPECT_SCHEMA,
 }
 
 EXPECT_SCHEMA = {
     "outcome": Field(str, choices=OUTCOMES),
     "errno": Field(str, default=None, choices=ERRNO_NAMES),
     "reason": Field(str, default=""),
+    **DUMP_EXPECT_SCHEMA,
     "when": Field(list, default=[], items=Field(dict, schema=EXPECT_CASE_SCHEMA)),
+}
+
+TRIGGER_SCHEMA = {
+    "kind": Field(str, default="sysrq", choices=TRIGGERS),
+    "cpu": Field(int, default=None, check=_non_negative),  # the helper pins itself there
 }
 
 SCENARIO_SCHEMA = {
@@ -352,7 +367,18 @@ SCENARIO_SCHEMA = {
         "pattern": Field(str, default="flip", choices=PATTERNS),
         "seed": Field(int, default=0),
     }),
-    "trigger": Field(str, default="sysrq", choices=TRIGGERS),
+    # a kind, or {kind, cpu} (TRIGGER_SCHEMA): cpu is where the panic starts
+    "trigger": Field((str, dict), default="sysrq"),
+    # this scenario's CPUs (default: lab.yaml's machine.smp); maxcpus > smp leaves room to hot-add
+    "machine": Field(dict, default={}, schema={
+        "smp": Field(int, default=None, check=_positive),
+        "maxcpus": Field(int, default=None, check=_positive),
+    }),
+    # after the load: hot-add CPUs through QMP and online them in the guest (smp.py)
+    "hotplug": Field(dict, default=None, schema={
+        "cpus": Field(int, default=1, check=_positive),
+        "reload": Field(bool, default=False),  # load the capture kernel again afterwards
+    }),
     "then_intact": Field(bool, default=False),
     "expect": Field(dict, schema=EXPECT_SCHEMA,
                     coerce=lambda v: {"outcome": v} if isinstance(v, str) else v),
@@ -366,6 +392,22 @@ class Corruption:
     length: int = 16
     pattern: str = "flip"
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Cpus:
+    """A scenario's own CPU counts; None takes lab.yaml's machine.smp (maxcpus: = smp)."""
+
+    smp: int | None = None
+    maxcpus: int | None = None
+
+
+@dataclass(frozen=True)
+class Hotplug:
+    """CPUs hot-added after the load (and onlined), optionally followed by a reload."""
+
+    cpus: int = 1
+    reload: bool = False
 
 
 @dataclass(frozen=True)
@@ -384,6 +426,8 @@ class Expected:
     outcome: str
     errno: str | None = None
     reason: str = ""
+    prstatus_notes: int | None = None  # None: one per CPU online at the crash
+    elfcorehdr: str | None = None  # after a CPU hot-add: changed | unchanged | not judged
 
 
 @dataclass(frozen=True)
@@ -393,6 +437,8 @@ class ExpectCase:
     kernel: str | None = None
     config: str | None = None
     errno: str | None = None
+    prstatus_notes: int | None = None
+    elfcorehdr: str | None = None
 
     def matches(self, kernel: str, symbols: dict[str, str]) -> bool:
         if self.kernel is not None:
@@ -409,12 +455,15 @@ class Expectation:
     errno: str | None = None
     reason: str = ""
     cases: tuple[ExpectCase, ...] = ()
+    prstatus_notes: int | None = None
+    elfcorehdr: str | None = None
 
     def resolve(self, kernel: str, symbols: dict[str, str]) -> Expected:
         for case in self.cases:
             if case.matches(kernel, symbols):
-                return Expected(case.outcome, case.errno, case.reason)
-        return Expected(self.outcome, self.errno, self.reason)
+                return Expected(case.outcome, case.errno, case.reason, case.prstatus_notes,
+                                case.elfcorehdr)
+        return Expected(self.outcome, self.errno, self.reason, self.prstatus_notes, self.elfcorehdr)
 
 
 @dataclass(frozen=True)
@@ -428,6 +477,9 @@ class Scenario:
     expect: Expectation
     crashkernel: bool = True
     then_intact: bool = False
+    trigger_cpu: int | None = None  # the CPU the panic starts on (None: wherever it runs)
+    cpus: Cpus = Cpus()
+    hotplug: Hotplug | None = None
 
 
 def _expectation(raw: dict, check: Validator) -> Expectation:
@@ -436,17 +488,45 @@ def _expectation(raw: dict, check: Validator) -> Expectation:
         if (case["kernel"] is None) == (case["config"] is None):
             check.fail(("expect", "when", i), "needs exactly one of 'kernel' or 'config'")
         cases.append(ExpectCase(**case))
-    return Expectation(raw["outcome"], raw["errno"], raw["reason"], tuple(cases))
+    return Expectation(raw["outcome"], raw["errno"], raw["reason"], tuple(cases),
+                       raw["prstatus_notes"], raw["elfcorehdr"])
+
+
+def _trigger(value: str | dict, check: Validator) -> dict:
+    """`trigger: sysrq` is short for `trigger: {kind: sysrq}`."""
+    if isinstance(value, str):
+        return {"kind": check.value(value, TRIGGER_SCHEMA["kind"], ("trigger",)), "cpu": None}
+    return check.mapping(value, TRIGGER_SCHEMA, ("trigger",))
 
 
 def _check_combinations(raw: dict, check: Validator) -> None:
     """Rules that span keys, so that a scenario cannot ask for something meaningless."""
-    if raw["corrupt"] and raw["trigger"] == "none":
+    if raw["corrupt"] and raw["trigger"]["kind"] == "none":
         check.fail(("trigger",), "'none' stops after the load, so 'corrupt' would never be judged")
     if raw["then_intact"] and raw["expect"]["outcome"] not in ("load-rejected", "load-accepted"):
         check.fail(("then_intact",), "only follows a load-rejected or load-accepted expectation")
     if raw["corrupt"] and raw["corrupt"]["segment"] == "backup" and raw["load"]["method"] != "kexec_load":
         check.fail(("corrupt", "segment"), "only kexec_load (kexec-tools) loads a backup segment")
+    _check_cpus(raw, check)
+
+
+def _check_cpus(raw: dict, check: Validator) -> None:
+    """CPU counts and a trigger CPU that can exist; what depends on lab.yaml's smp is
+    checked again when the run resolves it (smp.resolve_cpus)."""
+    smp, maxcpus = raw["machine"]["smp"], raw["machine"]["maxcpus"]
+    if smp is not None and maxcpus is not None and maxcpus < smp:
+        check.fail(("machine", "maxcpus"), f"must be at least machine.smp ({smp})")
+    trigger = raw["trigger"]
+    if trigger["cpu"] is not None and trigger["kind"] != "sysrq":
+        check.fail(("trigger", "cpu"), "only a sysrq trigger can choose its CPU: QEMU's inject-nmi "
+                   "reaches every x86 vCPU (hw/i386/x86.c: x86_nmi), and init-exit runs where "
+                   "PID 1 runs; drop 'cpu' or use kind: sysrq")
+    top = maxcpus if maxcpus is not None else smp
+    if trigger["cpu"] is not None and top is not None and trigger["cpu"] >= top:
+        check.fail(("trigger", "cpu"), f"CPU {trigger['cpu']} does not exist with "
+                   f"{top} CPU(s); CPUs count from 0")
+    if raw["hotplug"] and raw["trigger"]["kind"] == "none":
+        check.fail(("hotplug",), "hot-added CPUs only show in a dump: needs a trigger")
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -454,6 +534,7 @@ def load_scenario(path: Path) -> Scenario:
     data, located = read_yaml(path)
     check = Validator(path, located)
     raw = check.mapping(data, SCENARIO_SCHEMA)
+    raw["trigger"] = _trigger(raw["trigger"], check)
     _check_combinations(raw, check)
     return Scenario(
         name=path.stem,
@@ -461,7 +542,10 @@ def load_scenario(path: Path) -> Scenario:
         description=raw["description"],
         load=LoadStep(**raw["load"]),
         corrupt=Corruption(**raw["corrupt"]) if raw["corrupt"] else None,
-        trigger=raw["trigger"],
+        trigger=raw["trigger"]["kind"],
+        trigger_cpu=raw["trigger"]["cpu"],
+        cpus=Cpus(**raw["machine"]),
+        hotplug=Hotplug(**raw["hotplug"]) if raw["hotplug"] else None,
         expect=_expectation(raw["expect"], check),
         crashkernel=raw["boot"]["crashkernel"],
         then_intact=raw["then_intact"],

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemu.qmp import QMPError
+from qemu.qmp import ExecuteError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from labctl.errors import InfraError, Interrupted
@@ -43,6 +43,7 @@ class MachineSpec:
     machine_type: str = "pc"
     memory_mib: int = 1024
     smp: int = 1
+    maxcpus: int | None = None  # > smp: room to hot-add CPUs (QMP device_add)
     tcg_threads: str = "multi"
     gdb_port: int | None = None
 
@@ -99,12 +100,14 @@ def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: P
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
         accel = ["-accel", f"tcg,thread={spec.tcg_threads}", "-cpu", "max"]
+        if spec.maxcpus and spec.maxcpus > spec.smp:
+            accel = accel[:-1] + x86_tcg_cpu_hotplug_args()
     argv = [
         binary, *accel,
         "-machine", f"{spec.machine_type},memory-backend=ram",
         "-object", f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={ram},share=on",
         "-m", f"{spec.memory_mib}M",
-        "-smp", str(spec.smp),
+        "-smp", _smp(spec),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
         "-chardev", f"socket,id=console,path={console}",
@@ -117,6 +120,27 @@ def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: P
     if spec.gdb_port is not None:
         argv += ["-gdb", f"tcp:127.0.0.1:{spec.gdb_port}"]
     return argv
+
+
+def x86_tcg_cpu_hotplug_args() -> list[str]:
+    """-cpu and platform arguments that let an x86 guest under TCG accept hot-added CPUs.
+
+    QEMU lists the CPUs that may be plugged later as MADT LAPIC entries with Enabled=0.
+    Linux 6.12 counts those only when it detects a hypervisor (arch/x86/kernel/acpi/boot.c:
+    acpi_is_processor_usable); under TCG it detects none ("Allowing 1 present CPUs plus 0
+    hotplug CPUs") and a hot-added CPU gets "ACPI: Unable to map lapic to logical cpu
+    number".  The one detection QEMU 7.2 can satisfy under TCG is VMware's without the
+    CPUID hypervisor bit: a DMI serial starting "VMware" and an answer on the backdoor port
+    (arch/x86/kernel/cpu/vmware.c: vmware_platform; QEMU's vmport device, on by default
+    on `pc` under TCG).  Under KVM the KVM signature does it and none of this is needed."""
+    return ["max,-hypervisor", "-smbios", "type=1,serial=VMware-kexec-lab-cpu-hotplug"]
+
+
+def _smp(spec: MachineSpec) -> str:
+    """-smp N, with maxcpus only when there is room to hot-add."""
+    if spec.maxcpus and spec.maxcpus > spec.smp:
+        return f"{spec.smp},maxcpus={spec.maxcpus}"
+    return str(spec.smp)
 
 
 def _die_with_parent() -> None:
@@ -252,6 +276,11 @@ class Machine:
         """A human monitor command through QMP (e.g. 'info registers -a')."""
         return self._qmp_cmd("human-monitor-command", **{"command-line": command})
 
+    def command(self, name: str, **args):
+        """A QMP command (device_add, query-hotpluggable-cpus, ...); InfraError if QEMU
+        does not answer or refuses."""
+        return self._qmp_cmd(name, **args)
+
     def status(self) -> str:
         return self._qmp_cmd("query-status")["status"]
 
@@ -261,6 +290,8 @@ class Machine:
             return self.qmp.cmd(command, **args)
         except TimeoutError:
             raise InfraError(f"QEMU did not answer QMP '{command}' within {QMP_SECONDS:g} s") from None
+        except ExecuteError as exc:  # QEMU answered, with an error
+            raise InfraError(f"QMP '{command}' {args} refused: {exc}") from None
         except QMPError as exc:  # the monitor went away: QEMU is exiting or died
             raise InfraError(f"QMP '{command}' failed ({type(exc).__name__}): "
                              f"{self.death_reason()}") from None

@@ -24,6 +24,8 @@ from labctl.guest_memory import GuestMemory
 from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
+from labctl.cpu_hotplug import headers_facts, hot_add
+from labctl.smp import cpu_watch, resolve_cpus
 from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 
@@ -78,12 +80,14 @@ class PairRun:
     evidence: dict = field(default_factory=dict)
     session: Session | None = None
     attempts: list = field(default_factory=list)
+    cpu_facts: dict = field(default_factory=dict)  # the helper's latest CPU report
 
     def machine_spec(self, accel: Accel, assets: GuestAssets) -> MachineSpec:
         m = self.lab.machine
+        smp, maxcpus = resolve_cpus(m, self.scenario)
         return MachineSpec(kernel=self.kernel.bzimage, initrd=assets.primary_initramfs,
                            cmdline=primary_cmdline(m, self.scenario.crashkernel), accel=accel.name, machine_type=m.type,
-                           memory_mib=m.memory_mib, smp=m.smp, tcg_threads=m.tcg_threads)
+                           memory_mib=m.memory_mib, smp=smp, maxcpus=maxcpus, tcg_threads=m.tcg_threads)
 
     def attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
         """Boot one guest and take it through the scenario's steps."""
@@ -113,12 +117,39 @@ class PairRun:
     def step_boot(self, session: Session) -> dict:
         hello = session.boot()
         self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline")}
+        self.cpu_facts = hello
         return hello
+
+    def step_trigger(self, session: Session) -> None:
+        """Panic as the scenario says; with several CPUs, watch where and what the others do."""
+        if session.machine.spec.smp > 1 or self.scenario.hotplug or self.scenario.trigger_cpu is not None:
+            expected = self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols())
+            session.cpus = cpu_watch(self.cpu_facts, self.scenario.trigger_cpu, expected,
+                                     self.evidence.get("hotplug"))
+            if self.scenario.trigger_cpu not in (None, *session.cpus.online):
+                raise InfraError(f"the scenario panics on CPU {self.scenario.trigger_cpu}, but this "
+                                 f"kernel has CPUs {self.cpu_facts.get('cpus_online')!r} online "
+                                 "(a kernel without CONFIG_SMP runs on CPU 0 only)")
+        session.trigger(self.scenario.trigger, self.scenario.trigger_cpu)
 
     def step_load(self, session: Session) -> Loaded:
         load = self.scenario.load
         loaded = session.load(capture_cmdline(self.lab.machine, load), load.method, load.kernel)
         self.evidence["load"] = {"method": load.method, "image": load.kernel, **loaded.evidence()}
+        return loaded
+
+    def step_hotplug(self, session: Session, loaded: Loaded) -> Loaded:
+        """Hot-add CPUs after the load; with reload, load again (as user space must where
+        the kernel does not rewrite the ELF core headers itself) and record the headers."""
+        hotplug = self.scenario.hotplug
+        evidence, self.cpu_facts = hot_add(session, loaded.table, hotplug.cpus, session.machine.spec.smp)
+        self.evidence["hotplug"] = evidence
+        if session.machine.spec.accel == "tcg":
+            evidence["platform"] = ("VMware identity under TCG, so that the kernel counts QEMU's "
+                                    "hotpluggable CPUs (machine.x86_tcg_cpu_hotplug_args)")
+        if hotplug.reload:
+            loaded = self.step_load(session)
+            evidence["elfcorehdr_reloaded"] = headers_facts(session.memory, loaded.table)
         return loaded
 
     def step_recovery(self, session: Session) -> dict:
@@ -142,11 +173,13 @@ class PairRun:
             if self.scenario.then_intact:
                 self.evidence["recovery"] = self.step_recovery(session)
             return finding
+        if self.scenario.hotplug:
+            loaded = self.step_hotplug(session, loaded)
         if self.scenario.corrupt:
             self.evidence["corruption"] = session.corrupt(loaded.table, self.scenario.corrupt)
         if self.scenario.load.unload:
             self.evidence["unload"] = session.unload(self.scenario.load.method)
-        session.trigger(self.scenario.trigger)
+        self.step_trigger(session)
         return session.observe(loaded.table, self.kernel.release)
 
     def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:

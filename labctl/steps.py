@@ -23,6 +23,7 @@ from labctl.guest_assets import GUEST_INITRD
 from labctl.guest_memory import GuestMemory
 from labctl.machine import Machine
 from labctl.progress import Progress
+from labctl.smp import CpuWatch
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.images import guest_path
 from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_PANICKED, GUEST_RESET, HANG, NO_VERDICT,
@@ -101,6 +102,7 @@ class Session:
         self.phase = "booting"
         self.marks: dict[str, float] = {}
         self.purgatory_line: str | None = None  # an instrumented purgatory's COM1 report
+        self.cpus: CpuWatch | None = None  # several CPUs: where the panic ran, the others
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -207,6 +209,11 @@ class Session:
                           f"{message.get('kexec_crash_loaded')}")
         return {"rc": message.get("rc"), "kexec_crash_loaded": message.get("kexec_crash_loaded")}
 
+    def ask(self, line: str, types: tuple[str, ...], what: str) -> dict:
+        """Send the helper one command and wait (load timeout) for its reply."""
+        self.control.send(line)
+        return self._await_message(types, self.timeouts.load, what)
+
     def _await_message(self, types: tuple[str, ...], timeout: float, what: str) -> dict:
         start = time.monotonic()
         while True:
@@ -245,15 +252,22 @@ class Session:
         return {**write.to_json(), "segment": segment.to_json(), "offset": hex(offset),
                 "placement": corruption.offset}
 
-    def trigger(self, trigger: str) -> None:
-        """Crash the guest: sysrq and init-exit from inside, nmi armed inside, sent by QMP."""
+    def trigger(self, trigger: str, cpu: int | None = None) -> None:
+        """Crash the guest: sysrq and init-exit from inside, nmi armed inside, sent by QMP;
+        cpu: the helper pins itself there first and says where it runs."""
         self.phase = "panicking"
-        self.progress.say(f"triggering a panic ({trigger})")
+        self.progress.say(f"triggering a panic ({trigger}" + (f" on CPU {cpu})" if cpu is not None else ")"))
         self.console.forget()
         self.marks["trigger"] = time.monotonic()
-        self.control.send(f"panic {trigger}")
+        self.control.send(f"panic {trigger}" + (f" {cpu}" if cpu is not None else ""))
+        if trigger == "nmi" or cpu is not None:
+            reply = self._await_message(("panicking", "error"), self.timeouts.load, "the helper to panic")
+            if reply["type"] == "error":
+                raise InfraError(f"the guest helper could not panic: {reply.get('what')}: "
+                                 f"{reply.get('strerror')}")
+            if self.cpus is not None:
+                self.cpus.pinned = reply.get("cpu")
         if trigger == "nmi":
-            self._await_message(("panicking",), self.timeouts.load, "unknown_nmi_panic to be armed")
             self.machine.qmp.cmd("inject-nmi")
 
     def observe(self, table: SegmentTable, release: str, within: float | None = None) -> Finding:
@@ -271,9 +285,12 @@ class Session:
         window_end = None if within is None else time.monotonic() + within
         while True:
             messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER,
-                                           "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT},
+                                           "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
+                                           **(CpuWatch.patterns if self.cpus else {})},
                                           strict=False)
             self._mark_console(hits, start)
+            if self.cpus:
+                self.cpus.console(hits)
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
             if ended := [line for name, line in hits if name == "end"]:
@@ -297,6 +314,8 @@ class Session:
                         return self._finish(start, self._reset(start))
                     raise
                 watch.add(parse_registers(registers))
+                if self.cpus:
+                    self.cpus.sample(registers)
                 next_sample = now + REGISTER_SAMPLE_SECONDS
                 if parked := watch.parked(self._code_at):
                     return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
@@ -313,8 +332,8 @@ class Session:
     def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
         for name, line in hits:
             key = {"panic": "panic_line", "banner": "capture_banner", "end": "end_of_panic",
-                   "purgatory": "purgatory_report"}[name]
-            if key not in self.marks:
+                   "purgatory": "purgatory_report"}.get(name)
+            if key and key not in self.marks:
                 self.marks[key] = time.monotonic()
                 self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
 
@@ -347,12 +366,15 @@ class Session:
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
         return Finding(CAPTURE_BOOTED, {
             "capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
-            "helper_role": hello.get("role"), "vmcore": vmcore})
+            "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"), "vmcore": vmcore})
 
     def _finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)
         if self.purgatory_line:
             finding.evidence["purgatory_console"] = purgatory_report(self.purgatory_line)
+        if self.cpus:
+            finding.evidence["cpus"] = self.cpus.evidence(finding.outcome, finding.evidence)
+            finding.attachments.setdefault("registers.txt", self.cpus.last_registers)
         self.phase = "judged"
         self.progress.say(f"{finding.outcome} after {self.timings['panic_to_verdict']:.1f} s")
         return finding

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.segments import SegmentTable
+from labctl.smp import cpu_problem
 
 CAPTURE_BOOTED = "capture-booted"
 PURGATORY_REFUSED = "purgatory-refused"
@@ -146,6 +147,8 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
             (f" (purgatory said on COM1: {report['line']!r})" if report else "")
     if problem := console_contradiction(outcome, evidence):
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
+    if problem := cpu_problem(evidence):
+        return False, f"{outcome} as expected, but the CPUs disagree: {problem}"
     if outcome == CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):
         return False, f"capture kernel booted but /proc/vmcore is not sane: {problem}"
     if expected_errno:

@@ -33,6 +33,21 @@ def vmcoreinfo(head: bytes) -> dict[str, str]:
     return {}
 
 
+PR_PID = 32  # x86_64 struct elf_prstatus: pr_info(12) pr_cursig(2+2) sigpend sighold, pr_pid
+PR_RIP = 112 + 16 * 8  # pr_reg (struct user_regs_struct) starts at 112; rip is its 17th word
+
+
+def prstatus_facts(elf: ELFFile) -> dict:
+    """The NT_PRSTATUS notes, one per CPU that saved its registers at the crash, with the
+    pid each CPU was running (0: idle) and the RIP it saved (where the NMI found it)."""
+    notes = [note["n_desc"] for seg in elf.iter_segments() if seg["p_type"] == "PT_NOTE"
+             for note in seg.iter_notes() if note["n_type"] == "NT_PRSTATUS"]
+    saved = [{"pid": int.from_bytes(d[PR_PID:PR_PID + 4], "little"),
+              "rip": hex(int.from_bytes(d[PR_RIP:PR_RIP + 8], "little"))}
+             for d in notes if isinstance(d, bytes) and len(d) >= PR_RIP + 8]
+    return {"prstatus_notes": len(notes), "prstatus_saved": saved}
+
+
 def check_vmcore(size: int | None, head_hex: str | None, release: str) -> dict:
     """Evidence dict with 'ok' and the facts found; 'problems' lists what failed."""
     facts: dict = {"size": size, "problems": []}
@@ -51,6 +66,7 @@ def check_vmcore(size: int | None, head_hex: str | None, release: str) -> dict:
         facts["pt_load"] = types.count("PT_LOAD")
         if not facts["pt_note"]:
             problems.append("no PT_NOTE segment")
+        facts.update(prstatus_facts(elf))
         info = vmcoreinfo(head)
         facts["osrelease"] = info.get("OSRELEASE")
         if not info:

@@ -13,13 +13,16 @@
  *   unload                              kexec_file_load(KEXEC_FILE_UNLOAD)
  *   kexec-tool ARG<TAB>ARG...           run /sbin/kexec (kexec-tools, the legacy
  *                                       kexec_load(2) path) with these arguments
- *   panic TRIGGER                       crash the kernel: sysrq (sysrq 'c', a NULL
+ *   panic TRIGGER [CPU]                 crash the kernel: sysrq (sysrq 'c', a NULL
  *                                       dereference), nmi (arm unknown_nmi_panic;
  *                                       the host injects the NMI), init-exit (make
- *                                       PID 1 exit: "Attempted to kill init!")
+ *                                       PID 1 exit: "Attempted to kill init!");
+ *                                       CPU: pin to it first (sysrq only)
+ *   cpus                                report the CPUs (online, APIC ids)
+ *   cpu-online N                        wait for cpuN (hot-added) and online it
  *
  * Replies (guest -> host): {"type": "hello"|"loaded"|"unloaded"|"panicking"|
- * "error", ...}.  Kernel log records produced during a load are forwarded in
+ * "cpus"|"error", ...}.  Kernel log records produced during a load are forwarded in
  * "log" so that the host can parse the segment table the kernel printed.
  */
 #define _GNU_SOURCE
@@ -31,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -174,6 +178,60 @@ static int is_capture_kernel(void)
 	return access("/proc/vmcore", F_OK) == 0 || strstr(buf, "elfcorehdr=") != NULL;
 }
 
+/*
+ * The CPUs as this kernel sees them: the online/possible masks and, from
+ * /proc/cpuinfo, each online processor's APIC id, which names the vCPU (the
+ * capture kernel calls whatever CPU it boots on CPU 0).
+ */
+static void put_cpu_facts(void)
+{
+	char line[256];
+	int processor = -1, apicid, n = 0;
+	FILE *f = fopen("/proc/cpuinfo", "r");
+
+	put_file_field("cpus_online", "/sys/devices/system/cpu/online");
+	put_file_field("cpus_possible", "/sys/devices/system/cpu/possible");
+	put_file_field("cpus_present", "/sys/devices/system/cpu/present");
+	put_file_field("crash_hotplug", "/sys/devices/system/cpu/crash_hotplug");
+	fputs(",\"cpus\":[", out);
+	while (f && fgets(line, sizeof(line), f) && n < 4096) {
+		if (sscanf(line, "processor : %d", &processor) == 1)
+			continue;
+		if (processor >= 0 && sscanf(line, "apicid : %d", &apicid) == 1) {
+			fprintf(out, "%s[%d,%d]", n++ ? "," : "", processor, apicid);
+			processor = -1;
+		}
+	}
+	fputc(']', out);
+	if (f)
+		fclose(f);
+}
+
+static void cmd_cpus(int err)
+{
+	fprintf(out, "{\"type\":\"cpus\",\"errno\":%d", err);
+	put_cpu_facts();
+	reply_end();
+}
+
+/* A hot-added CPU shows up in sysfs once ACPI has processed QEMU's event. */
+static void cmd_cpu_online(const char *arg)
+{
+	char path[128];
+	int fd, err = 0, tries;
+
+	snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%d/online", atoi(arg ? arg : "-1"));
+	for (tries = 0; (fd = open(path, O_WRONLY)) < 0 && errno == ENOENT && tries < 300; tries++)
+		usleep(100000);
+	if (fd < 0)
+		err = errno;
+	else if (write(fd, "1", 1) < 0)
+		err = errno;
+	if (fd >= 0)
+		close(fd);
+	cmd_cpus(err);
+}
+
 static void cmd_hello(void)
 {
 	struct utsname u;
@@ -189,6 +247,7 @@ static void cmd_hello(void)
 	fprintf(out, ",\"crashkernel\":[%lu,%lu]", ck_start, ck_end);
 	put_file_field("cmdline", "/proc/cmdline");
 	put_file_field("kexec_crash_loaded", "/sys/kernel/kexec_crash_loaded");
+	put_cpu_facts();
 	if (capture)
 		put_vmcore_facts();
 	reply_end();
@@ -379,12 +438,24 @@ static void write_file(const char *path, const char *text)
 	}
 }
 
-static void cmd_panic(const char *trigger)
+static void cmd_panic(char *args)
 {
+	const char *trigger = strsep(&args, " ");
+	cpu_set_t set;
+
+	if (args && *args) {	/* sysrq-trigger's handler runs on the writer's CPU */
+		CPU_ZERO(&set);
+		CPU_SET(atoi(args), &set);
+		if (sched_setaffinity(0, sizeof(set), &set) < 0) {
+			reply_error("sched_setaffinity", errno);
+			return;
+		}
+	}
 	if (!strcmp(trigger, "nmi"))
 		write_file("/proc/sys/kernel/unknown_nmi_panic", "1");
 	fputs("{\"type\":\"panicking\",\"trigger\":", out);
 	put_json_string(trigger);
+	fprintf(out, ",\"cpu\":%d", sched_getcpu());
 	reply_end();
 	sync();
 	if (!strcmp(trigger, "sysrq")) {
@@ -414,7 +485,11 @@ static void dispatch(char *line)
 	else if (!strcmp(verb, "kexec-tool"))
 		cmd_kexec_tool(line);
 	else if (!strcmp(verb, "panic"))
-		cmd_panic(line ? line : "sysrq");
+		cmd_panic(line ? line : (char[]){"sysrq"});
+	else if (!strcmp(verb, "cpus"))
+		cmd_cpus(0);
+	else if (!strcmp(verb, "cpu-online"))
+		cmd_cpu_online(line);
 	else
 		reply_error(verb, ENOSYS);
 }

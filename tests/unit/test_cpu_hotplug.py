@@ -1,0 +1,82 @@
+"""CPU hotplug pieces that need no guest: QEMU's slot list, the device_add arguments, the
+ELF core headers read from a RAM file, the TCG command line, and the expectation keys."""
+
+import json
+import struct
+from pathlib import Path
+
+from labctl.config import load_scenario
+from labctl.cpu_hotplug import cpu_device, free_slots, headers_facts
+from labctl.guest_memory import GuestMemory
+from labctl.machine import MachineSpec, qemu_argv
+from labctl.segments import Segment, SegmentTable
+from recorded import DATA
+
+ROOT = Path(__file__).resolve().parents[2]
+SOCKS = (Path("r"), Path("c"), Path("t"), Path("q"))
+
+
+def test_recorded_slot_list_gives_the_free_slot_as_device_add_arguments():
+    """QEMU 7.2, -cpu max -smp 1,maxcpus=2: one plugged slot (qom-path), one free."""
+    slots = json.loads((DATA / "qemu-7.2" / "query-hotpluggable-cpus-smp1-maxcpus2.json").read_text())
+    free = free_slots(slots)
+    assert len(free) == 1
+    assert cpu_device(free[0], "hotcpu0") == {"driver": "max-x86_64-cpu", "id": "hotcpu0",
+                                              "core-id": 1, "thread-id": 0, "socket-id": 0}
+
+
+def elf_core_headers(notes: list[int], loads: int) -> bytes:
+    """An ELF64 core header with PT_NOTE entries at `notes` and `loads` PT_LOAD entries."""
+    phnum = len(notes) + loads
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 0, 0, 0)
+    phdrs = b"".join(struct.pack("<IIQQQQQQ", 4, 0, n, 0, n, 0x100, 0x100, 0) for n in notes)
+    phdrs += b"".join(struct.pack("<IIQQQQQQ", 1, 7, 0x100000 * (i + 1), 0, 0, 0x1000, 0x1000, 0)
+                      for i in range(loads))
+    return ehdr + phdrs
+
+
+def test_headers_facts_read_the_segment_from_guest_ram(tmp_path):
+    ram = tmp_path / "ram"
+    ram.write_bytes(bytes(0x10000))
+    memory = GuestMemory(ram)
+    try:
+        table = SegmentTable((Segment(index=0, mem=0x2000, memsz=0x2000, bufsz=0x1000, role="elfcorehdr"),))
+        memory.write(0x2000, elf_core_headers([0x3E639400, 0x11DE000], 3))
+        before = headers_facts(memory, table)
+        assert (before["pt_note"], before["pt_load"], before["phnum"]) == (2, 3, 5)
+        assert before["note_addresses"] == ["0x3e639400", "0x11de000"]
+        memory.write(0x2000, elf_core_headers([0x3E639400, 0x3E739400, 0x11DE000], 3))
+        after = headers_facts(memory, table)
+        assert after["pt_note"] == 3 and after["sha256"] != before["sha256"]
+        memory.write(0x2000, b"garbage!")
+        assert "not an ELF header" in headers_facts(memory, table)["error"]
+        assert "no elfcorehdr" in headers_facts(memory, SegmentTable(()))["error"]
+    finally:
+        memory.close()
+
+
+def test_room_to_hot_add_changes_the_tcg_command_line_only_then():
+    plain = qemu_argv(MachineSpec(kernel=Path("k"), initrd=Path("i"), cmdline="", smp=2), *SOCKS)
+    assert plain[plain.index("-cpu") + 1] == "max" and "-smbios" not in plain
+    assert plain[plain.index("-smp") + 1] == "2"
+    spec = MachineSpec(kernel=Path("k"), initrd=Path("i"), cmdline="", smp=1, maxcpus=2)
+    argv = qemu_argv(spec, *SOCKS)
+    assert argv[argv.index("-smp") + 1] == "1,maxcpus=2"
+    assert argv[argv.index("-cpu") + 1] == "max,-hypervisor"
+    assert argv[argv.index("-smbios") + 1].startswith("type=1,serial=VMware")
+    kvm = qemu_argv(MachineSpec(**{**spec.__dict__, "accel": "kvm"}), *SOCKS)
+    assert kvm[kvm.index("-cpu") + 1] == "host" and "-smbios" not in kvm
+
+
+def test_hotplug_scenarios_resolve_their_dump_expectations_per_kernel():
+    scenario = load_scenario(ROOT / "scenarios" / "cpu-hotplug.yaml")
+    assert scenario.hotplug.cpus == 1 and not scenario.hotplug.reload
+    assert (scenario.cpus.smp, scenario.cpus.maxcpus, scenario.trigger_cpu) == (1, 2, 1)
+    hotplug_612 = scenario.expect.resolve("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"})
+    assert (hotplug_612.prstatus_notes, hotplug_612.elfcorehdr) == (2, "unchanged")
+    assert "for_each_possible_cpu" in hotplug_612.reason
+    old = scenario.expect.resolve("debian-6.1", {})
+    assert (old.outcome, old.prstatus_notes) == ("capture-booted", 1)
+    reload = load_scenario(ROOT / "scenarios" / "cpu-hotplug-reload.yaml")
+    assert reload.hotplug.reload and reload.expect.resolve("debian-6.1", {}).prstatus_notes == 2
