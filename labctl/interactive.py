@@ -130,6 +130,8 @@ class LiveGuest:
         self.stage = "loaded"
         if self.loaded.rejected:
             self.finding = self._load_finding(LOAD_REJECTED)
+        elif self.pair.scenario.hotplug:
+            self.loaded = self.pair.step_hotplug(self.session, self.loaded)
         self.show_gdb()
 
     def _load_finding(self, outcome: str) -> Finding:
@@ -148,7 +150,10 @@ class LiveGuest:
     def panic(self, trigger: str | None) -> None:
         if self._reached("panicked"):
             raise UsageError("the guest has panicked already; `verdict` says what came of it")
-        self.session.trigger(trigger or self.pair.default_trigger)
+        if trigger is None and self.pair.scenario.trigger != "none":
+            self.pair.step_trigger(self.session)  # the scenario's own, on its CPU if it names one
+        else:
+            self.session.trigger(trigger or self.pair.default_trigger)
         self.stage = "panicked"
 
     def scenario_panic(self) -> None:

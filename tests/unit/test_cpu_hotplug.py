@@ -80,3 +80,27 @@ def test_hotplug_scenarios_resolve_their_dump_expectations_per_kernel():
     assert (old.outcome, old.prstatus_notes) == ("capture-booted", 1)
     reload = load_scenario(ROOT / "scenarios" / "cpu-hotplug-reload.yaml")
     assert reload.hotplug.reload and reload.expect.resolve("debian-6.1", {}).prstatus_notes == 2
+
+
+def test_recorded_hotplug_dumps_against_each_kernels_expectation():
+    """6.1 described only the CPUs present at load: the hot-added CPU that panicked has no
+    note; 6.12 described every possible CPU: both notes.  The default expectation (one note
+    per online CPU) would fail 6.1, which is why the scenario says what 6.1 does and why."""
+    from labctl.smp import cpu_watch
+    from labctl.vmcore import check_vmcore
+    from recorded import control_messages
+    scenario = load_scenario(ROOT / "scenarios" / "cpu-hotplug.yaml")
+    for kernel, symbols, notes in (("debian-6.1", {}, 1), ("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"}, 2)):
+        messages = control_messages(kernel, "cpu-hotplug")
+        online = next(m for m in messages if m["type"] == "cpus")
+        capture = next(m for m in messages if m["type"] == "hello" and m["role"] == "capture")
+        verdict = {"capture_cpus": capture["cpus"],
+                   "vmcore": check_vmcore(capture["vmcore_size"], capture["vmcore_head"], capture["release"])}
+        assert verdict["vmcore"]["prstatus_notes"] == notes
+        hotplug = json.loads((DATA / kernel / "cpu-hotplug" / "result.json").read_text())["evidence"]["hotplug"]
+        expected = scenario.expect.resolve(kernel, symbols)
+        facts = cpu_watch(online, None, expected, hotplug).evidence("capture-booted", verdict)
+        assert [p for p in facts["problems"] if "PRSTATUS" in p or "ELF core" in p] == []
+        assert facts["capture_apicid"] == 1 and facts["elfcorehdr_after_hotplug"] == "unchanged"
+        default = cpu_watch(online, None, None, hotplug).evidence("capture-booted", verdict)
+        assert any("PRSTATUS" in p for p in default["problems"]) == (notes == 1)
