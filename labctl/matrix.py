@@ -26,7 +26,7 @@ from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
-from labctl.report_diff import load_run, write_with_baseline
+from labctl.report_diff import Run, load_run, write_with_baseline
 
 RETRY_OUTCOMES = {"infra-error"}
 HEARTBEAT_SECONDS = 15.0
@@ -96,6 +96,18 @@ def select_pairs(lab: LabConfig, scenarios_dir: Path, kernels: list[str] | None 
             if shard_of(pair.key, shard[1]) == shard[0]:
                 pairs.append(pair)
     return pairs
+
+
+def scope_baseline(base: Run, pairs: list[Pair], kernels: list[str] | None, scenarios: list[str] | None,
+                   shard: tuple[int, int]) -> Run:
+    """The baseline's pairs that this selection could have run (its kernels, scenarios and
+    shard), so a narrower run does not list the rest as removed; without --kernels or
+    --scenarios a deleted scenario or kernel still shows as removed."""
+    names = set(_names(kernels))
+    chosen = {p.scenario for p in pairs}
+    return Run(base.label, [c for c in base.cells
+                            if (not names or c.kernel in names) and (not scenarios or c.scenario in chosen)
+                            and shard_of(f"{c.kernel}/{c.scenario}", shard[1]) == shard[0]])
 
 
 # ---------------------------------------------------------------- CI job matrices
@@ -326,7 +338,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(json.dumps(emit(all_pairs, args.shards), separators=(",", ":")))
         return 0
     pairs = select_pairs(lab, directory, args.kernels, args.scenarios, parse_shard(args.shard))
-    baseline = load_run(Path(args.baseline)) if args.baseline else None  # bad input: before any guest
+    baseline = scope_baseline(load_run(Path(args.baseline)), pairs, args.kernels, args.scenarios,
+                              parse_shard(args.shard)) if args.baseline else None  # before any guest
     check_writable(lab.artifacts_dir)
     run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard,
                     pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})),

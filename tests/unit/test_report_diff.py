@@ -18,6 +18,7 @@ from recorded import result as recorded
 
 from labctl.cli import main
 from labctl.errors import ConfigError
+from labctl.matrix import Pair, scope_baseline, shard_of
 from labctl.report import ERROR, FAIL, PASS, XFAIL, XPASS, Cell, load_cells
 from labctl.report_diff import (
     CHANGED,
@@ -321,3 +322,21 @@ def test_statuses_named_in_diff_md():
     for status, result in statuses.items():
         text = diff_md(diff_runs(run_of("a", []), run_of("b", [result])), Path("/"))
         assert f"new pair: {status.upper()} {result['outcome']}" in text
+
+
+def test_matrix_baseline_is_scoped_to_what_the_run_selects():
+    """`matrix --shard 1/2 --baseline` must not call the other shard's pairs removed."""
+    base = run_of("night-1", [recorded(k, s) for k in ("debian-6.12", "debian-6.1")
+                              for s in ("crash-corrupt", "crash-intact", "unload-then-panic")])
+    keys = [(c.kernel, c.scenario) for c in base.cells]
+    mine = [Pair(k, s, Path(f"{s}.yaml")) for k, s in keys if shard_of(f"{k}/{s}", 2) == 1]
+    scoped = scope_baseline(base, mine, None, None, (1, 2))
+    assert sorted((c.kernel, c.scenario) for c in scoped.cells) == sorted((p.kernel, p.scenario) for p in mine)
+    assert 0 < len(mine) < len(keys) and scoped.label == "night-1"
+    one = scope_baseline(base, [Pair("debian-6.1", "crash-intact", Path("x"))], ["debian-6.1"], ["crash-intact"],
+                         (1, 1))
+    assert [(c.kernel, c.scenario) for c in one.cells] == [("debian-6.1", "crash-intact")]
+    # the full selection keeps a pair whose scenario file is gone: it shows as removed
+    everything = scope_baseline(base, mine[:1], None, None, (1, 1))
+    assert len(everything.cells) == len(keys)
+    assert len(diff_runs(everything, run_of("night-2", [])).only_base) == len(keys)
