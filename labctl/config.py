@@ -35,10 +35,17 @@ PLACEMENTS = ("start", "middle", "end", "tail", "page")
 # none = stop after the load (for scenarios about what the syscall accepts)
 TRIGGERS = ("sysrq", "nmi", "init-exit", "none")
 LOAD_METHODS = ("kexec_file_load", "kexec_load")
-KERNEL_IMAGES = ("default", "garbage", "empty", "truncated", "elf-vmlinux")
+KERNEL_IMAGES = ("default", "garbage", "empty", "truncated", "elf-vmlinux",
+                 "signed", "unsigned", "wrong-key", "tampered")  # images.py, signing.py
 ERRNO_NAMES = tuple(sorted(errno.errorcode.values()))
 CONFIG_ASSIGNMENT = re.compile(r"^CONFIG_[A-Z0-9_]+=\S+$")
 SCENARIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A primary kernel parameter a scenario may add: word or word=value, printable, no quotes.
+BOOT_WORD = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?$")
+BOOT_CMDLINE_MAX = 512
+# Parameters the lab sets itself (runner.primary_cmdline): a scenario changing them would
+# break the console, the reservation or the verdict evidence (panic=0 keeps a refusal visible).
+LAB_OWNED_PARAMS = ("console", "crashkernel", "panic", "earlyprintk")
 
 REQUIRED = object()
 
@@ -325,13 +332,32 @@ DUMP_EXPECT_SCHEMA = {
     "elfcorehdr": Field(str, default=None, choices=("changed", "unchanged")),
 }
 
+
+def _boot_cmdline_check(value: Any) -> str | None:
+    """Extra primary kernel parameters: plain words, none the lab sets itself."""
+    if len(value) > BOOT_CMDLINE_MAX:
+        return f"is longer than {BOOT_CMDLINE_MAX} characters"
+    for word in value.split():
+        if not BOOT_WORD.match(word):
+            return f"has {word!r}, which is not a kernel parameter (word or word=value; no quotes)"
+        if word.split("=", 1)[0] in LAB_OWNED_PARAMS:
+            return (f"sets {word.split('=', 1)[0]}=, which the lab sets itself "
+                    f"({', '.join(LAB_OWNED_PARAMS)}); crashkernel: use boot.crashkernel")
+    return None
+
+
 EXPECT_CASE_SCHEMA = {
     "kernel": Field(str, default=None),
     "config": Field(str, default=None, check=_config_check),
+    # the lab's signing key is (true) or is not (false) built into the kernel's keyring,
+    # as found in the kernel image itself (signing.trusted_lab_keys)
+    "lab_key": Field(bool, default=None),
     "outcome": Field(str, choices=OUTCOMES),
     "errno": Field(str, default=None, choices=ERRNO_NAMES),
     "reason": Field(str),
     **DUMP_EXPECT_SCHEMA,
+    # false: this kernel accepts no image the lab has, so no follow-up load can work
+    "then_intact": Field(bool, default=None),
 }
 
 EXPECT_SCHEMA = {
@@ -351,6 +377,7 @@ SCENARIO_SCHEMA = {
     "description": Field(str, default=""),
     "boot": Field(dict, schema={
         "crashkernel": Field(bool, default=True),
+        "cmdline": Field(str, default="", check=_boot_cmdline_check),  # e.g. lockdown=integrity
     }, default={}),
     "load": Field(dict, schema={
         "method": Field(str, default="kexec_file_load", choices=LOAD_METHODS),
@@ -428,6 +455,7 @@ class Expected:
     reason: str = ""
     prstatus_notes: int | None = None  # None: one per CPU online at the crash
     elfcorehdr: str | None = None  # after a CPU hot-add: changed | unchanged | not judged
+    then_intact: bool | None = None  # None: as the scenario says
 
 
 @dataclass(frozen=True)
@@ -439,10 +467,15 @@ class ExpectCase:
     errno: str | None = None
     prstatus_notes: int | None = None
     elfcorehdr: str | None = None
+    lab_key: bool | None = None
+    then_intact: bool | None = None
 
-    def matches(self, kernel: str, symbols: dict[str, str]) -> bool:
+    def matches(self, kernel: str, symbols: dict[str, str], facts: dict | None = None) -> bool:
+        """facts: what the lab found in the kernel (lab_key: True/False, None if unknown)."""
         if self.kernel is not None:
             return self.kernel == kernel
+        if self.lab_key is not None:
+            return (facts or {}).get("lab_key") is self.lab_key
         name, _, value = self.config.partition("=")
         return symbols.get(name, "n") == value
 
@@ -458,11 +491,11 @@ class Expectation:
     prstatus_notes: int | None = None
     elfcorehdr: str | None = None
 
-    def resolve(self, kernel: str, symbols: dict[str, str]) -> Expected:
+    def resolve(self, kernel: str, symbols: dict[str, str], facts: dict | None = None) -> Expected:
         for case in self.cases:
-            if case.matches(kernel, symbols):
+            if case.matches(kernel, symbols, facts):
                 return Expected(case.outcome, case.errno, case.reason, case.prstatus_notes,
-                                case.elfcorehdr)
+                                case.elfcorehdr, then_intact=case.then_intact)
         return Expected(self.outcome, self.errno, self.reason, self.prstatus_notes, self.elfcorehdr)
 
 
@@ -480,13 +513,17 @@ class Scenario:
     trigger_cpu: int | None = None  # the CPU the panic starts on (None: wherever it runs)
     cpus: Cpus = Cpus()
     hotplug: Hotplug | None = None
+    boot_cmdline: str = ""  # extra primary kernel parameters
 
 
 def _expectation(raw: dict, check: Validator) -> Expectation:
     cases = []
     for i, case in enumerate(raw["when"]):
-        if (case["kernel"] is None) == (case["config"] is None):
-            check.fail(("expect", "when", i), "needs exactly one of 'kernel' or 'config'")
+        if sum(case[k] is not None for k in ("kernel", "config", "lab_key")) != 1:
+            check.fail(("expect", "when", i), "needs exactly one of 'kernel', 'config' or 'lab_key'")
+        if case["then_intact"] and case["outcome"] not in ("load-rejected", "load-accepted"):
+            check.fail(("expect", "when", i, "then_intact"),
+                       "only follows a load-rejected or load-accepted expectation")
         cases.append(ExpectCase(**case))
     return Expectation(raw["outcome"], raw["errno"], raw["reason"], tuple(cases),
                        raw["prstatus_notes"], raw["elfcorehdr"])
@@ -549,6 +586,7 @@ def load_scenario(path: Path) -> Scenario:
         expect=_expectation(raw["expect"], check),
         crashkernel=raw["boot"]["crashkernel"],
         then_intact=raw["then_intact"],
+        boot_cmdline=" ".join(raw["boot"]["cmdline"].split()),
     )
 
 

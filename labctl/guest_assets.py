@@ -9,6 +9,7 @@ kexec_file_load.  Both are deterministic, so their hash is their identity.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from labctl.cpio import CpioWriter
 from labctl.errors import InfraError
-from labctl.images import BAD_IMAGES, bad_image, guest_path
+from labctl.images import BAD_IMAGES, SIGNED_IMAGES, bad_image, guest_path
+from labctl import signing
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 HELPER_SOURCE = GUESTS_DIR / "helper" / "kexec-lab-helper.c"
@@ -33,6 +35,7 @@ class GuestAssets:
     primary_initramfs: Path
     capture_initramfs: Path
     helper: Path
+    images: dict | None = None  # image kind -> its signatures (and the tampered byte)
 
 
 def _digest(*parts: bytes) -> str:
@@ -140,12 +143,30 @@ def bad_images_layer_bytes(bzimage: bytes) -> bytes:
     return cpio.getvalue()
 
 
-def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False) -> GuestAssets:
+def signed_images_layer_bytes(bzimage: bytes, cache_dir: Path) -> tuple[bytes, dict]:
+    """The signature image kinds under /boot/sig, and what each one carries."""
+    cpio, facts = CpioWriter(), {}
+    cpio.directory("boot/sig")
+    for kind in SIGNED_IMAGES:
+        image = signing.signed_image(kind, bzimage, cache_dir)
+        cpio.file(guest_path(kind), image)
+        facts[kind] = {"signatures": signing.signatures(image)}
+        if not signing.is_pe(bzimage):
+            facts[kind]["note"] = signing.NOT_PE
+        if kind == "tampered":
+            facts[kind]["tampered_offset"] = hex(signing.tamper(image)[1])
+    return cpio.getvalue(), facts
+
+
+def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False,
+                 signed_images: bool = False, sign_default: bool = False) -> GuestAssets:
     """Build (or reuse) the helper and both initramfs images for one capture kernel.
 
     The primary initramfs is the capture one plus layers: the capture kernel
     and initramfs under /boot, kexec-tools, and (only when a scenario loads
-    one, since the vmlinux is large) the bad images under /boot/bad.
+    one, since the vmlinux is large) the bad images under /boot/bad, or the
+    signature images under /boot/sig (signing.py).  sign_default: /boot/vmlinuz
+    is signed with the lab key (for a kernel that trusts it).
     """
     cache = cache_dir / "assets"
     cache.mkdir(parents=True, exist_ok=True)
@@ -161,12 +182,38 @@ def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False
         _atomic_write(capture, capture_initramfs_bytes(busybox_bytes, applets, helper_bytes, init_bytes))
     kernel_bytes = Path(capture_kernel).read_bytes()
     tools = tools_layer_bytes()
-    key = _digest(base_key.encode(), kernel_bytes, tools, b"bad" if bad_images else b"")
+    signing_parts = []
+    if signed_images or sign_default:
+        keys = "".join(signing.key_pair(cache_dir, n).fingerprint() for n in signing.KEY_NAMES)
+        signing_parts = [keys.encode(), b"sig" if signed_images else b"", b"signed-default"
+                         if sign_default else b""]
+    key = _digest(base_key.encode(), kernel_bytes, tools, b"bad" if bad_images else b"",
+                  *signing_parts)
     primary = cache / f"primary-{key}.cpio"
-    if not primary.exists():
+    manifest = primary.with_suffix(".json")
+    if not primary.exists() or not manifest.exists():
         base = capture.read_bytes()
-        layers = [base, boot_payload_bytes(kernel_bytes, base), tools]
+        sign_default = sign_default and signing.is_pe(kernel_bytes)
+        default = signing.sign(kernel_bytes, signing.key_pair(cache_dir, "lab")) if sign_default \
+            else kernel_bytes
+        layers = [base, boot_payload_bytes(default, base), tools]
+        images = {"default": {"signatures": _signatures_or_none(default),
+                              "signed_by_the_lab": sign_default}}
         if bad_images:
             layers.append(bad_images_layer_bytes(kernel_bytes))
+        if signed_images:
+            layer, facts = signed_images_layer_bytes(kernel_bytes, cache_dir)
+            layers.append(layer)
+            images.update(facts)
         _atomic_write(primary, b"".join(layers))
-    return GuestAssets(primary_initramfs=primary, capture_initramfs=capture, helper=helper)
+        _atomic_write(manifest, (json.dumps(images, indent=2) + "\n").encode())
+    return GuestAssets(primary_initramfs=primary, capture_initramfs=capture, helper=helper,
+                       images=json.loads(manifest.read_text()))
+
+
+def _signatures_or_none(image: bytes) -> list[str] | None:
+    """The default image's signatures for the evidence; None when sbsigntool is missing."""
+    try:
+        return signing.signatures(image)
+    except FileNotFoundError:
+        return None

@@ -19,7 +19,8 @@ from elftools.elf.elffile import ELFFile
 from labctl.errors import InfraError
 
 BAD_IMAGES = ("garbage", "empty", "truncated", "elf-vmlinux")
-KERNEL_IMAGES = ("default", *BAD_IMAGES)
+SIGNED_IMAGES = ("signed", "unsigned", "wrong-key", "tampered")  # made by signing.py
+KERNEL_IMAGES = ("default", *BAD_IMAGES, *SIGNED_IMAGES)
 GARBAGE_SEED = 2013
 GARBAGE_SIZE = 64 * 1024
 
@@ -80,5 +81,7 @@ def bad_image(kind: str, bzimage: bytes) -> bytes:
 
 def guest_path(kind: str) -> str:
     """Where an image sits in the primary guest."""
-    return "/boot/vmlinuz" if kind == "default" else f"/boot/bad/{kind}"
+    if kind == "default":
+        return "/boot/vmlinuz"
+    return f"/boot/sig/{kind}" if kind in SIGNED_IMAGES else f"/boot/bad/{kind}"
 

@@ -22,13 +22,12 @@ import termios
 import time
 import tty
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 
 from labctl import lab_prompt, purgatory
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir, write_json
-from labctl.config import ACCELERATORS, Corruption, Expected, find_scenario, load_scenario
+from labctl.config import ACCELERATORS, Corruption, find_scenario, load_scenario
 from labctl.console import StampedLog
 from labctl.errors import EXIT_FAILED, EXIT_PASSED, ConfigError, Interrupted, LabError
 from labctl.kernels import resolve_kernel
@@ -208,7 +207,7 @@ class LiveGuest:
             self.finding = self._load_finding(LOAD_ACCEPTED)
         if self.finding is None:
             self.finding = self.observe()
-        elif self.finding.outcome in (LOAD_REJECTED, LOAD_ACCEPTED) and self.pair.scenario.then_intact:
+        elif self.finding.outcome in (LOAD_REJECTED, LOAD_ACCEPTED) and self.pair.then_intact:
             self.pair.evidence["recovery"] = self.pair.step_recovery(self.session)
         self.report(self.finding)
 
@@ -436,10 +435,6 @@ class ConsolePair(PairRun):
     out: Path | None = None
     t0: float = 0.0  # the run's clock, shared by serial.log, control.log and lab.log
     live: LiveGuest | None = None
-
-    @cached_property
-    def expected(self) -> Expected:
-        return self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols())
 
     @property
     def default_trigger(self) -> str:

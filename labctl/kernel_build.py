@@ -29,6 +29,7 @@ from labctl.config import Field, KernelEntry, LabConfig, Validator, read_yaml
 from labctl.errors import ConfigError, InfraError
 from labctl.kernels import Kernel, _apt_show, _download_and_unpack
 from labctl.progress import Progress
+from labctl.signing import key_pair
 
 BUILD_FORMAT = 1  # bump when the build procedure changes what it produces
 BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")
@@ -56,6 +57,8 @@ RECIPE_SCHEMA = {
         "base": Field(str, default="tinyconfig"),
         "fragments": Field(list, default=[], items=Field(str)),
     }, default={}),
+    # lab keys built into the kernel's keyring (CONFIG_SYSTEM_TRUSTED_KEYS); signing.py
+    "trusted_keys": Field(list, default=[], items=Field(str, choices=("lab",))),
 }
 
 
@@ -79,6 +82,7 @@ class Recipe:
     patches: tuple[Path, ...]
     base: str  # a make target from BASE_TARGETS, or a config file path
     fragments: tuple[Path, ...]
+    trusted_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,9 @@ class Build:
         """What result.json records about a recipe kernel."""
         return {"key": self.key, "directory": str(self.directory), "cache_hit": self.cache_hit,
                 "source": self.inputs["source"], "base": self.inputs["base"],
-                "patches": self.inputs["patches"], "fragments": self.inputs["fragments"]}
+                "patches": self.inputs["patches"], "fragments": self.inputs["fragments"],
+                **({"trusted_keys": self.inputs["trusted_keys"]}
+                   if "trusted_keys" in self.inputs else {})}
 
 
 # ------------------------------------------------------------------ recipes
@@ -132,7 +138,8 @@ def load_recipe(path: Path, name: str | None = None) -> Recipe:
         source_package=source["debian_package"], source_path=source_path,
         patches=_file_list(check, path, ("patches",), raw["patches"]),
         base=base, fragments=_file_list(check, path, ("config", "fragments"),
-                                        raw["config"]["fragments"]))
+                                        raw["config"]["fragments"]),
+        trusted_keys=tuple(raw["trusted_keys"]))
 
 
 def _file_list(check: Validator, recipe: Path, keypath: tuple, items: list) -> tuple[Path, ...]:
@@ -174,9 +181,10 @@ def compiler_identity() -> str:
     return proc.stdout.splitlines()[0]
 
 
-def recipe_inputs(recipe: Recipe, source_identity: str) -> dict:
-    """Everything a build depends on, as recorded next to its outputs."""
-    return {
+def recipe_inputs(recipe: Recipe, source_identity: str, cache_dir: Path | None = None) -> dict:
+    """Everything a build depends on, as recorded next to its outputs.  Built-in lab
+    keys count by their certificate's fingerprint (the key pair lives in cache_dir)."""
+    inputs = {
         "format": BUILD_FORMAT,
         "source": source_identity,
         "patches": [{"name": p.name, "sha256": _sha256_file(p)} for p in recipe.patches],
@@ -185,6 +193,12 @@ def recipe_inputs(recipe: Recipe, source_identity: str) -> dict:
         "fragments": [{"name": f.name, "sha256": _sha256_file(f)} for f in recipe.fragments],
         "compiler": compiler_identity(),
     }
+    if recipe.trusted_keys:
+        if cache_dir is None:
+            raise ValueError("a recipe with trusted_keys needs the cache directory")
+        inputs["trusted_keys"] = [{"name": name, "sha256": key_pair(cache_dir, name).fingerprint()}
+                                  for name in recipe.trusted_keys]
+    return inputs
 
 
 def cache_key(inputs: dict) -> str:
@@ -363,7 +377,7 @@ class Plan:
 
 
 def plan_recipe(recipe: Recipe, cache_dir: Path) -> Plan:
-    inputs = recipe_inputs(recipe, source_identity(recipe))
+    inputs = recipe_inputs(recipe, source_identity(recipe), cache_dir)
     key = cache_key(inputs)
     return Plan(recipe, inputs, key, cache_dir / "kernel-builds" / key)
 
@@ -403,7 +417,8 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
         src, obj = _patched_source(recipe, tree, work / "src", log, progress), work / "obj"
         make = ["make", "-C", str(src), f"O={obj}", f"LOCALVERSION=-lab-{key[:8]}",
                 "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab"]
-        _configure(recipe, src, obj, make, log, progress)
+        _configure(recipe, src, obj, make, log, progress,
+                   _trusted_keys_fragment(recipe, plan.directory.parent.parent, work))
         _make(make + [f"-j{jobs}", "bzImage"], log, "building", progress)
         release = _publish(plan, obj, work / "out", log, jobs, round(time.monotonic() - start, 1))
         progress.say(f"built {recipe.name} {release} in {time.monotonic() - start:.0f} s -> {final}")
@@ -443,19 +458,34 @@ def _publish(plan: Plan, obj: Path, out: Path, log: Path, jobs: int, seconds: fl
     return release
 
 
+def _trusted_keys_fragment(recipe: Recipe, cache_dir: Path, work: Path) -> Path | None:
+    """A generated fragment naming the lab certificate(s) to build in: its path is in
+    this machine's cache, so it cannot be a line of a committed fragment."""
+    if not recipe.trusted_keys:
+        return None
+    if len(recipe.trusted_keys) > 1:  # CONFIG_SYSTEM_TRUSTED_KEYS names one PEM file
+        raise ConfigError("trusted_keys: only one key can be built in", str(recipe.path))
+    cert = key_pair(cache_dir, recipe.trusted_keys[0]).cert
+    fragment = work / "trusted-keys.config"
+    fragment.write_text(f"# generated: the lab key {recipe.trusted_keys[0]!r} (signing.py)\n"
+                        f'CONFIG_SYSTEM_TRUSTED_KEYS="{cert}"\n')
+    return fragment
+
+
 def _configure(recipe: Recipe, src: Path, obj: Path, make: list[str], log: Path,
-               progress: Progress) -> None:
+               progress: Progress, keys_fragment: Path | None = None) -> None:
     obj.mkdir(parents=True, exist_ok=True)
     if recipe.base in BASE_TARGETS:
         _make(make + [recipe.base], log, f"config ({recipe.base})", progress)
     else:
         shutil.copy2(recipe.base, obj / ".config")
-    if recipe.fragments:
+    fragments = recipe.fragments + ((keys_fragment,) if keys_fragment else ())
+    if fragments:
         _make([str(src / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(obj),
-               str(obj / ".config"), *map(str, recipe.fragments)], log, "config (merge)", progress,
+               str(obj / ".config"), *map(str, fragments)], log, "config (merge)", progress,
               cwd=src)
     _make(make + ["olddefconfig"], log, "config (olddefconfig)", progress)
-    check_fragments(recipe.fragments, (obj / ".config").read_text())
+    check_fragments(fragments, (obj / ".config").read_text())
 
 
 def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path | None = None) -> None:

@@ -10,34 +10,39 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
 from labctl.artifacts import pair_dir, write_json
-from labctl.config import LabConfig, LoadStep, MachineConfig, Scenario, key_error
+from labctl.config import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
                            InfraError, Interrupted, LabError)
 from labctl.guest_assets import GuestAssets, build_assets
 from labctl.guest_memory import GuestMemory
+from labctl.images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
 from labctl.cpu_hotplug import headers_facts, hot_add
 from labctl.smp import cpu_watch, resolve_cpus
+from labctl.signing import trusted_lab_keys
 from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 
 CONFIG_ERROR = "config-error"
 
 
-def primary_cmdline(machine: MachineConfig, crashkernel: bool = True) -> str:
+def primary_cmdline(machine: MachineConfig, crashkernel: bool = True, extra: str = "") -> str:
     """The primary kernel: console on ttyS0, memory reserved for the capture kernel
     (unless the scenario is about having none), and no reboot after a panic
-    (panic=0) so a refused capture kernel stays visible."""
+    (panic=0) so a refused capture kernel stays visible; then the scenario's own
+    words (boot.cmdline, e.g. lockdown=integrity)."""
     reserve = f"crashkernel={machine.crashkernel_mib}M" if crashkernel else ""
-    return " ".join(filter(None, ["console=ttyS0,115200", reserve, "panic=0", machine.cmdline]))
+    return " ".join(filter(None, ["console=ttyS0,115200", reserve, "panic=0", machine.cmdline,
+                                  extra]))
 
 
 def capture_cmdline(machine: MachineConfig, load: LoadStep | None = None) -> str:
@@ -81,13 +86,39 @@ class PairRun:
     session: Session | None = None
     attempts: list = field(default_factory=list)
     cpu_facts: dict = field(default_factory=dict)  # the helper's latest CPU report
+    images: dict | None = None  # guest image kind -> signatures (guest_assets manifest)
 
     def machine_spec(self, accel: Accel, assets: GuestAssets) -> MachineSpec:
         m = self.lab.machine
         smp, maxcpus = resolve_cpus(m, self.scenario)
         return MachineSpec(kernel=self.kernel.bzimage, initrd=assets.primary_initramfs,
-                           cmdline=primary_cmdline(m, self.scenario.crashkernel), accel=accel.name, machine_type=m.type,
+                           cmdline=primary_cmdline(m, self.scenario.crashkernel,
+                                                   self.scenario.boot_cmdline),
+                           accel=accel.name, machine_type=m.type,
                            memory_mib=m.memory_mib, smp=smp, maxcpus=maxcpus, tcg_threads=m.tcg_threads)
+
+    @cached_property
+    def trusted_keys(self) -> list[str] | None:
+        """The lab keys built into this kernel, found in its image; None if unknown."""
+        try:
+            return trusted_lab_keys(self.kernel.bzimage, self.lab.cache_dir)
+        except InfraError as exc:
+            self.evidence["kernel_facts_error"] = str(exc)
+            return None
+
+    @cached_property
+    def expected(self) -> Expected:
+        """The scenario's expectation for this kernel: its config and what the lab found."""
+        keys = self.trusted_keys
+        facts = {"lab_key": None if keys is None else "lab" in keys}
+        self.evidence["kernel_facts"] = {**facts, "trusted_lab_keys": keys}
+        return self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols(), facts)
+
+    @property
+    def then_intact(self) -> bool:
+        """Whether a rejection is followed by a valid load and crash on this kernel."""
+        case = self.expected.then_intact
+        return self.scenario.then_intact if case is None else case
 
     def attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
         """Boot one guest and take it through the scenario's steps."""
@@ -123,7 +154,7 @@ class PairRun:
     def step_trigger(self, session: Session) -> None:
         """Panic as the scenario says; with several CPUs, watch where and what the others do."""
         if session.machine.spec.smp > 1 or self.scenario.hotplug or self.scenario.trigger_cpu is not None:
-            expected = self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols())
+            expected = self.expected
             session.cpus = cpu_watch(self.cpu_facts, self.scenario.trigger_cpu, expected,
                                      self.evidence.get("hotplug"))
             if self.scenario.trigger_cpu not in (None, *session.cpus.online):
@@ -136,6 +167,8 @@ class PairRun:
         load = self.scenario.load
         loaded = session.load(capture_cmdline(self.lab.machine, load), load.method, load.kernel)
         self.evidence["load"] = {"method": load.method, "image": load.kernel, **loaded.evidence()}
+        if self.images and load.kernel in self.images:
+            self.evidence["load"]["image_facts"] = self.images[load.kernel]
         return loaded
 
     def step_hotplug(self, session: Session, loaded: Loaded) -> Loaded:
@@ -170,7 +203,7 @@ class PairRun:
             message = loaded.message
             finding = Finding(LOAD_REJECTED if loaded.rejected else LOAD_ACCEPTED,
                               {k: message.get(k) for k in ("rc", "errno", "strerror")})
-            if self.scenario.then_intact:
+            if self.then_intact:
                 self.evidence["recovery"] = self.step_recovery(session)
             return finding
         if self.scenario.hotplug:
@@ -185,8 +218,11 @@ class PairRun:
     def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:
         """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
         self.progress.say("preparing guest assets")
+        image = self.scenario.load.kernel
         assets = build_assets(self.lab.cache_dir, self.kernel.bzimage,
-                              bad_images=self.scenario.load.kernel != "default")
+                              bad_images=image in BAD_IMAGES, signed_images=image in SIGNED_IMAGES,
+                              sign_default="lab" in (self.trusted_keys or ()))
+        self.images = assets.images
         accel = self.chooser.choose(self.lab.accel)
         self.progress.say(f"accelerator {accel.name}: {accel.reason}")
         try:
@@ -217,7 +253,7 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
     progress = Progress(f"{kernel.name}/{scenario.name}", quiet=quiet)
     pair = PairRun(lab, kernel, scenario, chooser, progress)
     t0 = time.monotonic()
-    expected = scenario.expect.resolve(kernel.name, kernel.config_symbols())
+    expected = pair.expected
     result = {"run_id": run_id,
               "scenario": {"name": scenario.name, "path": str(scenario.path),
                            "description": scenario.description},

@@ -9,6 +9,8 @@ something this kernel does not have); an outcome is returned as a Finding.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import select
 import time
@@ -43,6 +45,20 @@ PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
 # Printed only once panic() has given up on kexec: no capture kernel will run.
 END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*")
 LINUX_BANNER = re.compile(r"Linux version \S+")
+# kexec-tools names kexec_load(2)'s errno only in words (kexec/kexec.c my_load).
+KEXEC_TOOLS_FAILED = re.compile(r"kexec_load failed: (.+?)\s*$")
+STRERROR_ERRNO = {os.strerror(n): n for n in errno.errorcode}
+# Kernel log lines that say why a load was refused: the lockdown LSM, the signature check.
+SIGNATURE_LOG = re.compile(r"Lockdown:|signature|PKCS#?7|PEFILE|X\.509", re.I)
+SIGNATURE_LOG_MAX = 10
+
+
+def kexec_tools_errno(output: list[str]) -> dict:
+    """The errno behind kexec-tools' "kexec_load failed: <strerror>" ({} if it did not say)."""
+    for line in reversed(output):
+        if (m := KEXEC_TOOLS_FAILED.search(line)) and m[1] in STRERROR_ERRNO:
+            return {"errno": STRERROR_ERRNO[m[1]], "strerror": m[1]}
+    return {}
 
 
 @dataclass
@@ -71,6 +87,9 @@ class Loaded:
         facts = {k: self.message[k] for k in keys if k in self.message}
         if "output" in self.message:  # kexec-tools says why in its last words
             facts["tool_output_tail"] = self.message["output"][-5:]
+        said = [line for line in self.message.get("log", []) if SIGNATURE_LOG.search(line)]
+        if said:
+            facts["kernel_log"] = said[:SIGNATURE_LOG_MAX]
         return {**facts, "segments": self.table.to_json()}
 
 
@@ -174,6 +193,8 @@ class Session:
             self.control.send("kexec-tool " + "\t".join(args))
             message = self._await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
             lines = message.get("output", []) + message.get("log", [])
+            if message.get("rc"):
+                message.update(kexec_tools_errno(message.get("output", [])))
         else:
             flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
             self.control.send(f"load {flags:x} {kernel} {GUEST_INITRD} {cmdline}")
