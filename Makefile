@@ -19,8 +19,10 @@ APT_PACKAGES += gdb
 APT_PACKAGES += mount
 # Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
 APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
+# Signature images and the lab's signing keys (signing.py): sbsign/sbattach/sbverify, openssl.
+APT_PACKAGES += sbsigntool openssl
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
-RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
+RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-sig tiny-6.12-sig-force
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=

@@ -5,6 +5,8 @@ several placements (first byte, middle, last byte, the zero-filled tail, one
 bit, a whole page), panics, and records whether purgatory refused.  The
 answer is a table (Markdown and JSON) in the run's artifacts.  The scenarios
 are generated here rather than kept as files: the table is the product.
+Beside it, the load-time table (load_coverage.py): which images the kernel
+accepts at all, as booted and locked down.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from labctl.artifacts import check_writable, new_run_id
 from labctl.config import (Corruption, Expectation, LabConfig, LoadStep, Scenario,
                            load_lab)
 from labctl.errors import EXIT_INFRA, EXIT_PASSED
+from labctl import load_coverage
+from labctl.images import KERNEL_IMAGES
 from labctl.kernels import Kernel, resolve_kernel
 from labctl.runner import CONFIG_ERROR, run_pair
 from labctl.verdict import PURGATORY_REFUSED
@@ -111,10 +115,26 @@ def markdown(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-def _jobs(args: argparse.Namespace, lab: LabConfig) -> list[tuple]:
-    work = []
-    for name in args.kernel or [lab.default_kernel]:
-        kernel = resolve_kernel(lab, name, progress=lambda t: print(t, file=sys.stderr))
+def _kernels(args: argparse.Namespace, lab: LabConfig) -> list[Kernel]:
+    return [resolve_kernel(lab, name, progress=lambda t: print(t, file=sys.stderr))
+            for name in args.kernel or [lab.default_kernel]]
+
+
+def _load_jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple]:
+    """(kernel, method, image, mode) for the load-time table."""
+    if "loads" not in args.table:
+        return []
+    return [(kernel, method, image, mode) for kernel in kernels
+            for method, image in load_coverage.ROWS
+            if (not args.image or image in args.image) and method in args.method
+            for mode in args.mode or load_coverage.MODES]
+
+
+def _jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple]:
+    work: list[tuple] = []
+    if "digest" not in args.table:
+        return work
+    for kernel in kernels:
         for method in args.method:
             for role in args.role or ROLES[method]:
                 if role in ROLES[method]:
@@ -141,31 +161,59 @@ def _cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> Cell:
                     str(lab.artifacts_dir / run_id / kernel.name))
 
 
+def _load_cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> load_coverage.LoadCell:
+    """As _cell_of, for the load-time table."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - the table must survive one broken worker
+        return load_coverage.failed_cell(item, f"worker failed: {type(exc).__name__}: {exc}",
+                                         str(lab.artifacts_dir / run_id / item[0].name))
+
+
 def cmd_coverage(args: argparse.Namespace) -> int:
     lab = load_lab(args.lab)
     check_writable(lab.artifacts_dir)
-    work = _jobs(args, lab)
+    kernels = _kernels(args, lab)
+    work, load_work = _jobs(args, kernels), _load_jobs(args, kernels)
     run_id = new_run_id()
-    print(f"coverage run {run_id}: {len(work)} corruptions, {args.jobs} at a time", file=sys.stderr)
-    cells = []
+    total = len(work) + len(load_work)
+    print(f"coverage run {run_id}: {len(work)} corruptions and {len(load_work)} loads, "
+          f"{args.jobs} at a time", file=sys.stderr)
+    cells, loads = [], []
     context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         futures = [pool.submit(_run_cell, lab, *item, run_id) for item in work]
-        for done, (future, item) in enumerate(_completed(futures, work), 1):
-            cell = _cell_of(future, item, lab, run_id)
-            cells.append(cell)
-            print(f"[{done}/{len(work)}] {cell.kernel} {cell.method} {cell.role} {cell.placement}: "
-                  f"{cell_text(cell)}", file=sys.stderr, flush=True)
+        futures += [pool.submit(load_coverage.run_load_cell, lab, *item, run_id) for item in load_work]
+        for done, (future, item) in enumerate(_completed(futures, work + load_work), 1):
+            if len(item) == 4 and item[2] in KERNEL_IMAGES:  # (kernel, method, image, mode)
+                load = _load_cell_of(future, item, lab, run_id)
+                loads.append(load)
+                line = f"{load.kernel} {load.method} {load.image} {load.mode}: {load.text()}"
+            else:
+                cell = _cell_of(future, item, lab, run_id)
+                cells.append(cell)
+                line = f"{cell.kernel} {cell.method} {cell.role} {cell.placement}: {cell_text(cell)}"
+            print(f"[{done}/{total}] {line}", file=sys.stderr, flush=True)
     out = lab.artifacts_dir / run_id / "coverage"
     out.mkdir(parents=True, exist_ok=True)
     order = {item[1:]: i for i, item in enumerate(work)}
     cells.sort(key=lambda c: (c.kernel, order[(c.method, c.role, c.placement)]))
-    text = markdown(cells)
+    load_order = {item[1:]: i for i, item in enumerate(load_work)}
+    loads.sort(key=lambda c: (c.kernel, load_order[(c.method, c.image, c.mode)]))
+    force = {k.name: k.config_symbols().get("CONFIG_KEXEC_SIG_FORCE") == "y" for k in kernels}
+    text = "\n".join(filter(None, [markdown(cells) if work else "",
+                                   load_coverage.markdown(loads, force) if load_work else ""]))
     (out / "coverage.md").write_text(text + "\n")
-    (out / "coverage.json").write_text(json.dumps([c.to_json() for c in cells], indent=2) + "\n")
+    written = []
+    if work:
+        (out / "coverage.json").write_text(json.dumps([c.to_json() for c in cells], indent=2) + "\n")
+        written.append("coverage.json")
+    if load_work:
+        (out / "loads.json").write_text(json.dumps([c.to_json() for c in loads], indent=2) + "\n")
+        written.append("loads.json")
     print(text)
-    print(f"written: {out / 'coverage.md'} and coverage.json")
-    infra = [c for c in cells if c.outcome == "infra-error"]
+    print(f"written: {out / 'coverage.md'} and {' and '.join(written)}")
+    infra = [c for c in cells + loads if c.outcome == "infra-error"]
     if infra:
         print(f"{len(infra)} corruption(s) ended in an infrastructure error; see their result.json",
               file=sys.stderr)
@@ -182,10 +230,18 @@ def register(sub) -> None:
                         help="only these segment roles (repeatable)")
     parser.add_argument("--placement", action="append", choices=tuple(PLACEMENTS),
                         help="only these placements (repeatable)")
+    parser.add_argument("--table", action="append", choices=("digest", "loads"),
+                        help="digest: corruptions vs purgatory; loads: which images load, as "
+                        "booted and locked down (repeatable; default: both)")
+    parser.add_argument("--image", action="append", choices=KERNEL_IMAGES,
+                        help="load table: only these image kinds (repeatable)")
+    parser.add_argument("--mode", action="append", choices=tuple(load_coverage.MODES),
+                        help="load table: only these modes (repeatable)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="guests at a time (default 1)")
     parser.set_defaults(func=_with_defaults)
 
 
 def _with_defaults(args: argparse.Namespace) -> int:
     args.method = args.method or list(ROLES)
+    args.table = args.table or ["digest", "loads"]
     return cmd_coverage(args)

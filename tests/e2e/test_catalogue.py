@@ -75,7 +75,7 @@ def test_kexec_load_path_is_refused_by_kexec_tools_purgatory(on_6_12):
 
 
 def test_coverage_reports_an_unguarded_purgatory():
-    run = labctl("coverage", "--method", "kexec_file_load", "--role", "purgatory",
+    run = labctl("coverage", "--table", "digest", "--method", "kexec_file_load", "--role", "purgatory",
                  "--role", "boot_params", "--placement", "middle", "-j", "2")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "| purgatory |  | **NOT** (capture-booted) |" in run.stdout

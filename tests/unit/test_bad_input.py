@@ -146,11 +146,17 @@ CORRUPT = st.fixed_dictionaries({"segment": leaf(SEGMENT_ROLES)}, optional={
     "length": st.integers(1, 2 ** 20), "pattern": leaf(PATTERNS), "seed": st.integers()})
 CASE = st.one_of(st.fixed_dictionaries({"kernel": TEXT, "outcome": leaf(OUTCOMES), "reason": TEXT}),
                  st.fixed_dictionaries({"config": st.from_regex(r"CONFIG_[A-Z0-9_]{1,12}=[ymn]", fullmatch=True),
-                                        "outcome": leaf(OUTCOMES), "reason": TEXT}))
+                                        "outcome": leaf(OUTCOMES), "reason": TEXT}),
+                 st.fixed_dictionaries({"lab_key": st.booleans(), "outcome": leaf(OUTCOMES),
+                                        "reason": TEXT}))
+BOOT_WORDS = st.lists(st.from_regex(r"[a-z][a-z0-9_.]{0,10}(=[a-z0-9,]{1,8})?", fullmatch=True)
+                      .filter(lambda w: w.split("=")[0] not in ("console", "crashkernel", "panic",
+                                                                "earlyprintk")), max_size=4)
 EXPECT = st.one_of(leaf(OUTCOMES), st.fixed_dictionaries({"outcome": leaf(OUTCOMES)}, optional={
     "errno": leaf(ERRNO_NAMES), "reason": TEXT, "when": st.lists(CASE, max_size=2)}))
 SCENARIO = st.fixed_dictionaries({"expect": EXPECT}, optional={
-    "description": TEXT, "boot": st.fixed_dictionaries({}, optional={"crashkernel": st.booleans()}),
+    "description": TEXT, "boot": st.fixed_dictionaries({}, optional={
+        "crashkernel": st.booleans(), "cmdline": BOOT_WORDS.map(" ".join)}),
     "load": st.fixed_dictionaries({}, optional={
         "method": leaf(LOAD_METHODS), "kernel": leaf(KERNEL_IMAGES), "cmdline": TEXT,
         "cmdline_length": st.integers(1, 4000), "unload": st.booleans()}),
@@ -198,6 +204,7 @@ def test_every_valid_scenario_loads_as_written(tmp_path, doc):
     for key, value in doc.get("corrupt", {}).items():
         assert getattr(scenario.corrupt, key) == value
     assert (scenario.corrupt is None) == ("corrupt" not in doc)
+    assert scenario.boot_cmdline == doc.get("boot", {}).get("cmdline", "")
     if isinstance(doc["expect"], dict):
         assert len(scenario.expect.cases) == len(doc["expect"].get("when", []))
 

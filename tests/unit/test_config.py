@@ -85,13 +85,28 @@ BAD_SCENARIOS = [
     ("expect: true\n", 1, "key 'expect': must be a mapping"),
     ("expect: {outcome: load-rejected, errno: EWHAT}\n", 1, "'EWHAT' is not one of"),
     ("expect:\n  outcome: hang\n  when:\n    - {outcome: hang, reason: r}\n", 4,
-     "key 'expect.when.0': needs exactly one of 'kernel' or 'config'"),
+     "key 'expect.when.0': needs exactly one of 'kernel', 'config' or 'lab_key'"),
     ("expect:\n  outcome: hang\n  when:\n    - {config: HOTPLUG, outcome: hang, reason: r}\n", 4,
      "is not of the form CONFIG_NAME=value"),
     ("expect: hang\ntrigger: none\ncorrupt: {segment: kernel}\n", 2, "'corrupt' would never be judged"),
     ("expect: hang\nthen_intact: true\n", 2, "only follows a load-rejected"),
     ("expect: hang\ncorrupt: {segment: backup}\n", 2, "only kexec_load"),
     ("expect: hang\nload: {kernel: bogus}\n", 2, "key 'load.kernel': 'bogus' is not one of"),
+    ("expect: hang\nboot:\n  cmdline: console=ttyS1\n", 3,
+     "key 'boot.cmdline': 'console=ttyS1' sets console=, which the lab sets itself"),
+    ("expect: hang\nboot:\n  cmdline: 'lockdown=integrity crashkernel=1G'\n", 3,
+     "sets crashkernel=, which the lab sets itself"),
+    ("expect: hang\nboot:\n  cmdline: 'init=\"/bin/sh -c x\"'\n", 3,
+     "which is not a kernel parameter (word or word=value; no quotes)"),
+    ("expect: hang\nboot:\n  cmdline: " + "x" * 600 + "\n", 3, "is longer than 512 characters"),
+    ("expect: hang\nboot:\n  cmdline: [lockdown=integrity]\n", 3, "key 'boot.cmdline': must be a string"),
+    ("expect:\n  outcome: hang\n  when:\n    - {lab_key: true, config: CONFIG_X=y, outcome: hang, reason: r}\n",
+     4, "key 'expect.when.0': needs exactly one of 'kernel', 'config' or 'lab_key'"),
+    ("expect:\n  outcome: hang\n  when:\n    - {lab_key: maybe, outcome: hang, reason: r}\n",
+     4, "key 'expect.when.0.lab_key': must be true or false"),
+    ("expect:\n  outcome: hang\n  when:\n    - lab_key: false\n      outcome: hang\n"
+     "      reason: r\n      then_intact: true\n", 7,
+     "key 'expect.when.0.then_intact': only follows a load-rejected"),
 ]
 
 
@@ -134,6 +149,40 @@ expect:
     hotplug = expect.resolve("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"})
     assert (hotplug.outcome, hotplug.reason) == ("capture-booted", "elfcorehdr is not hashed under CRASH_HOTPLUG")
     assert expect.resolve("special", {"CONFIG_CRASH_HOTPLUG": "y"}).outcome == "hang"
+
+
+def test_boot_cmdline_and_lab_key_cases(tmp_path):
+    """boot.cmdline words reach the scenario; lab_key cases match on what the lab found
+    in the kernel, never on a missing fact; a case can say no follow-up load can work."""
+    scenario = load_scenario(write(tmp_path, "s.yaml", """\
+boot: {cmdline: "  lockdown=integrity   module.sig_enforce=1 "}
+load: {kernel: wrong-key}
+trigger: none
+then_intact: true
+expect:
+  outcome: load-rejected
+  errno: EPERM
+  when:
+    - config: CONFIG_SECURITY_LOCKDOWN_LSM=n
+      outcome: load-accepted
+      reason: no lockdown here
+    - lab_key: false
+      outcome: load-rejected
+      errno: EPERM
+      then_intact: false
+      reason: nothing verifies on this kernel
+"""))
+    assert scenario.boot_cmdline == "lockdown=integrity module.sig_enforce=1"
+    assert scenario.load.kernel == "wrong-key" and scenario.then_intact
+    lockdown = {"CONFIG_SECURITY_LOCKDOWN_LSM": "y"}
+    debian = scenario.expect.resolve("debian-6.12", lockdown, {"lab_key": False})
+    assert (debian.outcome, debian.errno, debian.then_intact) == ("load-rejected", "EPERM", False)
+    sig = scenario.expect.resolve("tiny-6.12-sig", lockdown, {"lab_key": True})
+    assert (sig.outcome, sig.errno, sig.then_intact) == ("load-rejected", "EPERM", None)
+    unknown = scenario.expect.resolve("mine", lockdown, {"lab_key": None})
+    assert unknown.then_intact is None  # an unknown fact matches no lab_key case
+    assert scenario.expect.resolve("tiny", {}, {"lab_key": False}).outcome == "load-accepted"
+    assert load_scenario(write(tmp_path, "plain.yaml", SCENARIO_OK)).boot_cmdline == ""
 
 
 def test_every_shipped_scenario_is_valid():

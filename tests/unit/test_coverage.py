@@ -1,6 +1,8 @@
 """The coverage table: generated scenarios and how outcomes read as protection."""
 
 from labctl.coverage import PLACEMENTS, ROLES, Cell, cell_text, coverage_scenario, markdown
+from labctl.load_coverage import ROWS, LoadCell, load_scenario
+from labctl.load_coverage import markdown as load_markdown
 
 
 def cell(role, placement, outcome, reason="", vmcore_ok=None):
@@ -36,3 +38,37 @@ def test_markdown_table_has_a_row_per_role_and_a_column_per_placement():
     kernel_row = next(line for line in text.splitlines() if line.startswith("| kernel |"))
     assert kernel_row.split(" | ")[2] == "refused"
     assert "**NOT** (capture-booted)" in text
+
+
+def load_cell(image, mode, outcome, errno=None, method="kexec_file_load", kernel="k"):
+    return LoadCell(kernel, method, image, mode, outcome, errno, "", "/x")
+
+
+def test_load_scenarios_stop_after_the_load_with_the_modes_boot_words():
+    locked = load_scenario("kexec_file_load", "wrong-key", "lockdown=integrity")
+    assert (locked.trigger, locked.load.kernel, locked.boot_cmdline) == ("none", "wrong-key",
+                                                                         "lockdown=integrity")
+    assert locked.corrupt is None and not locked.then_intact
+    booted = load_scenario("kexec_load", "default", "as booted")
+    assert booted.boot_cmdline == "" and booted.load.method == "kexec_load"
+    assert booted.name == "load-kexec-load-default-booted"
+    assert ("kexec_load", "default") in ROWS and ("kexec_file_load", "tampered") in ROWS
+
+
+def test_load_table_says_loads_or_the_errno_per_image_and_mode():
+    cells = [load_cell("signed", "as booted", "load-accepted"),
+             load_cell("signed", "lockdown=integrity", "load-accepted"),
+             load_cell("unsigned", "as booted", "load-rejected", "ENODATA"),
+             load_cell("unsigned", "lockdown=integrity", "load-rejected", "ENODATA"),
+             load_cell("default", "lockdown=integrity", "load-rejected", "EPERM", "kexec_load"),
+             load_cell("garbage", "as booted", "infra-error")]
+    text = load_markdown(cells, {"k": True})
+    assert "## k (KEXEC_SIG_FORCE=y)" in text
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| image")}
+    assert rows["signed"] == ["loads", "loads |"]
+    assert rows["unsigned"] == ["ENODATA", "ENODATA |"]
+    assert rows["default via kexec_load"] == ["", "EPERM |"]
+    assert rows["garbage"][0] == "**infra-error**"  # never passed off as a refusal
+    assert "wrong-key" not in rows  # not measured: no empty row
+    assert "KEXEC_SIG_FORCE" not in load_markdown(cells, {"k": False})

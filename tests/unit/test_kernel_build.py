@@ -164,6 +164,42 @@ def test_cache_key_follows_source_patches_order_and_config(local_recipe, tmp_pat
     assert cache_key(recipe_inputs(a, "same")) != cache_key(recipe_inputs(b, "same"))
 
 
+def test_a_built_in_lab_key_is_part_of_the_cache_key(local_recipe, tmp_path):
+    """The certificate counts by fingerprint: another cache's key pair is another build;
+    a recipe without trusted_keys keeps the inputs (and key) it had before."""
+    plain = load_recipe(local_recipe)
+    assert "trusted_keys" not in recipe_inputs(plain, "same", tmp_path / "cache-a")
+    keyed = write_recipe(tmp_path, local_recipe.read_text() + "trusted_keys: [lab]\n", "k.yaml")
+    recipe = load_recipe(keyed)
+    assert recipe.trusted_keys == ("lab",)
+    a = recipe_inputs(recipe, "same", tmp_path / "cache-a")
+    assert a == recipe_inputs(recipe, "same", tmp_path / "cache-a")  # made once, then reused
+    assert a["trusted_keys"][0]["name"] == "lab" and len(a["trusted_keys"][0]["sha256"]) == 64
+    b = recipe_inputs(recipe, "same", tmp_path / "cache-b")
+    assert len({cache_key(recipe_inputs(plain, "same")), cache_key(a), cache_key(b)}) == 3
+    with pytest.raises(ValueError, match="needs the cache directory"):
+        recipe_inputs(recipe, "same")
+
+
+def test_the_generated_fragment_names_the_cached_certificate(local_recipe, tmp_path):
+    keyed = load_recipe(write_recipe(tmp_path, local_recipe.read_text() + "trusted_keys: [lab]\n",
+                                     "k.yaml"))
+    fragment = kernel_build._trusted_keys_fragment(keyed, tmp_path / "cache", tmp_path)
+    cert = tmp_path / "cache" / "signing" / "lab" / "cert.pem"
+    assert cert.is_file() and f'CONFIG_SYSTEM_TRUSTED_KEYS="{cert}"' in fragment.read_text()
+    check_fragments((fragment,), f'CONFIG_SYSTEM_TRUSTED_KEYS="{cert}"\n')
+    with pytest.raises(ConfigError, match="CONFIG_SYSTEM_TRUSTED_KEYS=.* did not survive"):
+        check_fragments((fragment,), 'CONFIG_SYSTEM_TRUSTED_KEYS=""\n')
+    assert kernel_build._trusted_keys_fragment(load_recipe(local_recipe), tmp_path, tmp_path) is None
+
+
+def test_only_the_lab_key_can_be_built_in(local_recipe, tmp_path):
+    path = write_recipe(tmp_path, local_recipe.read_text() + "trusted_keys: [wrong]\n", "w.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}:4: key 'trusted_keys.0': 'wrong' is not one of: lab")
+
+
 def test_tree_fingerprint_ignores_git_and_sees_edits(tmp_path):
     tree = make_tree(tmp_path / "linux")
     before = tree_fingerprint(tree)
