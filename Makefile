@@ -22,7 +22,7 @@ APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libss
 # Signature images and the lab's signing keys (signing.py): sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
-RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-sig tiny-6.12-sig-force
+RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=

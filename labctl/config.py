@@ -476,7 +476,7 @@ class ExpectCase:
             return self.kernel == kernel
         if self.lab_key is not None:
             return (facts or {}).get("lab_key") is self.lab_key
-        name, _, value = self.config.partition("=")
+        name, _, value = (self.config or "").partition("=")
         return symbols.get(name, "n") == value
 
 

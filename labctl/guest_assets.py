@@ -15,10 +15,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from labctl import signing
 from labctl.cpio import CpioWriter
 from labctl.errors import InfraError
 from labctl.images import BAD_IMAGES, SIGNED_IMAGES, bad_image, guest_path
-from labctl import signing
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 HELPER_SOURCE = GUESTS_DIR / "helper" / "kexec-lab-helper.c"
@@ -145,7 +145,8 @@ def bad_images_layer_bytes(bzimage: bytes) -> bytes:
 
 def signed_images_layer_bytes(bzimage: bytes, cache_dir: Path) -> tuple[bytes, dict]:
     """The signature image kinds under /boot/sig, and what each one carries."""
-    cpio, facts = CpioWriter(), {}
+    cpio = CpioWriter()
+    facts: dict[str, dict] = {}
     cpio.directory("boot/sig")
     for kind in SIGNED_IMAGES:
         image = signing.signed_image(kind, bzimage, cache_dir)

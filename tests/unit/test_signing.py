@@ -98,7 +98,7 @@ def test_an_image_without_efi_stub_cannot_be_signed(cache):
     assert not signing.is_pe(not_pe)
     assert signing.signed_image("signed", not_pe, cache) == not_pe
     tampered = signing.signed_image("tampered", not_pe, cache)
-    assert sum(a != b for a, b in zip(tampered, not_pe)) == 1
+    assert sum(a != b for a, b in zip(tampered, not_pe, strict=True)) == 1
     with pytest.raises(InfraError, match="EFI_STUB"):
         signing.certificate_table(not_pe)
 
