@@ -403,7 +403,9 @@ SCENARIO_SCHEMA = {
     }),
     # after the load: hot-add CPUs through QMP and online them in the guest (smp.py)
     "hotplug": Field(dict, default=None, schema={
-        "cpus": Field(int, default=1, check=_positive),
+        "cpus": Field(int, default=0, check=_non_negative),
+        "memory_mib": Field(int, default=0, check=lambda v: None if v % 128 == 0 and 0 <= v <= 1024
+                            else "must be 0 to 1024 in whole 128 MiB memory blocks"),  # one DIMM
         "reload": Field(bool, default=False),  # load the capture kernel again afterwards
     }),
     "then_intact": Field(bool, default=False),
@@ -431,9 +433,10 @@ class Cpus:
 
 @dataclass(frozen=True)
 class Hotplug:
-    """CPUs hot-added after the load (and onlined), optionally followed by a reload."""
+    """CPUs and a DIMM hot-added after the load (and onlined), optionally then a reload."""
 
-    cpus: int = 1
+    cpus: int = 0
+    memory_mib: int = 0
     reload: bool = False
 
 
@@ -563,7 +566,9 @@ def _check_cpus(raw: dict, check: Validator) -> None:
         check.fail(("trigger", "cpu"), f"CPU {trigger['cpu']} does not exist with "
                    f"{top} CPU(s); CPUs count from 0")
     if raw["hotplug"] and raw["trigger"]["kind"] == "none":
-        check.fail(("hotplug",), "hot-added CPUs only show in a dump: needs a trigger")
+        check.fail(("hotplug",), "what is hot-added only shows in a dump: needs a trigger")
+    if raw["hotplug"] and not raw["hotplug"]["cpus"] and not raw["hotplug"]["memory_mib"]:
+        check.fail(("hotplug",), "hot-adds nothing: set cpus or memory_mib")
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -44,6 +44,7 @@ class MachineSpec:
     memory_mib: int = 1024
     smp: int = 1
     maxcpus: int | None = None  # > smp: room to hot-add CPUs (QMP device_add)
+    hotplug_memory_mib: int = 0  # room for one DIMM (pc-dimm) hot-added above the RAM
     tcg_threads: str = "multi"
     gdb_port: int | None = None
 
@@ -106,7 +107,8 @@ def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: P
         binary, *accel,
         "-machine", f"{spec.machine_type},memory-backend=ram",
         "-object", f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={ram},share=on",
-        "-m", f"{spec.memory_mib}M",
+        "-m", f"{spec.memory_mib}M" + (f",slots=1,maxmem={spec.memory_mib + spec.hotplug_memory_mib}M"
+                                       if spec.hotplug_memory_mib else ""),
         "-smp", _smp(spec),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,

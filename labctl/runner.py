@@ -26,7 +26,8 @@ from labctl.images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
-from labctl.cpu_hotplug import headers_facts, hot_add
+from labctl.cpu_hotplug import (bytes_changed, describe_headers, headers_facts, hot_add_cpus,
+                                 hot_add_memory, read_headers)
 from labctl.smp import cpu_watch, resolve_cpus
 from labctl.signing import trusted_lab_keys
 from labctl.steps import Finding, Loaded, Session
@@ -95,7 +96,8 @@ class PairRun:
                            cmdline=primary_cmdline(m, self.scenario.crashkernel,
                                                    self.scenario.boot_cmdline),
                            accel=accel.name, machine_type=m.type,
-                           memory_mib=m.memory_mib, smp=smp, maxcpus=maxcpus, tcg_threads=m.tcg_threads)
+                           memory_mib=m.memory_mib, smp=smp, maxcpus=maxcpus, tcg_threads=m.tcg_threads,
+                           hotplug_memory_mib=self.scenario.hotplug.memory_mib if self.scenario.hotplug else 0)
 
     @cached_property
     def trusted_keys(self) -> list[str] | None:
@@ -172,14 +174,27 @@ class PairRun:
         return loaded
 
     def step_hotplug(self, session: Session, loaded: Loaded) -> Loaded:
-        """Hot-add CPUs after the load; with reload, load again (as user space must where
-        the kernel does not rewrite the ELF core headers itself) and record the headers."""
+        """Hot-add CPUs and memory after the load, reading the ELF core headers in guest RAM
+        before and after; with reload, load again (as user space must where the kernel does
+        not describe what was added) and read them once more."""
         hotplug = self.scenario.hotplug
-        evidence, self.cpu_facts = hot_add(session, loaded.table, hotplug.cpus, session.machine.spec.smp)
+        raw_before = read_headers(session.memory, loaded.table)
+        evidence: dict = {"elfcorehdr_before": describe_headers(raw_before)}
         self.evidence["hotplug"] = evidence
-        if session.machine.spec.accel == "tcg":
-            evidence["platform"] = ("VMware identity under TCG, so that the kernel counts QEMU's "
-                                    "hotpluggable CPUs (machine.x86_tcg_cpu_hotplug_args)")
+        if hotplug.cpus:
+            cpus, self.cpu_facts = hot_add_cpus(session, hotplug.cpus, session.machine.spec.smp)
+            evidence.update(cpus)
+            if session.machine.spec.accel == "tcg":
+                evidence["platform"] = ("VMware identity under TCG, so that the kernel counts QEMU's "
+                                        "hotpluggable CPUs (machine.x86_tcg_cpu_hotplug_args)")
+        if hotplug.memory_mib:
+            evidence["memory"] = hot_add_memory(session, hotplug.memory_mib)
+        raw_after = read_headers(session.memory, loaded.table)
+        evidence["elfcorehdr_after"] = after = describe_headers(raw_after)
+        evidence["elfcorehdr_changed"] = after.get("sha256") != evidence["elfcorehdr_before"].get("sha256")
+        evidence["elfcorehdr_bytes_changed"] = bytes_changed(raw_before, raw_after)
+        self.progress.say(f"elfcorehdr {'changed' if evidence['elfcorehdr_changed'] else 'unchanged'} "
+                          f"since the load ({after.get('pt_load')} PT_LOAD, {after.get('pt_note')} PT_NOTE)")
         if hotplug.reload:
             loaded = self.step_load(session)
             evidence["elfcorehdr_reloaded"] = headers_facts(session.memory, loaded.table)

@@ -109,7 +109,7 @@ class CpuWatch:
     _after_panic: bool = False
     last_registers: str = ""  # kept as registers.txt, whatever the outcome
     expected_notes: int | None = None  # the scenario's prstatus_notes for this kernel
-    hotplug: dict | None = None  # cpu_hotplug.hot_add's evidence
+    hotplug: dict | None = None  # runner.step_hotplug's evidence
     expected_elfcorehdr: str | None = None  # changed | unchanged after the hot-add
 
     patterns = {"stack_cpu": STACK_CPU}
@@ -141,7 +141,7 @@ class CpuWatch:
         if outcome == "capture-booted":
             vcpu = self._capture_cpu(facts, verdict.get("capture_cpus"))
             self._dump_notes(facts, verdict.get("vmcore") or {})
-        self._headers(facts)
+        self._headers(facts, (verdict.get("vmcore") or {}) if outcome == "capture-booted" else None)
         panic, facts["panic_cpu_from"] = self._panic_cpu(vcpu)
         facts["panic_cpu"] = panic
         if self.requested is not None and panic != self.requested:
@@ -184,10 +184,20 @@ class CpuWatch:
             facts["problems"].append(f"the dump has {notes} PRSTATUS note(s), expected {want} "
                                      f"({len(self.online)} CPU(s) online at the crash)")
 
-    def _headers(self, facts: dict) -> None:
-        """A hot-add either rewrote the ELF core headers in guest RAM or left them as loaded."""
+    def _headers(self, facts: dict, vmcore: dict | None) -> None:
+        """A hot-add either rewrote the ELF core headers in guest RAM or left them as loaded;
+        a hot-added DIMM is in the dump exactly when they were rewritten (or reloaded)."""
         if self.hotplug is None:
             return
+        if (dimm := (self.hotplug.get("memory") or {}).get("dimm")) and vmcore is not None:
+            start, end = int(dimm["address"], 16), int(dimm["address"], 16) + int(dimm["size"], 16)
+            covered = any(int(a, 16) <= start and end <= int(b, 16) for a, b in vmcore.get("load_ranges", []))
+            facts["dump_covers_hot_memory"] = covered
+            described = self.hotplug.get("elfcorehdr_changed") or "elfcorehdr_reloaded" in self.hotplug
+            if covered != described:
+                facts["problems"].append(f"the dump {'covers' if covered else 'misses'} the hot-added "
+                                         f"DIMM at {dimm['address']}, but the ELF core headers "
+                                         f"{'describe' if described else 'do not describe'} it")
         changed = self.hotplug.get("elfcorehdr_changed")
         facts["elfcorehdr_after_hotplug"] = "changed" if changed else "unchanged"
         if self.expected_elfcorehdr and facts["elfcorehdr_after_hotplug"] != self.expected_elfcorehdr:

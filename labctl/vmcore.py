@@ -62,6 +62,8 @@ def check_vmcore(size: int | None, head_hex: str | None, release: str) -> dict:
         if elf["e_type"] != "ET_CORE":
             problems.append(f"ELF type is {elf['e_type']}, not ET_CORE")
         types = [seg["p_type"] for seg in elf.iter_segments()]
+        facts["load_ranges"] = [[hex(seg["p_paddr"]), hex(seg["p_paddr"] + seg["p_memsz"])]
+                                for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
         facts["pt_note"] = types.count("PT_NOTE")
         facts["pt_load"] = types.count("PT_LOAD")
         if not facts["pt_note"]:

@@ -20,9 +20,11 @@
  *                                       CPU: pin to it first (sysrq only)
  *   cpus                                report the CPUs (online, APIC ids)
  *   cpu-online N                        wait for cpuN (hot-added) and online it
+ *   memory-online N                     online offline memory blocks until N are
+ *                                       online (hot-added DIMMs), or 30 s pass
  *
  * Replies (guest -> host): {"type": "hello"|"loaded"|"unloaded"|"panicking"|
- * "cpus"|"error", ...}.  Kernel log records produced during a load are forwarded in
+ * "cpus"|"memory"|"error", ...}.  Kernel log records produced during a load are forwarded in
  * "log" so that the host can parse the segment table the kernel printed.
  */
 #define _GNU_SOURCE
@@ -36,6 +38,7 @@
 #include <signal.h>
 #include <sched.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/utsname.h>
@@ -230,6 +233,48 @@ static void cmd_cpu_online(const char *arg)
 	if (fd >= 0)
 		close(fd);
 	cmd_cpus(err);
+}
+
+/*
+ * Online every offline memory block (a kernel without auto-online leaves a hot-added
+ * DIMM offline); return how many blocks are online.
+ */
+static int online_memory_blocks(void)
+{
+	char path[300], state[32];
+	struct dirent *e;
+	DIR *d = opendir("/sys/devices/system/memory");
+	int online = 0, fd;
+	ssize_t n;
+
+	while (d && (e = readdir(d))) {
+		if (strncmp(e->d_name, "memory", 6) || !e->d_name[6])
+			continue;
+		snprintf(path, sizeof(path), "/sys/devices/system/memory/%s/state", e->d_name);
+		fd = open(path, O_RDWR);
+		if (fd < 0)
+			continue;
+		n = read(fd, state, sizeof(state) - 1);
+		state[n > 0 ? n : 0] = 0;
+		if (!strncmp(state, "offline", 7) && pwrite(fd, "online", 6, 0) == 6)
+			strcpy(state, "online");
+		online += !strncmp(state, "online", 6);
+		close(fd);
+	}
+	if (d)
+		closedir(d);
+	return online;
+}
+
+static void cmd_memory_online(const char *arg)
+{
+	int want = atoi(arg ? arg : "0"), online, tries = 0;
+
+	while ((online = online_memory_blocks()) < want && tries++ < 300)
+		usleep(100000);
+	fprintf(out, "{\"type\":\"memory\",\"online_blocks\":%d,\"wanted\":%d", online, want);
+	put_file_field("block_size_bytes", "/sys/devices/system/memory/block_size_bytes");
+	reply_end();
 }
 
 static void cmd_hello(void)
@@ -490,6 +535,8 @@ static void dispatch(char *line)
 		cmd_cpus(0);
 	else if (!strcmp(verb, "cpu-online"))
 		cmd_cpu_online(line);
+	else if (!strcmp(verb, "memory-online"))
+		cmd_memory_online(line);
 	else
 		reply_error(verb, ENOSYS);
 }

@@ -1,5 +1,5 @@
-"""Several CPUs end to end: a panic on CPU 1 of a 2-vCPU guest (refused and intact) and a
-CPU hot-added after the load, on both Debian kernels.  One `labctl run` per kernel."""
+"""Several CPUs end to end: a panic on CPU 1 of a 2-vCPU guest (refused and intact), a CPU
+and a DIMM hot-added after the load, on both Debian kernels.  One `labctl run` per kernel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import labctl
 pytestmark = pytest.mark.e2e
 
 KERNELS = ["debian-6.12", "debian-6.1"]
-SCENARIOS = ["crash-corrupt-cpu1", "crash-intact-cpu1", "cpu-hotplug"]
+SCENARIOS = ["crash-corrupt-cpu1", "crash-intact-cpu1", "cpu-hotplug", "memory-hotplug"]
 
 
 @pytest.fixture(scope="module", params=KERNELS)
@@ -68,3 +68,23 @@ def test_hotplug_after_the_load(smp_runs):
         assert hotplug["guest"]["crash_hotplug"] == "1"
     else:  # the CPUs present at load: the hot-added one's note is missing from the dump
         assert before["pt_note"] == 2 and facts["dump_prstatus_notes"] == 1
+
+
+def test_memory_hotplug_rewrites_the_headers_only_with_crash_hotplug(smp_runs):
+    """6.12 writes a PT_LOAD for the DIMM over the elfcorehdr segment and the dump covers
+    it; 6.1 leaves the headers as loaded and the dump misses it."""
+    kernel, run = smp_runs
+    result = run.results["memory-hotplug"]
+    hotplug = result["evidence"]["hotplug"]
+    facts = cpus(result)
+    assert facts["problems"] == []
+    dimm = hotplug["memory"]["dimm"]
+    assert hotplug["memory"]["blocks_online_after"] > hotplug["memory"]["blocks_online_before"]
+    before, after = hotplug["elfcorehdr_before"], hotplug["elfcorehdr_after"]
+    dimm_range = [dimm["address"], hex(int(dimm["address"], 16) + int(dimm["size"], 16))]
+    rewritten = kernel == "debian-6.12"
+    assert hotplug["elfcorehdr_changed"] is rewritten and facts["dump_covers_hot_memory"] is rewritten
+    assert (hotplug["elfcorehdr_bytes_changed"]["count"] > 0) is rewritten
+    assert (after["pt_load"] == before["pt_load"] + 1) is rewritten
+    assert (dimm_range in after["load_ranges"]) is rewritten
+    assert (dimm_range in result["evidence"]["verdict"]["vmcore"]["load_ranges"]) is rewritten

@@ -104,3 +104,38 @@ def test_recorded_hotplug_dumps_against_each_kernels_expectation():
         assert facts["capture_apicid"] == 1 and facts["elfcorehdr_after_hotplug"] == "unchanged"
         default = cpu_watch(online, None, None, hotplug).evidence("capture-booted", verdict)
         assert any("PRSTATUS" in p for p in default["problems"]) == (notes == 1)
+
+
+def test_room_for_a_dimm_and_its_qmp_arguments():
+    from labctl.cpu_hotplug import dimm_device
+    spec = MachineSpec(kernel=Path("k"), initrd=Path("i"), cmdline="", hotplug_memory_mib=128)
+    argv = qemu_argv(spec, *SOCKS)
+    assert argv[argv.index("-m") + 1] == "1024M,slots=1,maxmem=1152M"
+    assert "size=1024M" in argv[argv.index("-object") + 1]  # the RAM file stays 1 GiB
+    backend, device = dimm_device("hotmem0", 128)
+    assert backend == {"qom-type": "memory-backend-ram", "id": "hotmem0", "size": 128 << 20}
+    assert device == {"driver": "pc-dimm", "id": "hotmem0-dimm", "memdev": "hotmem0"}
+
+
+def test_a_dimm_in_the_dump_must_match_what_the_headers_describe():
+    from labctl.smp import CpuWatch
+    dimm = {"address": "0x100000000", "size": "0x8000000"}
+    covering = {"load_ranges": [["0x100000", "0x3fee0000"], ["0x100000000", "0x108000000"]],
+                "prstatus_notes": 1}
+    missing = {"load_ranges": [["0x100000", "0x3fee0000"]], "prstatus_notes": 1}
+    for changed, vmcore, problem in ((True, covering, False), (False, missing, False),
+                                     (False, covering, True), (True, missing, True)):
+        watch = CpuWatch(online=[0], apicids=[[0, 0]],
+                         hotplug={"elfcorehdr_changed": changed, "memory": {"dimm": dimm}})
+        facts = watch.evidence("capture-booted", {"capture_cpus": [[0, 0]], "vmcore": vmcore})
+        assert facts["dump_covers_hot_memory"] == (vmcore is covering)
+        assert any("hot-added DIMM" in p for p in facts["problems"]) == problem, facts["problems"]
+
+
+def test_bytes_changed_counts_the_rewrite():
+    from labctl.cpu_hotplug import bytes_changed
+    before = (0x2000, bytes(16))
+    assert bytes_changed(before, (0x2000, bytes(4) + b"\x01\x02" + bytes(10))) == {
+        "count": 2, "first": "0x4", "last": "0x5"}
+    assert bytes_changed(before, before)["count"] == 0
+    assert bytes_changed(before, (0x3000, bytes(16))) == {} and bytes_changed(None, before) == {}

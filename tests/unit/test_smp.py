@@ -186,7 +186,9 @@ BAD = [
     ("expect: hang\nmachine: {smp: 2}\ntrigger:\n  cpu: 2\n", 4, "key 'trigger.cpu': CPU 2 does not exist"),
     ("expect: hang\ntrigger:\n  cpu: -1\n", 3, "key 'trigger.cpu': -1 must be 0 or more"),
     ("expect: hang\ntrigger:\n  kind: magic\n", 3, "key 'trigger.kind': 'magic' is not one of"),
-    ("expect: hang\ntrigger: none\nhotplug: {cpus: 1}\n", 3, "key 'hotplug': hot-added CPUs"),
+    ("expect: hang\ntrigger: none\nhotplug: {cpus: 1}\n", 3, "key 'hotplug': what is hot-added only shows"),
+    ("expect: hang\nhotplug: {reload: true}\n", 2, "key 'hotplug': hot-adds nothing"),
+    ("expect: hang\nhotplug: {memory_mib: 100}\n", 2, "key 'hotplug.memory_mib': 100 must be 0 to 1024"),
 ]
 
 
