@@ -139,3 +139,27 @@ def test_bytes_changed_counts_the_rewrite():
         "count": 2, "first": "0x4", "last": "0x5"}
     assert bytes_changed(before, before)["count"] == 0
     assert bytes_changed(before, (0x3000, bytes(16))) == {} and bytes_changed(None, before) == {}
+
+
+def test_recorded_memory_hotplug_of_both_kernels():
+    """The recorded runs: 6.12 rewrote 11 bytes of the headers (e_phnum and a new PT_LOAD
+    for the DIMM at 4 GiB) and the dump covers the DIMM; 6.1 did neither."""
+    from labctl.smp import CpuWatch
+    from labctl.vmcore import check_vmcore
+    from recorded import control_messages
+    scenario = load_scenario(ROOT / "scenarios" / "memory-hotplug.yaml")
+    for kernel, symbols, rewritten in (("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"}, True),
+                                       ("debian-6.1", {}, False)):
+        hotplug = json.loads((DATA / kernel / "memory-hotplug" / "result.json").read_text())["evidence"]["hotplug"]
+        capture = next(m for m in control_messages(kernel, "memory-hotplug") if m.get("role") == "capture")
+        vmcore = check_vmcore(capture["vmcore_size"], capture["vmcore_head"], capture["release"])
+        dimm = ["0x100000000", "0x108000000"]
+        assert hotplug["memory"]["dimm"] == {"address": "0x100000000", "size": "0x8000000"}
+        assert (dimm in vmcore["load_ranges"]) is rewritten is hotplug["elfcorehdr_changed"]
+        assert (dimm in hotplug["elfcorehdr_after"]["load_ranges"]) is rewritten
+        expected = scenario.expect.resolve(kernel, symbols)
+        watch = CpuWatch(online=[0], apicids=[[0, 0]], hotplug=hotplug, expected_elfcorehdr=expected.elfcorehdr)
+        facts = watch.evidence("capture-booted", {"capture_cpus": capture["cpus"], "vmcore": vmcore})
+        assert facts["problems"] == [] and facts["dump_covers_hot_memory"] is rewritten
+    assert json.loads((DATA / "debian-6.12" / "memory-hotplug" / "result.json").read_text())[
+        "evidence"]["hotplug"]["elfcorehdr_bytes_changed"] == {"count": 11, "first": "0x38", "last": "0x183"}
