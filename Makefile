@@ -9,6 +9,9 @@ PYTEST := $(VENV)/bin/pytest
 STAMPS := .cache/stamps
 # Everything the lab and its tests use from Debian.
 APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
+# makedumpfile: --save-vmcore writes the dump with it in the capture kernel (the host's binary,
+# carried into the guest) and rebuilds it on the host (makedumpfile -R); the e2e test reads it back.
+APT_PACKAGES += makedumpfile
 # zstd, lz4: unpack the vmlinux inside a bzImage (the elf-vmlinux bad image)
 APT_PACKAGES += zstd lz4
 # chromium: the matrix report test renders report.html headless.

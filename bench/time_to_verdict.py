@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("boot", "load", "corrupt", "panic_to_verdict", "total")
+PHASES = ("boot", "load", "corrupt", "panic_to_verdict", "dump_check", "total")
 
 
 def run_once(scenario: str, kernel: str, artifacts: Path) -> tuple[float, dict]:

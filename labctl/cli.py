@@ -68,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
          + (f", {kernel.package} {kernel.version}" if kernel.package else "") + ")")
     codes = []
     for scenario in scenarios:
-        outcome = run_pair(lab, kernel, scenario, run_id, chooser, quiet=args.quiet)
+        outcome = run_pair(lab, kernel, scenario, run_id, chooser, quiet=args.quiet,
+                           save_vmcore=args.save_vmcore)
         print(outcome.summary)
         print(f"  artifacts: {outcome.directory}")
         codes.append(outcome.exit_code)
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
     run.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--save-vmcore", action="store_true",
+                     help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "
+                          "in the pair's artifacts as 'vmcore' (streamed over the serial line: slow)")
     run.add_argument("--run-id", type=matrix.run_id_arg,
                      help="run directory name (default: time + random); pairs must not exist yet")
     run.set_defaults(func=cmd_run)

@@ -25,7 +25,8 @@ ACCELERATORS = ("auto", "kvm", "tcg")
 DEFAULT_CMDLINE = "no_timer_check"
 DEFAULT_CAPTURE_CMDLINE = "irqpoll nr_cpus=1 reset_devices no_timer_check"
 OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "load-accepted",
-            "panic-halted", "capture-panicked", "guest-reset", "hang")
+            "panic-halted", "capture-panicked", "guest-reset", "hang", "dump-mismatch",
+            "capture-halted")
 # backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds
 SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup")
 PATTERNS = ("flip", "zero", "random", "bit")

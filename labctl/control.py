@@ -15,6 +15,8 @@ from pathlib import Path
 from labctl.errors import InfraError
 
 MAX_LINE = 2 * 1024 * 1024  # the capture kernel's vmcore head, hex encoded, fits
+# --save-vmcore's base64 chunks (vmcore_save.py) would fill the transcript with the dump itself
+BULK_PREFIX = b'{"type":"vmcore-chunk"'
 
 
 class ProtocolError(InfraError):
@@ -75,7 +77,8 @@ class ControlChannel:
             line = line.strip(b"\r")
             if not line:
                 continue
-            self._record("<", line.decode("utf-8", "replace"))
+            self._record("<", line.decode("utf-8", "replace") if not line.startswith(BULK_PREFIX)
+                         else f"{line[:48].decode('ascii', 'replace')}... ({len(line)} bytes)")
             try:
                 new.append(parse_message(line))
             except ProtocolError:

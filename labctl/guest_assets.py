@@ -25,6 +25,10 @@ HELPER_SOURCE = GUESTS_DIR / "helper" / "kexec-lab-helper.c"
 INIT_SCRIPT = GUESTS_DIR / "init"
 BUSYBOX = Path("/bin/busybox")
 KEXEC_TOOL = Path("/sbin/kexec")
+# kexec-tools' reader of the crashed kernel's log, for the dump check (dump_check.py)
+VMCORE_DMESG = Path("/sbin/vmcore-dmesg")
+# --save-vmcore: the filtered, compressed dump is written by makedumpfile (vmcore_save.py)
+MAKEDUMPFILE = Path("/usr/bin/makedumpfile")
 GUEST_KERNEL = "/boot/vmlinuz"
 GUEST_INITRD = "/boot/initrd.img"
 GUEST_HELPER = "/bin/kexec-lab-helper"
@@ -122,11 +126,13 @@ def _shared_libraries(program: Path) -> list[Path]:
     return libs
 
 
-def tools_layer_bytes() -> bytes:
-    """kexec-tools for the legacy kexec_load(2) path, with the libraries it needs."""
-    if not KEXEC_TOOL.exists():
-        raise InfraError(f"{KEXEC_TOOL} not found: install kexec-tools")
-    files = [KEXEC_TOOL, *_shared_libraries(KEXEC_TOOL)]
+def tools_layer_bytes(program: Path = KEXEC_TOOL) -> bytes:
+    """A host program at the same path in the guest, with the libraries it needs:
+    kexec-tools for the legacy kexec_load(2) path, vmcore-dmesg for the dump check."""
+    if not program.exists():
+        package = "makedumpfile" if program == MAKEDUMPFILE else "kexec-tools"
+        raise InfraError(f"{program} not found: install {package}")
+    files = [program, *_shared_libraries(program)]
     cpio = CpioWriter()
     for directory in sorted({str(p) for f in files for p in f.parents if str(p) != "/"}):
         cpio.directory(directory)
@@ -160,9 +166,13 @@ def signed_images_layer_bytes(bzimage: bytes, cache_dir: Path) -> tuple[bytes, d
 
 
 def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False,
-                 signed_images: bool = False, sign_default: bool = False) -> GuestAssets:
+                 signed_images: bool = False, sign_default: bool = False,
+                 dump_tools: bool = False) -> GuestAssets:
     """Build (or reuse) the helper and both initramfs images for one capture kernel.
 
+    The capture initramfs carries vmcore-dmesg (and libc) to read the crashed
+    kernel's log out of /proc/vmcore, and with dump_tools (--save-vmcore) makedumpfile,
+    left out otherwise because purgatory hashes every byte of the initrd on each crash.
     The primary initramfs is the capture one plus layers: the capture kernel
     and initramfs under /boot, kexec-tools, and (only when a scenario loads
     one, since the vmlinux is large) the bad images under /boot/bad, or the
@@ -177,10 +187,15 @@ def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False
     helper_bytes = helper.read_bytes()
     init_bytes = INIT_SCRIPT.read_bytes()
     applets = _busybox_applets(busybox)
-    base_key = _digest(busybox_bytes, helper_bytes, init_bytes, "\n".join(applets).encode())
+    dump_layer = tools_layer_bytes(VMCORE_DMESG)
+    if dump_tools:
+        dump_layer += tools_layer_bytes(MAKEDUMPFILE)
+    base_key = _digest(busybox_bytes, helper_bytes, init_bytes, "\n".join(applets).encode(),
+                       dump_layer)
     capture = cache / f"capture-{base_key}.cpio"
     if not capture.exists():
-        _atomic_write(capture, capture_initramfs_bytes(busybox_bytes, applets, helper_bytes, init_bytes))
+        _atomic_write(capture, capture_initramfs_bytes(busybox_bytes, applets, helper_bytes,
+                                                       init_bytes) + dump_layer)
     kernel_bytes = Path(capture_kernel).read_bytes()
     tools = tools_layer_bytes()
     signing_parts = []

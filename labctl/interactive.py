@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import select
+import signal
 import sys
 import termios
 import time
@@ -29,7 +30,8 @@ from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir, write_json
 from labctl.config import ACCELERATORS, Corruption, find_scenario, load_scenario
 from labctl.console import StampedLog
-from labctl.errors import EXIT_FAILED, EXIT_PASSED, ConfigError, Interrupted, LabError
+from labctl.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
+from labctl.kernel_facts import UnknownFact
 from labctl.kernels import resolve_kernel
 from labctl.lab_prompt import UsageError
 from labctl.progress import Progress
@@ -46,6 +48,25 @@ DEFAULT_GDB_PORT = 1234
 SYMBOLS = "purgatory.ro"  # the kernel's purgatory object, next to the run's other artifacts
 # A `verdict` watches this long: two register samples must agree for purgatory-refused.
 SNAPSHOT_SECONDS = 3 * REGISTER_SAMPLE_SECONDS
+
+
+class CtrlC:
+    """While waiting at the prompt, Ctrl-C only ends the wait: the handler notes it and the
+    wait loop looks between its bounded windows (a QMP exchange is never cut in half)."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.previous = None
+
+    def _hit(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.pressed = True
+
+    def __enter__(self) -> "CtrlC":
+        self.previous = signal.signal(signal.SIGINT, self._hit)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
 
 
 class Tee:
@@ -191,14 +212,27 @@ class LiveGuest:
         return self.session.observe(self._table(), self.pair.kernel.release, within)
 
     def verdict_now(self) -> Finding | None:
-        """The outcome `labctl run` would declare on what is visible now, or None."""
+        """The outcome `labctl run` would declare: waits for the evidence up to the verdict
+        timeout (as `labctl run` does), with a live line; Ctrl-C goes back to the prompt."""
         if self.finding or not self._reached("panicked"):
             return self.finding
-        finding = self.observe(within=SNAPSHOT_SECONDS)
-        if finding.outcome == NO_VERDICT:
-            self.snapshot = finding.evidence
-            return None
-        return finding
+        with CtrlC() as ctrl_c:
+            while not ctrl_c.pressed:
+                finding = self.observe(within=SNAPSHOT_SECONDS)
+                if finding.outcome != NO_VERDICT:
+                    print("\r\033[K", end="", flush=True)
+                    return finding
+                self.snapshot = finding.evidence
+                print("\r\033[K" + self._waiting_line(), end="", flush=True)
+        print("\r\033[K", end="", flush=True)
+        return None
+
+    def _waiting_line(self) -> str:
+        since = time.monotonic() - self.session.marks.get("trigger", time.monotonic())
+        where = ", ".join(f"CPU#{v['cpu']} RIP={v['rip']} in {v['segment'] or 'no segment'}"
+                          for v in self.snapshot.get("vcpus", []))
+        return (f"waiting for evidence: {since:.1f} s since the panic (verdict timeout "
+                f"{self.session.timeouts.verdict:g} s){'; ' + where if where else ''}; Ctrl-C: back to the prompt")
 
     def run_rest(self) -> None:
         """`continue`: the remaining steps, then wait for the verdict as `labctl run` does."""
@@ -223,7 +257,7 @@ class LiveGuest:
         self.finding = finding
         passed, reason = self.pair.judge(finding)
         self.say(f"verdict: {finding.outcome} (scenario expects {self.pair.expected.outcome}: "
-                 f"{'PASS' if passed else 'FAIL'}: {reason})")
+                 f"{'PASS' if passed else 'FAIL' if passed is False else 'UNKNOWN'}: {reason})")
         self.say("evidence: " + json.dumps(finding.evidence, indent=2))
 
     # ------------------------------------------------------------ purgatory and gdb
@@ -437,13 +471,24 @@ class ConsolePair(PairRun):
     live: LiveGuest | None = None
 
     @property
+    def expected(self) -> Expected:
+        """Resolved again once the running kernel told its facts (an image without a config)."""
+        try:
+            return PairRun.expected.fget(self)
+        except UnknownFact as exc:
+            return Expected("unknown", None, str(exc))
+
+    @property
     def default_trigger(self) -> str:
         """`panic` without an argument: the scenario's trigger, or sysrq if it has none."""
         return self.scenario.trigger if self.scenario.trigger != "none" else "sysrq"
 
-    def judge(self, finding: Finding) -> tuple[bool, str]:
-        """The same judgement `labctl run` makes, against this kernel's expectation."""
+    def judge(self, finding: Finding) -> tuple[bool | None, str]:
+        """The same judgement `labctl run` makes, against this kernel's expectation
+        (None: the expectation is unknown for this kernel, never a FAIL)."""
         expected = self.expected
+        if expected.outcome == "unknown":
+            return None, expected.reason
         return judge(expected.outcome, finding.outcome, finding.evidence, expected.errno,
                      self.evidence.get("recovery"))
 
@@ -475,6 +520,9 @@ def record(result: dict, finding: Finding | None, pair: ConsolePair, out: Path) 
         result["artifacts"][name.split(".")[0]] = name
     passed, reason = pair.judge(finding)
     result["evidence"]["verdict"] = finding.evidence
+    if passed is None:  # expectation unknown: a configuration-class result
+        result.update(outcome=CONFIG_ERROR, observed=finding.outcome, passed=None, reason=reason)
+        return EXIT_USAGE
     result.update(outcome=finding.outcome, passed=passed, reason=reason)
     return EXIT_PASSED if passed else EXIT_FAILED
 
@@ -533,7 +581,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     pair = ConsolePair(lab, kernel, scenario, AccelChooser(lab.cache_dir),
                        Progress(f"{kernel.name}/{scenario.name}"), stop_at=args.stop_at,
-                       gdb_port=args.gdb, out=out)
+                       gdb_port=args.gdb, out=out, save_vmcore=args.save_vmcore)
     cli._say(f"console session {run_id}: {kernel.name} x {scenario.name}, stopping at "
              f"{args.stop_at}; {lab_prompt.ESCAPE_NAME} then `help` for the lab prompt")
     return run_console(pair, run_id)
@@ -557,6 +605,9 @@ def register(subparsers) -> None:
     console.add_argument("--gdb", nargs="?", const=DEFAULT_GDB_PORT, type=_port, metavar="PORT",
                          help=f"QEMU gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT}); "
                               "the lab prints the gdb command line")
+    console.add_argument("--save-vmcore", action="store_true",
+                         help="keep a filtered, compressed dump (makedumpfile -c -d 31) as 'vmcore' "
+                              "in the artifacts when the verdict is a capture")
     console.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
     console.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
     console.set_defaults(func=cmd_console)

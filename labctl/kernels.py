@@ -40,14 +40,9 @@ class Kernel:
         """CONFIG_* values from the kernel's config file ({} when it has none)."""
         if not self.config or not self.config.exists():
             return {}
-        symbols = {}
-        for line in self.config.read_text(errors="replace").splitlines():
-            if line.startswith("CONFIG_") and "=" in line:
-                key, value = line.split("=", 1)
-                symbols[key] = value.strip('"')
-            elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-                symbols[line[2:-len(" is not set")]] = "n"
-        return symbols
+        from labctl.kernel_facts import parse_config  # kernel_facts imports config, as we do
+
+        return parse_config(self.config.read_text(errors="replace"))
 
     def describe(self) -> dict:
         return {"name": self.name, "release": self.release, "bzimage": str(self.bzimage),

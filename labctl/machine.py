@@ -208,8 +208,11 @@ class Machine:
                          paths["qmp"], binary)
         self.argv = argv
         with open(self.qemu_log, "wb") as log:
+            # Its own process group: a Ctrl-C typed at the terminal is the lab's to handle
+            # (`labctl console` ends a `verdict` wait with it); QEMU would quit on it.
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                         process_group=0)
         self.started = time.monotonic()
         try:
             self.console = self._accept(listeners["console"])

@@ -23,6 +23,8 @@ from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, Con
 from labctl.guest_assets import GuestAssets, build_assets
 from labctl.guest_memory import GuestMemory
 from labctl.images import BAD_IMAGES, SIGNED_IMAGES
+from labctl.kernel_facts import KernelFacts, UnknownFact, from_sysfs, needed_symbols
+from labctl.kernel_facts import resolve as resolve_expectation
 from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
@@ -88,6 +90,21 @@ class PairRun:
     attempts: list = field(default_factory=list)
     cpu_facts: dict = field(default_factory=dict)  # the helper's latest CPU report
     images: dict | None = None  # guest image kind -> signatures (guest_assets manifest)
+    facts: KernelFacts = field(default_factory=KernelFacts)
+    save_vmcore: bool = False  # --save-vmcore: makedumpfile in the capture initramfs
+
+    def __post_init__(self) -> None:
+        if self.kernel.config and self.kernel.config.exists():
+            self.facts.config_file = self.kernel.config_symbols()
+            self.facts.config_file_source = f"config file {self.kernel.config}"
+
+    def learn_facts(self, session: Session, hello: dict) -> None:
+        """The options the expectation needs, from the running kernel: its sysfs, and its
+        /proc/config.gz when sysfs does not tell and the kernel has one."""
+        self.facts.running = from_sysfs(hello.get("sysfs"))
+        needed = needed_symbols(self.scenario.expect)
+        if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
+            self.facts.config_gz = session.kernel_config()
 
     def machine_spec(self, accel: Accel, assets: GuestAssets) -> MachineSpec:
         m = self.lab.machine
@@ -108,18 +125,25 @@ class PairRun:
             self.evidence["kernel_facts_error"] = str(exc)
             return None
 
-    @cached_property
+    @property
     def expected(self) -> Expected:
-        """The scenario's expectation for this kernel: its config and what the lab found."""
+        """The scenario's expectation for this kernel: its options (kernel_facts.py: the running
+        kernel's word once it booted, else its config file) and what the lab found (lab keys);
+        UnknownFact when it depends on an option nothing told.  Each fact and its source go
+        into the evidence."""
         keys = self.trusted_keys
-        facts = {"lab_key": None if keys is None else "lab" in keys}
-        self.evidence["kernel_facts"] = {**facts, "trusted_lab_keys": keys}
-        return self.scenario.expect.resolve(self.kernel.name, self.kernel.config_symbols(), facts)
+        found = {"lab_key": None if keys is None else "lab" in keys}
+        self.evidence["kernel_facts"] = {**found, "trusted_lab_keys": keys,
+                                         **self.facts.to_json(needed_symbols(self.scenario.expect))}
+        return resolve_expectation(self.scenario.expect, self.kernel.name, self.facts, found)
 
     @property
     def then_intact(self) -> bool:
         """Whether a rejection is followed by a valid load and crash on this kernel."""
-        case = self.expected.then_intact
+        try:
+            case = self.expected.then_intact
+        except UnknownFact:  # the run ends as a configuration-class result anyway
+            case = None
         return self.scenario.then_intact if case is None else case
 
     def attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
@@ -139,6 +163,7 @@ class PairRun:
             control = ControlChannel(machine.control, out / "control.log", t0)
             memory = GuestMemory(machine.ram_path)
             self.session = Session(machine, console, control, memory, self.lab.timeouts, self.progress)
+            self.session.save_vmcore_to = out if self.save_vmcore else None
             try:
                 return self._steps(self.session)
             finally:
@@ -149,14 +174,19 @@ class PairRun:
     # step_boot and step_load are shared with `labctl console` (interactive.py).
     def step_boot(self, session: Session) -> dict:
         hello = session.boot()
-        self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline")}
+        self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline",
+                                                              "system_ram", "sysfs")}
+        self.learn_facts(session, hello)
         self.cpu_facts = hello
         return hello
 
     def step_trigger(self, session: Session) -> None:
         """Panic as the scenario says; with several CPUs, watch where and what the others do."""
         if session.machine.spec.smp > 1 or self.scenario.hotplug or self.scenario.trigger_cpu is not None:
-            expected = self.expected
+            try:
+                expected = self.expected
+            except UnknownFact:  # judged later as a configuration-class result
+                expected = None
             session.cpus = cpu_watch(self.cpu_facts, self.scenario.trigger_cpu, expected,
                                      self.evidence.get("hotplug"))
             if self.scenario.trigger_cpu not in (None, *session.cpus.online):
@@ -236,7 +266,8 @@ class PairRun:
         image = self.scenario.load.kernel
         assets = build_assets(self.lab.cache_dir, self.kernel.bzimage,
                               bad_images=image in BAD_IMAGES, signed_images=image in SIGNED_IMAGES,
-                              sign_default="lab" in (self.trusted_keys or ()))
+                              sign_default="lab" in (self.trusted_keys or ()),
+                              dump_tools=self.save_vmcore)
         self.images = assets.images
         accel = self.chooser.choose(self.lab.accel)
         self.progress.say(f"accelerator {accel.name}: {accel.reason}")
@@ -262,18 +293,23 @@ def known_failure(lab: LabConfig, kernel: Kernel, scenario: Scenario) -> str | N
 
 
 def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
-             chooser: AccelChooser, quiet: bool = False) -> PairOutcome:
+             chooser: AccelChooser, quiet: bool = False, save_vmcore: bool = False) -> PairOutcome:
     """Run one pair and always leave a result.json behind."""
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     progress = Progress(f"{kernel.name}/{scenario.name}", quiet=quiet)
-    pair = PairRun(lab, kernel, scenario, chooser, progress)
+    pair = PairRun(lab, kernel, scenario, chooser, progress, save_vmcore=save_vmcore)
     t0 = time.monotonic()
-    expected = pair.expected
+    try:
+        expected = pair.expected
+    except UnknownFact:  # perhaps the running kernel will tell
+        expected = None
     result = {"run_id": run_id,
               "scenario": {"name": scenario.name, "path": str(scenario.path),
                            "description": scenario.description},
-              "kernel": kernel.describe(), "accelerator": None, "expected": expected.outcome,
-              "expected_errno": expected.errno, "expectation_reason": expected.reason,
+              "kernel": kernel.describe(), "accelerator": None,
+              "expected": expected and expected.outcome,
+              "expected_errno": expected and expected.errno,
+              "expectation_reason": expected and expected.reason,
               "outcome": None, "passed": False, "reason": None, "evidence": pair.evidence,
               "timings": {}, "attempts": pair.attempts,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -285,6 +321,15 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         for name, text in finding.attachments.items():
             (out / name).write_text(text, encoding="utf-8")
             result["artifacts"][name.split(".")[0]] = name
+        try:
+            expected = pair.expected
+        except UnknownFact as exc:  # a configuration-class result, never a FAIL
+            pair.evidence["verdict"] = finding.evidence
+            result.update(accelerator=accel.to_json(), outcome=CONFIG_ERROR, observed=finding.outcome,
+                          reason=f"{exc} (the run's outcome was {finding.outcome})")
+            return PairOutcome(out, result, EXIT_USAGE)
+        result.update(expected=expected.outcome, expected_errno=expected.errno,
+                      expectation_reason=expected.reason)
         passed, reason = judge(expected.outcome, finding.outcome, finding.evidence,
                                expected.errno, pair.evidence.get("recovery"))
         pair.evidence["verdict"] = finding.evidence

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import re
 import select
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from labctl.accel import KvmUnusable, kvm_failure
+from labctl import dump_check
 from labctl.config import Corruption, Timeouts
 from labctl.console import Console
 from labctl.control import ControlChannel
@@ -28,9 +31,12 @@ from labctl.progress import Progress
 from labctl.smp import CpuWatch
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.images import guest_path
-from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_PANICKED, GUEST_RESET, HANG, NO_VERDICT,
-                            PANIC_HALTED, PURGATORY_REFUSED,
-                            PURGATORY_REPORT, ParkWatch, parse_registers, purgatory_report)
+from labctl.kernel_facts import from_config_gz
+from labctl.vmcore_save import DumpReceiver
+from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_HALTED, CAPTURE_PANICKED, DUMP_MISMATCH,
+                            GUEST_RESET, HANG, NO_VERDICT, PANIC_HALTED, PURGATORY_REFUSED,
+                            PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers,
+                            purgatory_report)
 from labctl.vmcore import check_vmcore
 
 KEXEC_FILE_ON_CRASH = 0x2
@@ -42,6 +48,9 @@ STATUS_SAMPLE_SECONDS = 1.0
 EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
 PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
+SYSRQ_LINE = re.compile(r"sysrq: Trigger a crash[^\r\n]*")
+SAVE_VMCORE_SECONDS = 900.0  # a few MB over the serial line, a few hundred KB/s under TCG
+DUMP_REPLY_SECONDS = 30.0  # the capture helper's page hashes and vmcore-dmesg (about 0.5 s)
 # Printed only once panic() has given up on kexec: no capture kernel will run.
 END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*")
 LINUX_BANNER = re.compile(r"Linux version \S+")
@@ -122,6 +131,9 @@ class Session:
         self.marks: dict[str, float] = {}
         self.purgatory_line: str | None = None  # an instrumented purgatory's COM1 report
         self.cpus: CpuWatch | None = None  # several CPUs: where the panic ran, the others
+        self.primary: dict = {}  # the primary kernel's hello: its RAM, reservation, facts
+        self.panic_lines: list[str] = []  # what the console showed of the panic
+        self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -162,6 +174,7 @@ class Session:
             messages, hits = self._events({"panic": PANIC_LINE})
             for message in messages:
                 if message["type"] == "hello" and message.get("role") == "primary":
+                    self.primary = message
                     self._timed("boot", start)
                     self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")
                     return message
@@ -178,6 +191,12 @@ class Session:
                 raise InfraError(f"the guest did not reach init within {self.timeouts.boot:g} s "
                                  "(no hello on the control port); see serial.log")
             self.progress.tick("the guest to boot", start)
+
+    def kernel_config(self) -> dict[str, str] | None:
+        """The running kernel's /proc/config.gz, parsed (None if it cannot be read)."""
+        self.control.send("kernel-config")
+        message = self._await_message(("kernel-config",), self.timeouts.load, "/proc/config.gz")
+        return from_config_gz(message.get("gz"))
 
     def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default") -> Loaded:
         """Load a capture kernel and parse the segment table its loader printed.
@@ -279,6 +298,7 @@ class Session:
         self.phase = "panicking"
         self.progress.say(f"triggering a panic ({trigger}" + (f" on CPU {cpu})" if cpu is not None else ")"))
         self.console.forget()
+        self.purgatory_line, self.panic_lines = None, []
         self.marks["trigger"] = time.monotonic()
         self.control.send(f"panic {trigger}" + (f" {cpu}" if cpu is not None else ""))
         if trigger == "nmi" or cpu is not None:
@@ -299,13 +319,13 @@ class Session:
         what was seen so far, and nothing is recorded as a verdict.
         """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
-        self.purgatory_line = None
         watch = ParkWatch(table)
         registers = ""
         next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
         window_end = None if within is None else time.monotonic() + within
         while True:
-            messages, hits = self._events({"panic": PANIC_LINE, "banner": LINUX_BANNER,
+            messages, hits = self._events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
+                                           "banner": LINUX_BANNER,
                                            "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
                                            **(CpuWatch.patterns if self.cpus else {})},
                                           strict=False)
@@ -334,12 +354,16 @@ class Session:
                     if self.machine.exited_within(EXIT_GRACE_SECONDS):  # a reset, mid-sample
                         return self._finish(start, self._reset(start))
                     raise
-                watch.add(parse_registers(registers))
+                watch.add(parse_registers(registers), parse_halted(registers))
                 if self.cpus:
                     self.cpus.sample(registers)
                 next_sample = now + REGISTER_SAMPLE_SECONDS
                 if parked := watch.parked(self._code_at):
                     return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
+                                                       {"registers.txt": registers}))
+                if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
+                    stopped["capture_banner_seen"] = "capture_banner" in self.marks
+                    return self._finish(start, Finding(CAPTURE_HALTED, {"halted": stopped},
                                                        {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(HANG, {
@@ -352,8 +376,10 @@ class Session:
     # ------------------------------------------------------------ observe helpers
     def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
         for name, line in hits:
-            key = {"panic": "panic_line", "banner": "capture_banner", "end": "end_of_panic",
-                   "purgatory": "purgatory_report"}.get(name)
+            if name in ("panic", "sysrq") and "capture_banner" not in self.marks:
+                self.panic_lines.append(line.strip())
+            key = {"panic": "panic_line", "sysrq": "sysrq_line", "banner": "capture_banner",
+                   "end": "end_of_panic", "purgatory": "purgatory_report"}.get(name)
             if key and key not in self.marks:
                 self.marks[key] = time.monotonic()
                 self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
@@ -384,10 +410,72 @@ class Session:
                                      "since_panic": self._since(start)})
 
     def _capture_booted(self, hello: dict, release: str) -> Finding:
+        """The capture kernel said hello: a healthy capture only if its dump is the
+        crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed."""
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
-        return Finding(CAPTURE_BOOTED, {
-            "capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
-            "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"), "vmcore": vmcore})
+        evidence = {"capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
+                    "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"),
+                    "vmcore": vmcore}
+        if not vmcore["ok"] or not self.primary:
+            return Finding(CAPTURE_BOOTED, evidence)
+        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
+        evidence["dump"] = dump
+        if self.save_vmcore_to is not None:
+            evidence["saved_vmcore"] = self.save_vmcore(self.save_vmcore_to)
+        return Finding(CAPTURE_BOOTED if dump["ok"] else DUMP_MISMATCH, evidence, attachments)
+
+    def save_vmcore(self, directory: Path) -> dict:
+        """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""
+        start = time.monotonic()
+        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 31)")
+        receiver = DumpReceiver(directory)
+        self.control.send("save-vmcore")
+        try:
+            while True:
+                messages, _ = self._events({}, strict=False)
+                for message in messages:
+                    if message["type"] == "vmcore-chunk":
+                        receiver.chunk(message)
+                    elif message["type"] in ("vmcore-saved", "error"):
+                        evidence = receiver.finish(message)
+                        self._timed("save_vmcore", start)
+                        self.progress.say(f"saved {receiver.bytes} bytes in "
+                                          f"{self.timings['save_vmcore']:.1f} s: {evidence.get('file')}")
+                        return evidence
+                if not self.machine.alive():
+                    raise self._guest_gone()
+                if time.monotonic() - start > SAVE_VMCORE_SECONDS:
+                    raise InfraError(f"--save-vmcore: no end of the dump after {SAVE_VMCORE_SECONDS:g} s "
+                                     f"({receiver.bytes} bytes so far)")
+                self.progress.tick(f"the dump ({receiver.bytes >> 10} KiB so far)", start)
+        finally:
+            receiver.close()
+
+    def _check_dump(self, head: bytes) -> tuple[dict, dict[str, str]]:
+        """Ask the capture helper for page hashes and the log out of the dump; compare."""
+        start = time.monotonic()
+        facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
+                                     seed=random.randrange(1 << 32))
+        for command in facts.requests().values():
+            self.control.send(command)
+        wanted = set(facts.requests())
+        while wanted and time.monotonic() - start < DUMP_REPLY_SECONDS:
+            messages, _ = self._events({}, strict=False)
+            for message in messages:
+                kind = message["type"] if message["type"] in wanted else \
+                    (message.get("what") == "/sbin/vmcore-dmesg" and "vmcore-dmesg")
+                if kind in wanted:
+                    facts.replies[kind] = message
+                    wanted.discard(kind)
+            if not self.machine.alive():
+                raise self._guest_gone()
+        dump = dump_check.verify(facts)
+        if wanted:
+            dump["problems"].append(f"the capture helper did not answer {', '.join(sorted(wanted))} "
+                                    f"within {DUMP_REPLY_SECONDS:g} s (reading /proc/vmcore hung?)")
+            dump["ok"] = False
+        self._timed("dump_check", start)
+        return dump, {"dump-dmesg.txt": dump_check.dmesg_text(facts)}
 
     def _finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)

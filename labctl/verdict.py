@@ -4,7 +4,10 @@ Pure functions over recorded data (register dumps, control messages, guest
 bytes), so that every rule here is tested on recorded transcripts without a
 guest.  An outcome is only ever declared on positive evidence:
 
-- capture-booted: the capture kernel's helper said hello with role=capture;
+- capture-booted: the capture kernel's helper said hello with role=capture and
+  its /proc/vmcore is the crashed kernel's memory (dump_check.py);
+- dump-mismatch: the capture kernel booted, but its dump differs from the RAM
+  file (a PT_LOAD's range, a sampled page) or lacks the console's panic lines;
 - purgatory-refused: a vCPU sits on a jump-to-self inside the purgatory
   segment, the same RIP in at least two samples;
 - load-rejected: kexec_file_load returned an error (errno recorded);
@@ -12,6 +15,10 @@ guest.  An outcome is only ever declared on positive evidence:
 - panic-halted: the crashed kernel printed the end of its panic, which panic()
   only reaches when no capture kernel took over;
 - capture-panicked: the capture kernel started (its banner) and then panicked;
+- capture-halted: after the panic a vCPU sits, the same RIP in two samples,
+  inside the crashkernel reservation (not in purgatory) on a jump-to-self or
+  just past a `hlt` with interrupts off: purgatory went on into a capture
+  kernel that stopped for good (a decompressor's error() halts like that);
 - guest-reset: QEMU exited after the panic (the guest rebooted or powered
   off; the lab runs QEMU with -no-reboot);
 - hang: none of the above before the deadline.
@@ -34,6 +41,8 @@ GUEST_RESET = "guest-reset"
 LOAD_ACCEPTED = "load-accepted"
 PANIC_HALTED = "panic-halted"
 CAPTURE_PANICKED = "capture-panicked"
+DUMP_MISMATCH = "dump-mismatch"
+CAPTURE_HALTED = "capture-halted"
 NO_VERDICT = "no-verdict"  # a bounded look (labctl console) ended before any evidence
 INFRA_ERROR = "infra-error"
 INTERRUPTED = "interrupted"
@@ -43,6 +52,10 @@ SELF_JUMPS = (bytes.fromhex("ebfe"), bytes.fromhex("e9fbffffff"))
 
 CPU_HEADER = re.compile(r"^CPU#(\d+)", re.MULTILINE)
 RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
+HLT_STATE = re.compile(r"\bHLT=(\d)")
+RFLAGS = re.compile(r"\bRFL=([0-9a-fA-F]+)")
+RFLAGS_IF = 0x200
+HLT_OPCODE = 0xF4
 
 
 def parse_registers(text: str) -> dict[int, int]:
@@ -59,6 +72,25 @@ def parse_registers(text: str) -> dict[int, int]:
     return rips
 
 
+def _per_cpu(text: str) -> dict[int, str]:
+    """CPU index -> its part of an `info registers -a` dump."""
+    headers = list(CPU_HEADER.finditer(text))
+    if not headers:
+        return {0: text}
+    return {int(h[1]): text[h.end():headers[i + 1].start() if i + 1 < len(headers) else len(text)]
+            for i, h in enumerate(headers)}
+
+
+def parse_halted(text: str) -> set[int]:
+    """CPUs halted with interrupts off: a `hlt` that only an NMI could end."""
+    halted = set()
+    for cpu, part in _per_cpu(text).items():
+        hlt, flags = HLT_STATE.search(part), RFLAGS.search(part)
+        if hlt and flags and hlt[1] == "1" and not int(flags[1], 16) & RFLAGS_IF:
+            halted.add(cpu)
+    return halted
+
+
 def is_self_jump(code: bytes) -> bool:
     return any(code.startswith(j) for j in SELF_JUMPS)
 
@@ -69,9 +101,11 @@ class ParkWatch:
 
     table: SegmentTable
     samples: list[dict[int, int]] = field(default_factory=list)
+    halted: set[int] = field(default_factory=set)  # at the last sample (parse_halted)
 
-    def add(self, rips: dict[int, int]) -> None:
+    def add(self, rips: dict[int, int], halted: set[int] | None = None) -> None:
         self.samples.append(rips)
+        self.halted = halted or set()
 
     def parked(self, code_at) -> dict | None:
         """Evidence dict if a vCPU sat on a self-jump in purgatory in the last two samples."""
@@ -87,6 +121,32 @@ class ParkWatch:
                 return {"cpu": cpu, "rip": hex(rip), "code": code.hex(),
                         "purgatory_offset": hex(rip - purgatory.mem),
                         "samples": len(self.samples), "segment": purgatory.to_json()}
+        return None
+
+    def stopped(self, code_at, region: tuple[int, int] | None) -> dict | None:
+        """Evidence dict if a vCPU stopped for good inside the crashkernel reservation
+        [start, end] outside purgatory: same RIP in the last two samples, on a
+        jump-to-self or just past a `hlt` with interrupts off."""
+        if not region or region[1] <= region[0] or len(self.samples) < 2:
+            return None
+        last, previous = self.samples[-1], self.samples[-2]
+        purgatory = self.table.by_role("purgatory")
+        for cpu, rip in sorted(last.items()):
+            if previous.get(cpu) != rip or not region[0] <= rip <= region[1] \
+                    or (purgatory and purgatory.contains(rip)):
+                continue
+            code = code_at(rip)
+            if is_self_jump(code):
+                how = "jump-to-self"
+            elif cpu in self.halted and code_at(rip - 1)[:1] == bytes([HLT_OPCODE]):
+                how = "hlt with interrupts off"
+            else:
+                continue
+            segment = self.table.containing(rip)
+            return {"cpu": cpu, "rip": hex(rip), "how": how, "code": code.hex(),
+                    "segment": segment.role if segment else None,
+                    "segment_offset": hex(rip - segment.mem) if segment else None,
+                    "crashkernel": [hex(region[0]), hex(region[1])], "samples": len(self.samples)}
         return None
 
     def last_positions(self) -> list[dict]:
@@ -143,7 +203,9 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
     """
     if outcome != expected:
         report = evidence.get("purgatory_console")
+        problems = (evidence.get("dump") or {}).get("problems") if outcome == DUMP_MISMATCH else None
         return False, f"expected {expected}, got {outcome}" + \
+            (f": {'; '.join(problems[:3])}" if problems else "") + \
             (f" (purgatory said on COM1: {report['line']!r})" if report else "")
     if problem := console_contradiction(outcome, evidence):
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
@@ -163,4 +225,7 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
             return False, f"{outcome} as expected, but after it /proc/vmcore is not sane: {problem}"
         return True, f"{outcome} as expected{' (' + expected_errno + ')' if expected_errno else ''}, " \
                      "then an intact crash booted the capture kernel"
+    if outcome == DUMP_MISMATCH:  # say what the lab found wrong with the dump
+        problems = (evidence.get("dump") or {}).get("problems") or []
+        return True, f"{outcome} as expected: {'; '.join(problems[:2])}"
     return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")

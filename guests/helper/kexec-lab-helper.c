@@ -13,6 +13,14 @@
  *   unload                              kexec_file_load(KEXEC_FILE_UNLOAD)
  *   kexec-tool ARG<TAB>ARG...           run /sbin/kexec (kexec-tools, the legacy
  *                                       kexec_load(2) path) with these arguments
+ *   vmcore-pages OFFSET...              SHA-256 of the 4 KiB page of /proc/vmcore at
+ *                                       each file offset (hex), for the host to compare
+ *                                       with the RAM file (labctl/dump_check.py)
+ *   vmcore-dmesg                        the crashed kernel's log read out of the dump by
+ *                                       kexec-tools' vmcore-dmesg (its last lines)
+ *   kernel-config                       /proc/config.gz, hex encoded, if the kernel has it
+ *   save-vmcore                         makedumpfile -F -c -d 31 /proc/vmcore, streamed in
+ *                                       base64 "vmcore-chunk" messages (--save-vmcore)
  *   panic TRIGGER [CPU]                 crash the kernel: sysrq (sysrq 'c', a NULL
  *                                       dereference), nmi (arm unknown_nmi_panic;
  *                                       the host injects the NMI), init-exit (make
@@ -61,6 +69,14 @@
 #define TOOL_MAX_ARGS 64
 #define TOOL_MAX_LINES 4096
 #define KEXEC_TOOL "/sbin/kexec"
+#define VMCORE_DMESG "/sbin/vmcore-dmesg"
+#define PAGE_BYTES 4096
+#define DMESG_MAX_LINES 400
+#define OUTPUT_MAX_BYTES (512 * 1024)
+#define CONFIG_GZ_MAX (512 * 1024)
+#define MAKEDUMPFILE "/usr/bin/makedumpfile"
+#define SAVE_CHUNK (48 * 1024)
+#define SAVE_ERRORS "/tmp/makedumpfile.log"
 
 static FILE *out;
 
@@ -166,6 +182,384 @@ static void put_vmcore_facts(void)
 	}
 	free(buf);
 	close(fd);
+}
+
+/*
+ * SHA-256 (FIPS 180-4), small and self-contained: the helper is static and
+ * links nothing beyond libc.  Used to hash sampled pages of /proc/vmcore so
+ * that 32 bytes per page, not the page, cross the serial line.
+ */
+struct sha256 {
+	unsigned int h[8];
+	unsigned char block[64];
+	unsigned long long length;
+	unsigned int used;
+};
+
+static const unsigned int sha256_k[64] = {
+	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+	0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+	0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+	0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+	0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+	0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define ROR32(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(struct sha256 *c, const unsigned char *p)
+{
+	unsigned int w[64], v[8], i;
+
+	for (i = 0; i < 16; i++)
+		w[i] = (unsigned int)p[4 * i] << 24 | p[4 * i + 1] << 16 | p[4 * i + 2] << 8 | p[4 * i + 3];
+	for (i = 16; i < 64; i++) {
+		unsigned int s0 = ROR32(w[i - 15], 7) ^ ROR32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+		unsigned int s1 = ROR32(w[i - 2], 17) ^ ROR32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	memcpy(v, c->h, sizeof(v));
+	for (i = 0; i < 64; i++) {
+		unsigned int s1 = ROR32(v[4], 6) ^ ROR32(v[4], 11) ^ ROR32(v[4], 25);
+		unsigned int ch = (v[4] & v[5]) ^ (~v[4] & v[6]);
+		unsigned int t1 = v[7] + s1 + ch + sha256_k[i] + w[i];
+		unsigned int s0 = ROR32(v[0], 2) ^ ROR32(v[0], 13) ^ ROR32(v[0], 22);
+		unsigned int maj = (v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]);
+
+		memmove(v + 1, v, 7 * sizeof(v[0]));
+		v[4] += t1;
+		v[0] = t1 + s0 + maj;
+	}
+	for (i = 0; i < 8; i++)
+		c->h[i] += v[i];
+}
+
+static void sha256_init(struct sha256 *c)
+{
+	static const unsigned int iv[8] = {
+		0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+		0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+	};
+	memcpy(c->h, iv, sizeof(iv));
+	c->length = 0;
+	c->used = 0;
+}
+
+static void sha256_update(struct sha256 *c, const unsigned char *p, size_t n)
+{
+	c->length += n;
+	while (n) {
+		size_t take = 64 - c->used < n ? 64 - c->used : n;
+
+		memcpy(c->block + c->used, p, take);
+		c->used += take;
+		p += take;
+		n -= take;
+		if (c->used == 64) {
+			sha256_block(c, c->block);
+			c->used = 0;
+		}
+	}
+}
+
+static void sha256_final(struct sha256 *c, unsigned char out[32])
+{
+	unsigned long long bits = c->length * 8;
+	unsigned char pad = 0x80, zero = 0, len[8];
+	int i;
+
+	sha256_update(c, &pad, 1);
+	while (c->used != 56)
+		sha256_update(c, &zero, 1);
+	for (i = 0; i < 8; i++)
+		len[i] = bits >> (56 - 8 * i);
+	sha256_update(c, len, 8);
+	for (i = 0; i < 32; i++)
+		out[i] = c->h[i / 4] >> (24 - 8 * (i % 4));
+}
+
+/* The top-level "System RAM" ranges of /proc/iomem: the memory a dump must cover. */
+static void put_system_ram(void)
+{
+	char line[256];
+	unsigned long start, end;
+	int n = 0;
+	FILE *f = fopen("/proc/iomem", "r");
+
+	fputs(",\"system_ram\":[", out);
+	while (f && fgets(line, sizeof(line), f)) {
+		if (line[0] == ' ' || !strstr(line, ": System RAM"))
+			continue;
+		if (sscanf(line, "%lx-%lx", &start, &end) == 2)
+			fprintf(out, "%s[%lu,%lu]", n++ ? "," : "", start, end);
+	}
+	fputc(']', out);
+	if (f)
+		fclose(f);
+}
+
+/* A sysfs file's first line, or null when the kernel has no such file. */
+static void put_optional_file(const char *name, const char *path)
+{
+	if (access(path, F_OK) == 0) {
+		put_file_field(name, path);
+		return;
+	}
+	fprintf(out, ",\"%s\":null", name);
+}
+
+/*
+ * Files whose presence tells the host a kernel option (labctl/kernel_facts.py):
+ * kernel/ksysfs.c creates crash_elfcorehdr_size only under CONFIG_CRASH_HOTPLUG,
+ * vmcoreinfo under CONFIG_VMCORE_INFO; drivers/base/cpu.c crash_hotplug under
+ * CONFIG_CRASH_HOTPLUG.
+ */
+static void put_kernel_facts(void)
+{
+	fputs(",\"sysfs\":{\"present\":true", out);
+	put_optional_file("vmcoreinfo", "/sys/kernel/vmcoreinfo");
+	put_optional_file("crash_elfcorehdr_size", "/sys/kernel/crash_elfcorehdr_size");
+	put_optional_file("crash_hotplug", "/sys/devices/system/cpu/crash_hotplug");
+	fprintf(out, ",\"config_gz\":%s}", access("/proc/config.gz", F_OK) == 0 ? "true" : "false");
+}
+
+static void cmd_vmcore_pages(char *args)
+{
+	unsigned char page[PAGE_BYTES], digest[32];
+	char *word;
+	int fd = open("/proc/vmcore", O_RDONLY), n = 0, i;
+
+	if (fd < 0) {
+		reply_error("/proc/vmcore", errno);
+		return;
+	}
+	fprintf(out, "{\"type\":\"vmcore-pages\",\"page_size\":%d,\"pages\":[", PAGE_BYTES);
+	while (args && (word = strsep(&args, " "))) {
+		unsigned long long offset = strtoull(word, NULL, 16);
+		ssize_t got = pread(fd, page, sizeof(page), offset);
+		struct sha256 c;
+
+		if (!*word)
+			continue;
+		fprintf(out, "%s[\"%llx\",", n++ ? "," : "", offset);
+		if (got != (ssize_t)sizeof(page)) {
+			fprintf(out, "null,%d]", got < 0 ? errno : EIO);
+			continue;
+		}
+		sha256_init(&c);
+		sha256_update(&c, page, sizeof(page));
+		sha256_final(&c, digest);
+		fputc('"', out);
+		for (i = 0; i < 32; i++)
+			fprintf(out, "%02x", digest[i]);
+		fputs("\",0]", out);
+	}
+	fputc(']', out);
+	reply_end();
+	close(fd);
+}
+
+/* The last max_lines lines a child wrote to fd, as a JSON array; drains fd. */
+static void put_output_tail(int fd, int max_lines)
+{
+	char *buf = malloc(OUTPUT_MAX_BYTES + 1), *p, *line;
+	size_t used = 0;
+	ssize_t got;
+	int lines = 0, n = 0;
+
+	if (!buf) {
+		fputs(",\"output\":[]", out);
+		return;
+	}
+	for (;;) {
+		if (used == OUTPUT_MAX_BYTES) {	/* keep the newer half */
+			memmove(buf, buf + OUTPUT_MAX_BYTES / 2, OUTPUT_MAX_BYTES / 2);
+			used = OUTPUT_MAX_BYTES / 2;
+		}
+		got = read(fd, buf + used, OUTPUT_MAX_BYTES - used);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		used += got;
+	}
+	buf[used] = 0;
+	for (p = buf + used; p > buf; p--)	/* find where the last max_lines lines start */
+		if (p[-1] == '\n' && p != buf + used && ++lines >= max_lines)
+			break;
+	fputs(",\"output\":[", out);
+	while ((line = strsep(&p, "\n")) != NULL) {
+		if (!*line && !p)
+			break;
+		if (n++)
+			fputc(',', out);
+		put_json_string(line);
+	}
+	fputc(']', out);
+	free(buf);
+}
+
+static void cmd_vmcore_dmesg(void)
+{
+	char *argv[] = { VMCORE_DMESG, "/proc/vmcore", NULL };
+	int pipefd[2], status = 0;
+	pid_t pid;
+
+	if (access(VMCORE_DMESG, X_OK) < 0) {
+		reply_error(VMCORE_DMESG, errno);
+		return;
+	}
+	if (pipe(pipefd) < 0) {
+		reply_error("pipe", errno);
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		dup2(pipefd[1], 1);
+		dup2(pipefd[1], 2);
+		close(pipefd[0]);
+		close(pipefd[1]);
+		execv(VMCORE_DMESG, argv);
+		perror(VMCORE_DMESG);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	fputs("{\"type\":\"vmcore-dmesg\"", out);
+	put_output_tail(pipefd[0], DMESG_MAX_LINES);
+	close(pipefd[0]);
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	fprintf(out, ",\"rc\":%d", pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	reply_end();
+}
+
+static void cmd_kernel_config(void)
+{
+	unsigned char *buf = malloc(CONFIG_GZ_MAX);
+	int fd = open("/proc/config.gz", O_RDONLY);
+	size_t used = 0;
+	ssize_t got;
+
+	fputs("{\"type\":\"kernel-config\"", out);
+	if (fd >= 0 && buf) {
+		while (used < CONFIG_GZ_MAX && (got = read(fd, buf + used, CONFIG_GZ_MAX - used)) > 0)
+			used += got;
+		fputs(",\"gz\":\"", out);
+		for (size_t i = 0; i < used; i++)
+			fprintf(out, "%02x", buf[i]);
+		fputc('"', out);
+	} else {
+		fprintf(out, ",\"errno\":%d", errno);
+	}
+	reply_end();
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void put_base64(const unsigned char *p, size_t n)
+{
+	static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t i;
+
+	for (i = 0; i + 2 < n; i += 3) {
+		fputc(abc[p[i] >> 2], out);
+		fputc(abc[(p[i] & 3) << 4 | p[i + 1] >> 4], out);
+		fputc(abc[(p[i + 1] & 15) << 2 | p[i + 2] >> 6], out);
+		fputc(abc[p[i + 2] & 63], out);
+	}
+	if (n - i == 1) {
+		fputc(abc[p[i] >> 2], out);
+		fputc(abc[(p[i] & 3) << 4], out);
+		fputs("==", out);
+	} else if (n - i == 2) {
+		fputc(abc[p[i] >> 2], out);
+		fputc(abc[(p[i] & 3) << 4 | p[i + 1] >> 4], out);
+		fputc(abc[(p[i + 1] & 15) << 2], out);
+		fputc('=', out);
+	}
+}
+
+/*
+ * A filtered, compressed dump streamed to the host: makedumpfile -F (flattened,
+ * so that it can write to a pipe) -c -d 31, in base64 chunks of at most
+ * SAVE_CHUNK bytes, then the total and its SHA-256 for the host to check.
+ */
+static void cmd_save_vmcore(void)
+{
+	char *argv[] = { MAKEDUMPFILE, "-F", "-c", "-d", "31", "--message-level", "22",
+			 "/proc/vmcore", NULL };
+	unsigned char *chunk = malloc(SAVE_CHUNK), digest[32];
+	unsigned long long total = 0;
+	struct sha256 c;
+	int pipefd[2], status = 0, i, seq = 0;
+	pid_t pid;
+
+	if (!chunk || access(MAKEDUMPFILE, X_OK) < 0) {
+		reply_error(MAKEDUMPFILE, chunk ? errno : ENOMEM);
+		free(chunk);
+		return;
+	}
+	if (pipe(pipefd) < 0) {
+		reply_error("pipe", errno);
+		free(chunk);
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		int errfd = open(SAVE_ERRORS, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		dup2(pipefd[1], 1);
+		if (errfd >= 0)
+			dup2(errfd, 2);
+		close(pipefd[0]);
+		close(pipefd[1]);
+		execv(MAKEDUMPFILE, argv);
+		perror(MAKEDUMPFILE);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	sha256_init(&c);
+	for (;;) {
+		size_t used = 0;
+		ssize_t got = 0;
+
+		while (used < SAVE_CHUNK && (got = read(pipefd[0], chunk + used, SAVE_CHUNK - used)) != 0) {
+			if (got < 0 && errno == EINTR)
+				continue;
+			if (got < 0)
+				break;
+			used += got;
+		}
+		if (used) {
+			sha256_update(&c, chunk, used);
+			total += used;
+			fprintf(out, "{\"type\":\"vmcore-chunk\",\"seq\":%d,\"data\":\"", seq++);
+			put_base64(chunk, used);
+			fputc('"', out);
+			reply_end();
+		}
+		if (got <= 0)
+			break;
+	}
+	close(pipefd[0]);
+	if (pid > 0)
+		waitpid(pid, &status, 0);
+	sha256_final(&c, digest);
+	fprintf(out, "{\"type\":\"vmcore-saved\",\"rc\":%d,\"bytes\":%llu,\"chunks\":%d,\"sha256\":\"",
+		pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), total, seq);
+	for (i = 0; i < 32; i++)
+		fprintf(out, "%02x", digest[i]);
+	fputc('"', out);
+	pipefd[0] = open(SAVE_ERRORS, O_RDONLY);
+	if (pipefd[0] >= 0) {
+		put_output_tail(pipefd[0], 20);
+		close(pipefd[0]);
+	}
+	reply_end();
+	free(chunk);
 }
 
 /* A kdump kernel is told where the ELF headers are; /proc/vmcore may still fail. */
@@ -293,6 +687,8 @@ static void cmd_hello(void)
 	put_file_field("cmdline", "/proc/cmdline");
 	put_file_field("kexec_crash_loaded", "/sys/kernel/kexec_crash_loaded");
 	put_cpu_facts();
+	put_system_ram();
+	put_kernel_facts();
 	if (capture)
 		put_vmcore_facts();
 	reply_end();
@@ -529,6 +925,14 @@ static void dispatch(char *line)
 		cmd_unload();
 	else if (!strcmp(verb, "kexec-tool"))
 		cmd_kexec_tool(line);
+	else if (!strcmp(verb, "vmcore-pages"))
+		cmd_vmcore_pages(line);
+	else if (!strcmp(verb, "vmcore-dmesg"))
+		cmd_vmcore_dmesg();
+	else if (!strcmp(verb, "kernel-config"))
+		cmd_kernel_config();
+	else if (!strcmp(verb, "save-vmcore"))
+		cmd_save_vmcore();
 	else if (!strcmp(verb, "panic"))
 		cmd_panic(line ? line : (char[]){"sysrq"});
 	else if (!strcmp(verb, "cpus"))

@@ -104,3 +104,20 @@ def no_leaks(monkeypatch):
         os.kill(pid, signal.SIGKILL)
     assert left == []
     assert unused_run_dirs(set(leftover_run_dirs()) - before) == set()
+
+
+def assert_dump_verified(result: dict) -> None:
+    """A healthy capture: the dump's ranges are the crashed kernel's RAM, every sampled page
+    matched the RAM file, and its log holds the panic the console showed."""
+    dump = result["evidence"]["verdict"]["dump"]
+    assert dump["ok"] and dump["problems"] == [], dump["problems"]
+    assert dump["ranges"]["dumped"] == dump["ranges"]["expected"] != []
+    pages = dump["pages"]["pages"]
+    assert len(pages) >= 3 * len(dump["ranges"]["loads"]) and isinstance(dump["pages"]["seed"], int)
+    assert all(p["dump"] == p["ram_file"] for p in pages)
+    assert {p["pt_load"] for p in pages} == {load["index"] for load in dump["ranges"]["loads"]}
+    log = dump["log"]
+    assert any(line.startswith("Kernel panic - not syncing") for line in log["console_lines"])
+    assert log["found"] == log["console_lines"]
+    assert "Kernel panic - not syncing" in (result["_dir"] / "dump-dmesg.txt").read_text()
+    assert 0 < result["timings"]["dump_check"] < result["timings"]["panic_to_verdict"]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import labctl
+from conftest import assert_dump_verified, labctl
 
 pytestmark = pytest.mark.e2e
 
 SUBSET_6_12 = ["corrupt-elfcorehdr", "load-garbage", "unload-then-panic", "crash-intact-nmi",
-               "crash-corrupt-kexec-load"]
+               "crash-corrupt-kexec-load", "corrupt-elfcorehdr-pt-load"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,22 @@ def test_elfcorehdr_expectation_follows_crash_hotplug(on_6_12, on_6_1):
     assert new["evidence"]["verdict"]["vmcore"]["ok"]
     assert (old["expected"], old["outcome"]) == ("purgatory-refused", "purgatory-refused")
     assert old["evidence"]["corruption"]["segment"]["role"] == "elfcorehdr"
+    assert_dump_verified(new)  # the flipped bytes lie past the program headers in use
+
+
+def test_a_damaged_dump_is_named_not_passed_as_a_capture(on_6_12):
+    """elfcorehdr's PT_LOAD for RAM from 1 MiB says p_offset 0: the capture kernel boots and
+    /proc/vmcore serves low memory there, which the dump check names."""
+    result = on_6_12.results["corrupt-elfcorehdr-pt-load"]
+    assert (result["expected"], result["outcome"], result["passed"]) == (
+        "dump-mismatch", "dump-mismatch", True)
+    assert result["evidence"]["corruption"]["written"] == "00"
+    dump = result["evidence"]["verdict"]["dump"]
+    assert not dump["ok"] and dump["log"]["problems"] == [] and dump["ranges"]["problems"] == []
+    first = dump["problems"][0]
+    assert first.startswith("PT_LOAD 1 (paddr 0x100000-") and "first page at paddr 0x100000 differs" in first
+    assert first.endswith("(the dump serves the RAM file's page at 0x0)")
+    assert result["reason"].startswith("dump-mismatch as expected: PT_LOAD 1 (paddr 0x100000-")
 
 
 def test_garbage_is_rejected_with_enoexec_and_the_guest_stays_healthy(on_6_12):

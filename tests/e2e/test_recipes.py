@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, labctl
+from conftest import ROOT, assert_dump_verified, labctl
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +86,7 @@ def test_instrumented_purgatory_reports_on_com1_and_the_vcpu_evidence_stays(seri
     assert 0 < corrupt["timings"]["panic_to_purgatory_report"] <= corrupt["timings"]["panic_to_verdict"]
     assert intact["outcome"] == "capture-booted" and intact["passed"]
     assert intact["evidence"]["verdict"]["purgatory_console"]["digest"] == "ok"
+    assert_dump_verified(intact)
     assert "purgatory: sha256 digest ok" in (intact["_dir"] / "serial.log").read_text()
 
 
@@ -94,7 +95,10 @@ def test_negative_control_purgatory_is_convicted_as_an_expected_failure(control_
     run = control_run
     assert run.returncode == 1, run.stdout + run.stderr
     corrupt, intact = run.results["crash-corrupt"], run.results["crash-intact"]
-    assert corrupt["outcome"] not in ("purgatory-refused", "infra-error") and corrupt["passed"] is False
+    assert corrupt["outcome"] == "capture-halted" and corrupt["passed"] is False
+    halted = corrupt["evidence"]["verdict"]["halted"]  # judged on evidence, not at the deadline
+    assert halted["segment"] == "kernel" and halted["how"] in ("hlt with interrupts off", "jump-to-self")
+    assert corrupt["timings"]["panic_to_verdict"] < 30
     assert "negative control" in corrupt["expected_failure"]
     assert "tiny-6.12-no-digest x crash-corrupt: " in run.stdout
     assert "-> FAIL (expected failure: negative control" in run.stdout

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import labctl
+from conftest import assert_dump_verified, labctl
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +55,7 @@ def test_intact_boots_the_capture_kernel_with_a_sane_vmcore(both_scenarios):
     assert vmcore["ok"] and vmcore["e_type"] == "ET_CORE" and vmcore["pt_note"] >= 1
     assert vmcore["osrelease"] == result["kernel"]["release"] and vmcore["size"] > 0
     assert "elfcorehdr=" in result["evidence"]["verdict"]["capture_cmdline"]
+    assert_dump_verified(result)
 
 
 def test_result_records_kernel_accel_timings_and_logs(both_scenarios):

@@ -1,0 +1,80 @@
+"""capture-halted: a vCPU stopped for good in the crashkernel reservation, on recorded registers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from labctl.segments import Segment, SegmentTable
+from labctl.verdict import ParkWatch, parse_halted, parse_registers
+from recorded import DATA, registers
+
+HALTED = DATA / "recipes" / "tiny-6.12-no-digest" / "crash-corrupt-halted"
+RECORDED = json.loads((HALTED / "result.json").read_text())
+EVIDENCE = RECORDED["evidence"]["verdict"]["halted"]
+RIP = int(EVIDENCE["rip"], 16)
+CRASHKERNEL = (0x2F000000, 0x3EFFFFFF)
+
+
+def table() -> SegmentTable:
+    segments = RECORDED["evidence"]["load"]["segments"]["segments"]
+    return SegmentTable(tuple(Segment(s["index"], int(s["mem"], 16), int(s["memsz"], 16),
+                                      int(s["bufsz"], 16), s["role"]) for s in segments))
+
+
+def code_at(address: int) -> bytes:
+    """Guest bytes as recorded: `hlt` (f4) then `jmp .-1` (eb fd) at the halted RIP."""
+    return {RIP: bytes.fromhex(EVIDENCE["code"]), RIP - 1: b"\xf4" + bytes.fromhex(EVIDENCE["code"])}.get(
+        address, b"\x90" * 8)
+
+
+def watch_with(text: str, samples: int = 2) -> ParkWatch:
+    watch = ParkWatch(table())
+    for _ in range(samples):
+        watch.add(parse_registers(text), parse_halted(text))
+    return watch
+
+
+def test_the_negative_control_halts_in_its_decompressor_with_interrupts_off():
+    text = (HALTED / "registers.txt").read_text()
+    assert parse_halted(text) == {0} and parse_registers(text) == {0: RIP}
+    found = watch_with(text).stopped(code_at, CRASHKERNEL)
+    assert found["how"] == "hlt with interrupts off" and found["segment"] == "kernel"
+    assert found["rip"] == hex(RIP) and found["segment_offset"] == EVIDENCE["segment_offset"]
+    assert RECORDED["outcome"] == "capture-halted" and RECORDED["timings"]["panic_to_verdict"] < 10
+
+
+def test_one_sample_or_a_moving_rip_is_not_enough():
+    text = (HALTED / "registers.txt").read_text()
+    assert watch_with(text, samples=1).stopped(code_at, CRASHKERNEL) is None
+    watch = watch_with(text, samples=1)
+    moved = text.replace(f"RIP={RIP:016x}", f"RIP={RIP + 2:016x}")
+    watch.add(parse_registers(moved), parse_halted(moved))
+    assert watch.stopped(code_at, CRASHKERNEL) is None
+
+
+def test_a_hlt_that_an_interrupt_can_end_is_an_idle_kernel_not_a_dead_one():
+    text = (HALTED / "registers.txt").read_text().replace("RFL=00000006", "RFL=00000206")
+    assert parse_halted(text) == set()
+    assert watch_with(text).stopped(code_at, CRASHKERNEL) is None
+
+
+def test_outside_the_reservation_or_in_purgatory_it_is_something_else():
+    text = (HALTED / "registers.txt").read_text()
+    assert watch_with(text).stopped(code_at, (0x1000000, 0x2000000)) is None  # the crashed kernel's
+    assert watch_with(text).stopped(code_at, None) is None
+    refused = registers("debian-6.12", "crash-corrupt")  # parked in purgatory on a jump-to-self
+    rip = parse_registers(refused)[0]
+    watch = ParkWatch(SegmentTable((Segment(1, rip & ~0xFFF, 0x5000, 0x4000, "purgatory"),)))
+    watch.add(parse_registers(refused), parse_halted(refused))
+    watch.add(parse_registers(refused), parse_halted(refused))
+    assert watch.stopped(lambda a: b"\xeb\xfe", (rip - 0x1000000, rip + 0x1000000)) is None
+    assert watch.parked(lambda a: b"\xeb\xfe")["cpu"] == 0
+
+
+@pytest.mark.parametrize("code, how", [(b"\xeb\xfe", "jump-to-self"), (b"\xe9\xfb\xff\xff\xff", "jump-to-self")])
+def test_a_self_jump_in_the_capture_kernel_counts_whatever_the_flags(code, how):
+    text = (HALTED / "registers.txt").read_text().replace("HLT=1", "HLT=0")
+    found = watch_with(text).stopped(lambda a: code if a == RIP else b"", CRASHKERNEL)
+    assert found["how"] == how

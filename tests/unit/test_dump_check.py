@@ -1,0 +1,213 @@
+"""The dump check's rules: ranges, sampled pages and the log, on recorded and built dumps."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+
+from labctl import dump_check
+from labctl.dump_check import PAGE, DumpFacts, expected_ranges, merge, subtract, verify
+from labctl.guest_memory import GuestMemory
+from labctl.verdict import DUMP_MISMATCH, judge
+from recorded import message, result
+
+MIB = 1 << 20
+
+
+def core_head(loads: list[tuple[int, int, int]]) -> bytes:
+    """An ELF core head as /proc/vmcore serves it: one PT_NOTE, then PT_LOADs given as
+    (file offset, paddr, size)."""
+    phnum = 1 + len(loads)
+    ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack(
+        "<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 0, 0, 0)
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, 0x1000, 0, 0, 0, 0, 0)
+    for offset, paddr, size in loads:
+        phdrs += struct.pack("<IIQQQQQQ", 1, 7, offset, 0xffff888000000000 + paddr, paddr,
+                             size, size, 0)
+    return ehdr + phdrs
+
+
+@pytest.fixture
+def ram(tmp_path):
+    """A 16 MiB RAM file whose pages above 1 MiB each hold their own address."""
+    path = tmp_path / "guest-ram"
+    with open(path, "wb") as f:
+        f.truncate(16 * MIB)
+        for page in range(MIB, 16 * MIB, PAGE):
+            f.seek(page)
+            f.write(struct.pack("<Q", page) * 8)
+    memory = GuestMemory(path)
+    yield memory
+    memory.close()
+
+
+PRIMARY = {"system_ram": [[0x1000, 0x9fbff], [0x100000, 16 * MIB - 1]],
+           "crashkernel": [12 * MIB, 14 * MIB - 1]}
+# The dump of PRIMARY: 1 MiB .. 12 MiB and 14 MiB .. 16 MiB, back to back in the file.
+GOOD_LOADS = [(0x2000, MIB, 11 * MIB), (0x2000 + 11 * MIB, 14 * MIB, 2 * MIB)]
+PANIC = ["sysrq: Trigger a crash", "Kernel panic - not syncing: sysrq triggered crash"]
+DMESG = {"type": "vmcore-dmesg", "rc": 0,
+         "output": ["[    0.000000] Linux version 6.12.117", "[   11.574100] sysrq: Trigger a crash",
+                    "[   11.574200] Kernel panic - not syncing: sysrq triggered crash"]}
+
+
+def serve(facts: DumpFacts, memory: GuestMemory, where=lambda sample: sample.paddr) -> dict:
+    """The capture helper's vmcore-pages reply, with each sample read from `where`."""
+    pages = [[f"{s.offset:x}", hashlib.sha256(memory.read(where(s), PAGE)).hexdigest(), 0]
+             for s in facts.samples]
+    return {"type": "vmcore-pages", "page_size": PAGE, "pages": pages}
+
+
+def facts_for(loads, memory, primary=PRIMARY, seed=7) -> DumpFacts:
+    return DumpFacts(core_head(loads), primary, memory, PANIC, seed=seed)
+
+
+def test_ranges_arithmetic():
+    assert merge([(5, 9), (0, 3), (3, 4), (8, 12)]) == [(0, 4), (5, 12)]
+    assert subtract([(0, 10)], (3, 5)) == [(0, 3), (5, 10)]
+    assert expected_ranges(PRIMARY["system_ram"], PRIMARY["crashkernel"]) == \
+        [(MIB, 12 * MIB), (14 * MIB, 16 * MIB)]
+
+
+def test_an_intact_dump_passes_every_check(ram):
+    facts = facts_for(GOOD_LOADS, ram)
+    facts.replies = {"vmcore-pages": serve(facts, ram), "vmcore-dmesg": DMESG}
+    evidence = verify(facts)
+    assert evidence["ok"], evidence["problems"]
+    assert evidence["pages"]["compared"] == 12  # first, last, 4 random per PT_LOAD
+    kinds = [p["kind"] for p in evidence["pages"]["pages"]]
+    assert kinds.count("first") == 2 and kinds.count("random") == 8
+    assert evidence["log"]["found"][-1].startswith("Kernel panic - not syncing")
+
+
+def test_random_pages_come_from_the_seed_and_hold_data(ram, tmp_path):
+    one, two = facts_for(GOOD_LOADS, ram, seed=1), facts_for(GOOD_LOADS, ram, seed=1)
+    assert [s.paddr for s in one.samples] == [s.paddr for s in two.samples]
+    assert [s.paddr for s in one.samples] != [s.paddr for s in facts_for(GOOD_LOADS, ram, seed=2).samples]
+    assert all(ram.read(s.paddr, PAGE) != bytes(PAGE) for s in one.samples)
+    assert all(s.paddr >= MIB for s in one.samples)  # the capture kernel's own low memory
+
+
+def test_a_dump_serving_other_memory_names_the_load_and_both_addresses(ram):
+    """elfcorehdr's p_offset pointed elsewhere: the dump serves the page 1 MiB lower."""
+    facts = facts_for(GOOD_LOADS, ram)
+    shifted = lambda s: s.paddr - MIB if s.load.index == 1 else s.paddr  # noqa: E731
+    facts.replies = {"vmcore-pages": serve(facts, ram, shifted), "vmcore-dmesg": DMESG}
+    evidence = verify(facts)
+    assert not evidence["ok"]
+    problem = evidence["problems"][0]
+    last = facts.samples[6]  # the first page of PT_LOAD 1
+    assert problem.startswith(f"PT_LOAD 1 (paddr {14 * MIB:#x}-{16 * MIB:#x}): the first page at "
+                              f"paddr {last.paddr:#x} differs")
+    assert f"the dump serves the RAM file's page at {last.paddr - MIB:#x}" in problem
+    passed, reason = judge("capture-booted", DUMP_MISMATCH, {"dump": evidence})
+    assert not passed and "PT_LOAD 1" in reason and "differs" in reason
+
+
+def test_a_page_the_dump_cannot_serve_is_a_problem(ram):
+    facts = facts_for(GOOD_LOADS, ram)
+    reply = serve(facts, ram)
+    reply["pages"][0][1:] = [None, 14]
+    facts.replies = {"vmcore-pages": reply, "vmcore-dmesg": DMESG}
+    assert "could not be read at offset 0x2000 (paddr 0x100000, errno 14)" in verify(facts)["problems"][0]
+
+
+@pytest.mark.parametrize("loads, problem", [
+    # the last 2 MiB of RAM left out (p_filesz cut short)
+    ([(0x2000, MIB, 11 * MIB)], "System RAM 0xe00000-0x1000000 of the crashed kernel is not in the dump"),
+    # the reservation served as if it were the crashed kernel's memory
+    ([(0x2000, MIB, 15 * MIB)], "PT_LOAD 0 (paddr 0x100000-0x1000000): 0xc00000-0xe00000 is not System RAM"),
+])
+def test_ranges_must_be_system_ram_minus_the_reservation(ram, loads, problem):
+    facts = facts_for(loads, ram)
+    facts.replies = {"vmcore-pages": serve(facts, ram), "vmcore-dmesg": DMESG}
+    assert any(p.startswith(problem) for p in verify(facts)["problems"]), verify(facts)["problems"]
+
+
+def test_low_memory_may_be_left_out_or_served_from_a_backup(ram):
+    """x86 kexec_file_load leaves out the low 1 MiB; kexec-tools serves 0-640K from a copy."""
+    backup = [(0x2000 + 13 * MIB, 0, 0xa0000)] + GOOD_LOADS
+    facts = facts_for(backup, ram)
+    facts.replies = {"vmcore-pages": serve(facts, ram), "vmcore-dmesg": DMESG}
+    assert verify(facts)["ok"]
+
+
+def test_the_log_out_of_the_dump_must_hold_the_console_panic_lines(ram):
+    facts = facts_for(GOOD_LOADS, ram)
+    facts.replies = {"vmcore-pages": serve(facts, ram),
+                     "vmcore-dmesg": {**DMESG, "output": DMESG["output"][:2]}}
+    assert verify(facts)["problems"] == [
+        "the log in the dump lacks 'Kernel panic - not syncing: sysrq triggered crash', "
+        "which the console showed"]
+
+
+def test_vmcore_dmesg_failing_is_a_problem(ram):
+    facts = facts_for(GOOD_LOADS, ram)
+    facts.replies = {"vmcore-pages": serve(facts, ram),
+                     "vmcore-dmesg": {"type": "vmcore-dmesg", "rc": 1,
+                                      "output": ["Missing the log_buf symbol"]}}
+    assert verify(facts)["problems"] == ["vmcore-dmesg could not read the log out of the dump "
+                                         "(rc 1): Missing the log_buf symbol"]
+
+
+def test_checks_can_be_extended():
+    """Issue 16 adds a per-CPU PRSTATUS check by adding to CHECKS."""
+    assert list(dump_check.CHECKS) == ["ranges", "pages", "log"]
+
+
+# ------------------------------------------------------------------ recorded runs
+RECORDED = [("debian-6.12", "crash-intact-dump-check"), ("debian-6.1", "crash-intact-dump-check"),
+            ("debian-6.12", "crash-intact-kexec-load-dump-check"),
+            ("recipes/tiny-6.12-serial", "crash-intact-dump-check")]
+
+
+def recorded_facts(kernel: str, scenario: str, memory: GuestMemory) -> DumpFacts:
+    primary = message(kernel, scenario, "hello", role="primary")
+    capture = message(kernel, scenario, "hello", role="capture")
+    facts = DumpFacts(bytes.fromhex(capture["vmcore_head"]), primary, memory, PANIC, seed=1)
+    facts.replies = {kind: message(kernel, scenario, kind) for kind in ("vmcore-pages", "vmcore-dmesg")}
+    return facts
+
+
+@pytest.mark.parametrize("kernel, scenario", RECORDED)
+def test_recorded_intact_dumps_cover_system_ram_and_hold_the_panic(kernel, scenario, ram):
+    facts = recorded_facts(kernel, scenario, ram)
+    ranges, log = dump_check.check_ranges(facts), dump_check.check_log(facts)
+    assert ranges["problems"] == [] and ranges["dumped"] == ranges["expected"]
+    assert log["problems"] == [] and log["found"] == PANIC
+    # and the recorded verdict agrees: every sampled page matched the RAM file
+    pages = result(kernel, scenario)["evidence"]["verdict"]["dump"]["pages"]
+    assert pages["compared"] >= 12 and all(p["dump"] == p["ram_file"] for p in pages["pages"])
+
+
+def test_recorded_kexec_tools_dump_serves_low_memory_and_is_accepted(ram):
+    facts = recorded_facts("debian-6.12", "crash-intact-kexec-load-dump-check", ram)
+    assert facts.loads[1].paddr == 0x1000  # kexec-tools' PT_LOAD for 0-640K
+    assert dump_check.check_ranges(facts)["problems"] == []
+
+
+def test_recorded_dump_missing_a_range_or_the_panic_is_caught(ram):
+    facts = recorded_facts("debian-6.12", "crash-intact-dump-check", ram)
+    facts.primary = {**facts.primary, "system_ram": facts.primary["system_ram"] + [[0x40000000, 0x4fffffff]]}
+    assert dump_check.check_ranges(facts)["problems"] == [
+        "System RAM 0x40000000-0x50000000 of the crashed kernel is not in the dump"]
+    dmesg = facts.replies["vmcore-dmesg"]
+    facts.replies["vmcore-dmesg"] = {**dmesg, "output": [x for x in dmesg["output"] if "sysrq: Trigger" not in x]}
+    assert dump_check.check_log(facts)["problems"] == [
+        "the log in the dump lacks 'sysrq: Trigger a crash', which the console showed"]
+
+
+def test_recorded_damaged_dump_is_judged_on_what_differed():
+    """corrupt-elfcorehdr-pt-load on debian-6.12: p_offset 0 for the RAM from 1 MiB."""
+    recorded = result("debian-6.12", "corrupt-elfcorehdr-pt-load")
+    evidence = recorded["evidence"]["verdict"]
+    assert recorded["outcome"] == DUMP_MISMATCH and recorded["passed"]
+    first = evidence["dump"]["problems"][0]
+    assert first.startswith("PT_LOAD 1 (paddr 0x100000-0x2e000000): the first page at paddr 0x100000 "
+                            "differs") and first.endswith("(the dump serves the RAM file's page at 0x0)")
+    passed, reason = judge("capture-booted", DUMP_MISMATCH, evidence)
+    assert not passed and reason.startswith("expected capture-booted, got dump-mismatch: PT_LOAD 1")
+    passed, reason = judge(DUMP_MISMATCH, DUMP_MISMATCH, evidence)
+    assert passed and "paddr 0x100000" in reason
