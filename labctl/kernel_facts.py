@@ -66,18 +66,26 @@ def from_sysfs(sysfs: dict | None) -> dict[str, Fact]:
     """Options the primary helper's sysfs probe tells (see the module doc)."""
     if not sysfs or not sysfs.get("present"):
         return {}
+    facts = {}
     if sysfs.get("crash_elfcorehdr_size") is not None:
-        return {"CONFIG_CRASH_HOTPLUG": Fact("y", "running kernel: /sys/kernel/crash_elfcorehdr_size "
-                                                  "exists (kernel/ksysfs.c, CONFIG_CRASH_HOTPLUG)")}
-    if sysfs.get("crash_hotplug") is not None:
-        return {"CONFIG_CRASH_HOTPLUG": Fact("y", "running kernel: /sys/devices/system/cpu/"
-                                                  "crash_hotplug exists (drivers/base/cpu.c)")}
-    if sysfs.get("vmcoreinfo") is not None:
-        return {"CONFIG_CRASH_HOTPLUG": Fact("n", "running kernel: /sys/kernel/vmcoreinfo exists "
+        facts["CONFIG_CRASH_HOTPLUG"] = Fact("y", "running kernel: /sys/kernel/crash_elfcorehdr_size "
+                                                  "exists (kernel/ksysfs.c, CONFIG_CRASH_HOTPLUG)")
+    elif sysfs.get("crash_hotplug") is not None:
+        facts["CONFIG_CRASH_HOTPLUG"] = Fact("y", "running kernel: /sys/devices/system/cpu/"
+                                                  "crash_hotplug exists (drivers/base/cpu.c)")
+    elif sysfs.get("vmcoreinfo") is not None:
+        facts["CONFIG_CRASH_HOTPLUG"] = Fact("n", "running kernel: /sys/kernel/vmcoreinfo exists "
                                                   "but crash_elfcorehdr_size does not (kernel/ksysfs.c "
                                                   "creates it under CONFIG_VMCORE_INFO && "
-                                                  "CONFIG_CRASH_HOTPLUG)")}
-    return {}
+                                                  "CONFIG_CRASH_HOTPLUG)")
+    if sysfs.get("lockdown") is not None:
+        facts["CONFIG_SECURITY_LOCKDOWN_LSM"] = Fact("y", "running kernel: /sys/kernel/security/"
+                                                          "lockdown exists (security/lockdown/lockdown.c)")
+    elif sysfs.get("securityfs"):
+        facts["CONFIG_SECURITY_LOCKDOWN_LSM"] = Fact("n", "running kernel: securityfs has no "
+                                                          "lockdown file (security/lockdown/lockdown.c "
+                                                          "creates it whenever the LSM is built in)")
+    return facts
 
 
 def from_config_gz(gz_hex: str | None) -> dict[str, str] | None:

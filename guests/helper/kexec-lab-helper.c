@@ -45,6 +45,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <dirent.h>
 #include <sys/syscall.h>
@@ -314,11 +315,16 @@ static void put_optional_file(const char *name, const char *path)
  * Files whose presence tells the host a kernel option (labctl/kernel_facts.py):
  * kernel/ksysfs.c creates crash_elfcorehdr_size only under CONFIG_CRASH_HOTPLUG,
  * vmcoreinfo under CONFIG_VMCORE_INFO; drivers/base/cpu.c crash_hotplug under
- * CONFIG_CRASH_HOTPLUG.
+ * CONFIG_CRASH_HOTPLUG; security/lockdown/lockdown.c creates securityfs'
+ * lockdown file whenever CONFIG_SECURITY_LOCKDOWN_LSM is built in.
  */
 static void put_kernel_facts(void)
 {
-	fputs(",\"sysfs\":{\"present\":true", out);
+	int securityfs = mount("securityfs", "/sys/kernel/security", "securityfs", 0, NULL) == 0 ||
+			 errno == EBUSY;
+
+	fprintf(out, ",\"sysfs\":{\"present\":true,\"securityfs\":%s", securityfs ? "true" : "false");
+	put_optional_file("lockdown", "/sys/kernel/security/lockdown");
 	put_optional_file("vmcoreinfo", "/sys/kernel/vmcoreinfo");
 	put_optional_file("crash_elfcorehdr_size", "/sys/kernel/crash_elfcorehdr_size");
 	put_optional_file("crash_hotplug", "/sys/devices/system/cpu/crash_hotplug");

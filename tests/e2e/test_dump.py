@@ -43,7 +43,8 @@ def test_a_bare_image_by_path_learns_its_options_from_the_running_kernel(tmp_pat
     image = next(p for p in listed.stdout.split() if "/vmlinuz-" in p)
     bare = tmp_path / "vmlinuz"
     shutil.copy(image, bare)
-    run = labctl("run", "corrupt-elfcorehdr", "corrupt-elfcorehdr-pt-load", "--kernel", str(bare))
+    run = labctl("run", "corrupt-elfcorehdr", "corrupt-elfcorehdr-pt-load", "lockdown-kexec-load",
+                 "--kernel", str(bare))
     assert run.returncode == 0, run.stdout + run.stderr
     intact, damaged = run.results["corrupt-elfcorehdr"], run.results["corrupt-elfcorehdr-pt-load"]
     assert (intact["expected"], intact["outcome"]) == ("capture-booted", "capture-booted")
@@ -53,3 +54,9 @@ def test_a_bare_image_by_path_learns_its_options_from_the_running_kernel(tmp_pat
         assert fact["value"] == "y" and fact["source"].startswith(
             "running kernel: /sys/kernel/crash_elfcorehdr_size exists")
         assert "config_file" not in fact and result["kernel"]["bzimage"] == str(bare)
+    locked = run.results["lockdown-kexec-load"]  # CONFIG_SECURITY_LOCKDOWN_LSM from securityfs
+    assert (locked["expected"], locked["outcome"], locked["expected_errno"]) == (
+        "load-rejected", "load-rejected", "EPERM")
+    assert locked["evidence"]["kernel_facts"]["CONFIG_SECURITY_LOCKDOWN_LSM"] == {
+        "value": "y", "source": "running kernel: /sys/kernel/security/lockdown exists "
+                                "(security/lockdown/lockdown.c)"}
