@@ -140,6 +140,7 @@ class DumpFacts:
     memory: GuestMemory
     console_lines: list[str]
     seed: int
+    hot_added: list[Range] = field(default_factory=list)  # DIMMs hot-added after boot (smp.py)
     loads: list[Load] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     replies: dict[str, dict] = field(default_factory=dict)  # reply type -> message
@@ -155,12 +156,13 @@ class DumpFacts:
 
 
 def choose_pages(loads: list[Load], seed: int, memory: GuestMemory) -> list[Sample]:
-    """First, last and RANDOM_PAGES random pages of every PT_LOAD, above 1 MiB."""
+    """First, last and RANDOM_PAGES random pages of every PT_LOAD, above 1 MiB and inside
+    the RAM file (a hot-added DIMM has a memory backend of its own)."""
     rng = random.Random(seed)
     samples = []
     for load in loads:
         first = -(-max(load.paddr, LOW_MEMORY_END) // PAGE) * PAGE
-        last = (load.end - PAGE) // PAGE * PAGE
+        last = (min(load.end, memory.size) - PAGE) // PAGE * PAGE
         if last < first:
             continue
         samples.append(Sample(load, "first", first))
@@ -192,13 +194,16 @@ def check_ranges(facts: DumpFacts) -> dict:
         problems.append("the crashed kernel did not report its System RAM (/proc/iomem)")
     for start, end in _missing(expected, dumped):
         problems.append(f"System RAM {start:#x}-{end:#x} of the crashed kernel is not in the dump")
-    allowed = subtract(ram, _reservation(primary))
+    allowed = merge(subtract(ram, _reservation(primary)) + facts.hot_added)
     for load in facts.loads:
         outside = subtract(_missing([(load.paddr, load.end)], allowed), (0, LOW_MEMORY_END))
         for start, end in outside:
             problems.append(f"{load.name()}: {start:#x}-{end:#x} is not System RAM of the "
                             "crashed kernel outside the crashkernel reservation")
+    # Whether the dump covers hot-added memory is judged with the hotplug (smp.py).
+    dumped = _missing(dumped, facts.hot_added)
     return {"expected": _hex_ranges(expected), "dumped": _hex_ranges(dumped),
+            "hot_added": _hex_ranges(facts.hot_added),
             "loads": [ld.to_json() for ld in facts.loads], "problems": problems}
 
 
@@ -239,7 +244,9 @@ def check_pages(facts: DumpFacts) -> dict:
                             f"{sample.paddr:#x} differs: dump sha256 {digest[:16]} != RAM file "
                             f"{truth[:16]}" + (f" (the dump serves the RAM file's page at {found})"
                                                if found else ""))
+    sampled = {s.load.index for s in facts.samples}
     return {"seed": facts.seed, "page_size": PAGE, "compared": len(pages), "pages": pages,
+            "not_sampled": [ld.name() for ld in facts.loads if ld.index not in sampled],
             "problems": problems[:8] + ([f"... {len(problems) - 8} more"] if len(problems) > 8 else [])}
 
 

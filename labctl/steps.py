@@ -454,8 +454,11 @@ class Session:
     def _check_dump(self, head: bytes) -> tuple[dict, dict[str, str]]:
         """Ask the capture helper for page hashes and the log out of the dump; compare."""
         start = time.monotonic()
+        dimm = ((self.cpus.hotplug or {}).get("memory") or {}).get("dimm") if self.cpus else None
+        hot_added = [(int(dimm["address"], 16), int(dimm["address"], 16) + int(dimm["size"], 16))] \
+            if dimm else []
         facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
-                                     seed=random.randrange(1 << 32))
+                                     seed=random.randrange(1 << 32), hot_added=hot_added)
         for command in facts.requests().values():
             self.control.send(command)
         wanted = set(facts.requests())

@@ -211,3 +211,20 @@ def test_recorded_damaged_dump_is_judged_on_what_differed():
     assert not passed and reason.startswith("expected capture-booted, got dump-mismatch: PT_LOAD 1")
     passed, reason = judge(DUMP_MISMATCH, DUMP_MISMATCH, evidence)
     assert passed and "paddr 0x100000" in reason
+
+
+def test_hot_added_memory_outside_the_ram_file_is_left_to_the_hotplug_check(ram):
+    """A DIMM hot-added at 4 GiB has its own memory backend: its PT_LOAD is allowed (smp.py
+    judges whether it should be there) and never sampled from the RAM file."""
+    dimm = (1 << 32, (1 << 32) + 128 * MIB)
+    loads = GOOD_LOADS + [(0x2000 + 13 * MIB, dimm[0], 128 * MIB)]
+    facts = DumpFacts(core_head(loads), PRIMARY, ram, PANIC, seed=3, hot_added=[dimm])
+    facts.replies = {"vmcore-pages": serve(facts, ram), "vmcore-dmesg": DMESG}
+    evidence = verify(facts)
+    assert evidence["ok"], evidence["problems"]
+    assert evidence["pages"]["not_sampled"] == ["PT_LOAD 2 (paddr 0x100000000-0x108000000)"]
+    assert evidence["ranges"]["hot_added"] == ["0x100000000-0x108000000"]
+    facts = DumpFacts(core_head(loads), PRIMARY, ram, PANIC, seed=3)  # not hot-added: a finding
+    facts.replies = {"vmcore-pages": serve(facts, ram), "vmcore-dmesg": DMESG}
+    assert "PT_LOAD 2 (paddr 0x100000000-0x108000000): 0x100000000-0x108000000 is not System RAM" \
+        in verify(facts)["problems"][0]
