@@ -434,7 +434,9 @@ class Session:
             while True:
                 messages, _ = self._events({}, strict=False)
                 for message in messages:
-                    if message["type"] == "vmcore-chunk":
+                    if message["type"] == "vmcore-window":
+                        self.control.send("next" if receiver.window(message, self.memory) else "stop")
+                    elif message["type"] == "vmcore-chunk":
                         receiver.chunk(message)
                     elif message["type"] in ("vmcore-saved", "error"):
                         evidence = receiver.finish(message)

@@ -2,13 +2,15 @@
 
 The capture helper runs `makedumpfile -F -c -d 31 /proc/vmcore` (flattened, so
 that it writes to a pipe; zlib-compressed pages; zero, cache, user and free
-pages left out) and sends the stream over the control port in base64 chunks,
-then its length and SHA-256.  The host writes the chunks to vmcore.flat,
-checks length and digest, and rebuilds the usual kdump-compressed file with
-the host's `makedumpfile -R` (what crash, drgn with libkdumpfile and
-`makedumpfile --dump-dmesg` open).  The serial line is the one channel every
-guest kernel has; it moves a few hundred KB/s under TCG, which is why the
-dump is filtered and compressed first.
+pages left out).  The stream travels through guest memory: the helper fills a
+locked 4 MiB window, sends its page frames (from /proc/self/pagemap) and its
+SHA-256, the host copies those pages out of the RAM file, checks the digest and
+answers `next`.  A kernel whose pagemap does not give page frames gets base64
+chunks over the control port instead (the serial line moves about 100 KB/s
+under TCG; memory, megabytes a second).  Then the stream's length and SHA-256.
+The host writes vmcore.flat, checks length and digest, and rebuilds the usual
+kdump-compressed file with the host's `makedumpfile -R` (what crash, drgn with
+libkdumpfile and `makedumpfile --dump-dmesg` open).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import subprocess
 from pathlib import Path
 
 from labctl.errors import InfraError
+from labctl.guest_memory import GuestMemory
+
+PAGE = 4096
 
 FLAT = "vmcore.flat"
 VMCORE = "vmcore"
@@ -36,6 +41,7 @@ class DumpReceiver:
         self._digest = hashlib.sha256()
         self.bytes = 0
         self.chunks = 0
+        self.problems: list[str] = []
 
     def chunk(self, message: dict) -> None:
         if message.get("seq") != self.chunks:
@@ -49,12 +55,40 @@ class DumpReceiver:
         self.bytes += len(data)
         self.chunks += 1
 
+    def window(self, message: dict, memory: GuestMemory) -> bool:
+        """A window of the stream, read from the guest RAM at the page frames it names;
+        False (and a problem recorded) if it cannot be taken, so the guest stops."""
+        length, pfns = message.get("bytes", 0), message.get("pfns", [])
+        if message.get("seq") != self.chunks:
+            return self._stop(f"window {message.get('seq')} arrived, {self.chunks} expected")
+        if not (0 < length <= len(pfns) * PAGE) or not all(isinstance(p, int) and p > 0 for p in pfns):
+            return self._stop(f"window {self.chunks} names no usable pages")
+        try:
+            data = b"".join(memory.read(pfn * PAGE, PAGE) for pfn in pfns)[:length]
+        except ValueError as exc:
+            return self._stop(f"window {self.chunks}: {exc}")
+        if hashlib.sha256(data).hexdigest() != message.get("sha256"):
+            return self._stop(f"window {self.chunks} changed before the host read it (its SHA-256 "
+                              "differs from the guest's)")
+        self._file.write(data)
+        self._digest.update(data)
+        self.bytes += length
+        self.chunks += 1
+        return True
+
+    def _stop(self, problem: str) -> bool:
+        self.problems.append(problem)
+        return False
+
     def finish(self, saved: dict) -> dict:
         """Check the stream against the guest's totals and rebuild; the evidence to record."""
         self._file.close()
-        evidence = {"rc": saved.get("rc"), "bytes": self.bytes, "chunks": self.chunks,
+        evidence = {"rc": saved.get("rc"), "channel": saved.get("channel"), "bytes": self.bytes,
+                    "chunks": self.chunks,
                     "sha256": self._digest.hexdigest(), "makedumpfile": saved.get("output", []),
-                    "problems": []}
+                    "problems": list(self.problems)}
+        if self.problems:
+            return evidence
         if saved.get("rc") != 0:
             evidence["problems"].append(f"makedumpfile in the capture kernel exited {saved.get('rc')}")
         if (saved.get("bytes"), saved.get("sha256")) != (self.bytes, evidence["sha256"]):

@@ -20,7 +20,7 @@
  *                                       kexec-tools' vmcore-dmesg (its last lines)
  *   kernel-config                       /proc/config.gz, hex encoded, if the kernel has it
  *   save-vmcore                         makedumpfile -F -c -d 31 /proc/vmcore, streamed in
- *                                       base64 "vmcore-chunk" messages (--save-vmcore)
+ *                                       a guest-memory window or base64 chunks (--save-vmcore)
  *   panic TRIGGER [CPU]                 crash the kernel: sysrq (sysrq 'c', a NULL
  *                                       dereference), nmi (arm unknown_nmi_panic;
  *                                       the host injects the NMI), init-exit (make
@@ -45,6 +45,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <dirent.h>
@@ -77,9 +78,11 @@
 #define CONFIG_GZ_MAX (512 * 1024)
 #define MAKEDUMPFILE "/usr/bin/makedumpfile"
 #define SAVE_CHUNK (48 * 1024)
+#define SAVE_WINDOW (4 * 1024 * 1024)
 #define SAVE_ERRORS "/tmp/makedumpfile.log"
 
 static FILE *out;
+static FILE *in;	/* the host's commands; save-vmcore also reads its acks */
 
 static void put_json_string(const char *s)
 {
@@ -489,28 +492,67 @@ static void put_base64(const unsigned char *p, size_t n)
 }
 
 /*
+ * The physical page of each page of buf (root reads PFNs in /proc/self/pagemap),
+ * or 0 when the kernel does not tell.  buf is locked, so its pages stay put.
+ */
+static void put_pfns(int pagemap, unsigned char *buf, size_t used)
+{
+	unsigned long long entry, first = (unsigned long)buf / PAGE_BYTES;
+	size_t i;
+
+	fputs(",\"pfns\":[", out);
+	for (i = 0; i * PAGE_BYTES < used; i++) {
+		if (pread(pagemap, &entry, sizeof(entry), (first + i) * sizeof(entry)) != sizeof(entry))
+			entry = 0;
+		fprintf(out, "%s%llu", i ? "," : "", entry >> 63 ? entry & ((1ULL << 55) - 1) : 0);
+	}
+	fputc(']', out);
+}
+
+static int pagemap_works(int pagemap, unsigned char *buf)
+{
+	unsigned long long entry = 0;
+
+	buf[0] = 1;	/* fault the page in */
+	return pagemap >= 0 &&
+	       pread(pagemap, &entry, sizeof(entry), (unsigned long)buf / PAGE_BYTES * sizeof(entry)) == sizeof(entry) &&
+	       entry >> 63 && (entry & ((1ULL << 55) - 1));
+}
+
+/*
  * A filtered, compressed dump streamed to the host: makedumpfile -F (flattened,
- * so that it can write to a pipe) -c -d 31, in base64 chunks of at most
- * SAVE_CHUNK bytes, then the total and its SHA-256 for the host to check.
+ * so that it can write to a pipe) -c -d 31.  Where the kernel tells physical
+ * addresses (pagemap), the stream goes through guest memory: a locked window
+ * of SAVE_WINDOW bytes is filled, its page frames and SHA-256 are sent, and the
+ * host reads it from the RAM file and answers "next" before it is refilled.
+ * Otherwise it goes over this port in base64 chunks.  Then the total and its
+ * SHA-256, for the host to check.
  */
 static void cmd_save_vmcore(void)
 {
 	char *argv[] = { MAKEDUMPFILE, "-F", "-c", "-d", "31", "--message-level", "22",
 			 "/proc/vmcore", NULL };
-	unsigned char *chunk = malloc(SAVE_CHUNK), digest[32];
+	unsigned char *buf, digest[32];
 	unsigned long long total = 0;
-	struct sha256 c;
-	int pipefd[2], status = 0, i, seq = 0;
+	struct sha256 c, window;
+	int pipefd[2], status = 0, i, seq = 0, pagemap, memory;
+	char ack[64];
 	pid_t pid;
 
-	if (!chunk || access(MAKEDUMPFILE, X_OK) < 0) {
-		reply_error(MAKEDUMPFILE, chunk ? errno : ENOMEM);
-		free(chunk);
+	if (access(MAKEDUMPFILE, X_OK) < 0) {
+		reply_error(MAKEDUMPFILE, errno);
 		return;
 	}
+	buf = mmap(NULL, SAVE_WINDOW, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (buf == MAP_FAILED) {
+		reply_error("mmap", errno);
+		return;
+	}
+	pagemap = open("/proc/self/pagemap", O_RDONLY);
+	memory = mlock(buf, SAVE_WINDOW) == 0 && pagemap_works(pagemap, buf);
 	if (pipe(pipefd) < 0) {
 		reply_error("pipe", errno);
-		free(chunk);
+		munmap(buf, SAVE_WINDOW);
 		return;
 	}
 	pid = fork();
@@ -529,10 +571,10 @@ static void cmd_save_vmcore(void)
 	close(pipefd[1]);
 	sha256_init(&c);
 	for (;;) {
-		size_t used = 0;
+		size_t used = 0, limit = memory ? SAVE_WINDOW : SAVE_CHUNK;
 		ssize_t got = 0;
 
-		while (used < SAVE_CHUNK && (got = read(pipefd[0], chunk + used, SAVE_CHUNK - used)) != 0) {
+		while (used < limit && (got = read(pipefd[0], buf + used, limit - used)) != 0) {
 			if (got < 0 && errno == EINTR)
 				continue;
 			if (got < 0)
@@ -540,21 +582,39 @@ static void cmd_save_vmcore(void)
 			used += got;
 		}
 		if (used) {
-			sha256_update(&c, chunk, used);
+			sha256_update(&c, buf, used);
 			total += used;
-			fprintf(out, "{\"type\":\"vmcore-chunk\",\"seq\":%d,\"data\":\"", seq++);
-			put_base64(chunk, used);
-			fputc('"', out);
-			reply_end();
+			if (memory) {
+				sha256_init(&window);
+				sha256_update(&window, buf, used);
+				sha256_final(&window, digest);
+				fprintf(out, "{\"type\":\"vmcore-window\",\"seq\":%d,\"bytes\":%zu,\"sha256\":\"", seq++, used);
+				for (i = 0; i < 32; i++)
+					fprintf(out, "%02x", digest[i]);
+				fputc('"', out);
+				put_pfns(pagemap, buf, used);
+				reply_end();
+				/* the host copies the window out of the RAM file, then says so */
+				if (!fgets(ack, sizeof(ack), in) || strncmp(ack, "next", 4))
+					break;
+			} else {
+				fprintf(out, "{\"type\":\"vmcore-chunk\",\"seq\":%d,\"data\":\"", seq++);
+				put_base64(buf, used);
+				fputc('"', out);
+				reply_end();
+			}
 		}
 		if (got <= 0)
 			break;
 	}
 	close(pipefd[0]);
-	if (pid > 0)
+	if (pid > 0) {
+		kill(pid, SIGTERM);	/* only if the host stopped early; harmless after its exit */
 		waitpid(pid, &status, 0);
+	}
 	sha256_final(&c, digest);
-	fprintf(out, "{\"type\":\"vmcore-saved\",\"rc\":%d,\"bytes\":%llu,\"chunks\":%d,\"sha256\":\"",
+	fprintf(out, "{\"type\":\"vmcore-saved\",\"channel\":\"%s\",\"rc\":%d,\"bytes\":%llu,\"chunks\":%d,\"sha256\":\"",
+		memory ? "memory" : "serial",
 		pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), total, seq);
 	for (i = 0; i < 32; i++)
 		fprintf(out, "%02x", digest[i]);
@@ -565,7 +625,9 @@ static void cmd_save_vmcore(void)
 		close(pipefd[0]);
 	}
 	reply_end();
-	free(chunk);
+	if (pagemap >= 0)
+		close(pagemap);
+	munmap(buf, SAVE_WINDOW);
 }
 
 /* A kdump kernel is told where the ELF headers are; /proc/vmcore may still fail. */
@@ -970,7 +1032,6 @@ int main(int argc, char **argv)
 {
 	const char *port = argc > 1 ? argv[1] : "/dev/ttyS1";
 	char line[LINE_MAX_LEN];
-	FILE *in;
 	int fd = open_port(port);
 
 	if (fd < 0) {

@@ -21,6 +21,7 @@ def test_saved_vmcore_opens_on_the_host_with_the_panic_in_it(tmp_path, no_leaks)
     assert_dump_verified(result)
     saved = result["evidence"]["verdict"]["saved_vmcore"]
     assert saved["problems"] == [] and saved["rc"] == 0 and saved["file"] == "vmcore"
+    assert saved["channel"] == "memory"  # through guest RAM, not the serial line
     vmcore = result["_dir"] / "vmcore"
     assert vmcore.stat().st_size == saved["size"] > 0 and not (result["_dir"] / "vmcore.flat").exists()
     assert vmcore.read_bytes()[:8] == b"KDUMP   "  # kdump-compressed, as makedumpfile -c writes
