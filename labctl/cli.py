@@ -17,13 +17,15 @@ from pathlib import Path
 
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
-from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_lab, load_scenario
+from labctl.config import find_scenario, load_scenario
 from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
                            Interrupted, LabError)
 from labctl import coverage, interactive, matrix, report
 from labctl.kernel_build import build_entry
 from labctl.kernel_catalogue import catalogue_table
 from labctl.kernels import resolve_kernel
+from labctl.options import add_common_opts, lab_from_args
+from labctl.progress import say
 from labctl.runner import run_pair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,30 +43,14 @@ def default_lab_path() -> Path:
     return local if local.is_file() else REPO_ROOT / "lab.yaml"
 
 
-def _load_lab(args: argparse.Namespace) -> LabConfig:
-    lab = load_lab(args.lab)
-    overrides = {}
-    if getattr(args, "accel", None):
-        overrides["accel"] = args.accel
-    if getattr(args, "artifacts", None):
-        overrides["artifacts_dir"] = Path(args.artifacts).resolve()
-    if overrides:
-        lab = LabConfig(**{**lab.__dict__, **overrides})
-    return lab
-
-
-def scenarios_dir(lab: LabConfig) -> Path:
-    return lab.path.parent.resolve() / "scenarios"
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    lab = _load_lab(args)
-    scenarios = [load_scenario(find_scenario(s, scenarios_dir(lab))) for s in args.scenario]
+    lab = lab_from_args(args)
+    scenarios = [load_scenario(find_scenario(s, lab.scenarios_dir)) for s in args.scenario]
     check_writable(lab.artifacts_dir)
-    kernel = resolve_kernel(lab, args.kernel, progress=_say)
+    kernel = resolve_kernel(lab, args.kernel, progress=say)
     chooser = AccelChooser(lab.cache_dir)
     run_id = args.run_id or new_run_id()
-    _say(f"run {run_id}: kernel {kernel.name} ({kernel.release}"
+    say(f"run {run_id}: kernel {kernel.name} ({kernel.release}"
          + (f", {kernel.package} {kernel.version}" if kernel.package else "") + ")")
     codes = []
     for scenario in scenarios:
@@ -77,21 +63,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel_fetch(args: argparse.Namespace) -> int:
-    lab = _load_lab(args)
+    lab = lab_from_args(args)
     for name in args.names or [lab.default_kernel]:
-        kernel = resolve_kernel(lab, name, progress=_say)
+        kernel = resolve_kernel(lab, name, progress=say)
         print(f"{kernel.name}: {kernel.release} {kernel.package or ''} {kernel.version or ''}".rstrip()
               + f" -> {kernel.bzimage}")
     return EXIT_PASSED
 
 
 def cmd_kernel_list(args: argparse.Namespace) -> int:
-    print(catalogue_table(_load_lab(args)))
+    print(catalogue_table(lab_from_args(args)))
     return EXIT_PASSED
 
 
 def cmd_kernel_build(args: argparse.Namespace) -> int:
-    lab = _load_lab(args)
+    lab = lab_from_args(args)
     for name in args.names:
         build = build_entry(lab, name, args.jobs)
         print(f"{name}: {build.release} ({'cache hit' if build.cache_hit else 'built'}, "
@@ -100,15 +86,11 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
-    lab = _load_lab(args)
-    for path in sorted(scenarios_dir(lab).glob("*.yaml")):
+    lab = lab_from_args(args)
+    for path in sorted(lab.scenarios_dir.glob("*.yaml")):
         scenario = load_scenario(path)
         print(f"{scenario.name:28} expect {scenario.expect.outcome:18} {scenario.description}")
     return EXIT_PASSED
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run scenarios on one kernel")
     run.add_argument("scenario", nargs="+", help="scenario name (scenarios/NAME.yaml) or path")
     run.add_argument("--kernel", help="catalogue name or path to a bzImage (default: lab.yaml's)")
-    run.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
-    run.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    add_common_opts(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     run.add_argument("--save-vmcore", action="store_true",
                      help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "
@@ -135,15 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = kernel.add_subparsers(dest="kernel_command", required=True)
     fetch = ksub.add_parser("fetch", help="download and unpack catalogue kernels")
     fetch.add_argument("names", nargs="*", help="catalogue names (default: the default kernel)")
+    add_common_opts(fetch)
     fetch.set_defaults(func=cmd_kernel_fetch)
-    ksub.add_parser("list", help="list the catalogue").set_defaults(func=cmd_kernel_list)
+    klist = ksub.add_parser("list", help="list the catalogue")
+    add_common_opts(klist)
+    klist.set_defaults(func=cmd_kernel_list)
     kbuild = ksub.add_parser("build", help="build recipe kernels (source + patches), cached")
     kbuild.add_argument("names", nargs="+", help="catalogue names of recipe kernels")
     kbuild.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all cores)")
-    kbuild.add_argument("--artifacts", help="override lab.yaml's artifacts directory (build logs)")
+    add_common_opts(kbuild)  # --artifacts: where the build logs go
     kbuild.set_defaults(func=cmd_kernel_build)
 
-    sub.add_parser("scenarios", help="list the scenarios").set_defaults(func=cmd_scenarios)
+    scenarios = sub.add_parser("scenarios", help="list the scenarios")
+    add_common_opts(scenarios)
+    scenarios.set_defaults(func=cmd_scenarios)
     for register in COMMAND_MODULES:
         register(sub)
     return parser

@@ -279,14 +279,20 @@ class LabConfig:
     default_kernel: str
     kernels: dict[str, KernelEntry] = field(default_factory=dict)
 
+    @property
+    def scenarios_dir(self) -> Path:
+        """The scenarios/ folder next to lab.yaml."""
+        return self.path.parent.resolve() / "scenarios"
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "kexec-lab"
 
 
-def load_lab(path: Path) -> LabConfig:
-    """Read lab.yaml; relative directories are relative to the file's folder."""
+def load_lab(path: Path, accel: str | None = None, artifacts_dir: str | Path | None = None) -> LabConfig:
+    """Read lab.yaml; relative directories are relative to the file's folder.  `accel` and
+    `artifacts_dir` (the command line's --accel and --artifacts) override the file's."""
     path = Path(path)
     data, located = read_yaml(path)
     check = Validator(path, located)
@@ -303,10 +309,11 @@ def load_lab(path: Path) -> LabConfig:
     cache = Path(os.path.expanduser(raw["cache_dir"])) if raw["cache_dir"] else default_cache_dir()
     return LabConfig(
         path=path,
-        accel=raw["accel"],
+        accel=accel or raw["accel"],
         machine=MachineConfig(**raw["machine"]),
         timeouts=Timeouts(**raw["timeouts"]),
-        artifacts_dir=base / os.path.expanduser(raw["artifacts_dir"]),
+        artifacts_dir=Path(artifacts_dir).resolve() if artifacts_dir
+        else base / os.path.expanduser(raw["artifacts_dir"]),
         cache_dir=base / cache,
         default_kernel=raw["default_kernel"],
         kernels=kernels,

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
-from labctl.config import (Corruption, Expectation, LabConfig, LoadStep, Scenario,
-                           load_lab)
+from labctl.config import Corruption, Expectation, LabConfig, LoadStep, Scenario
 from labctl.errors import EXIT_INFRA, EXIT_PASSED
 from labctl import load_coverage
 from labctl.images import KERNEL_IMAGES
 from labctl.kernels import Kernel, resolve_kernel
+from labctl.options import add_common_opts, lab_from_args
+from labctl.progress import say
 from labctl.runner import CONFIG_ERROR, run_pair
 from labctl.verdict import PURGATORY_REFUSED
 
@@ -116,7 +117,7 @@ def markdown(cells: list[Cell]) -> str:
 
 
 def _kernels(args: argparse.Namespace, lab: LabConfig) -> list[Kernel]:
-    return [resolve_kernel(lab, name, progress=lambda t: print(t, file=sys.stderr))
+    return [resolve_kernel(lab, name, progress=say)
             for name in args.kernel or [lab.default_kernel]]
 
 
@@ -171,7 +172,7 @@ def _load_cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> load_cove
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
-    lab = load_lab(args.lab)
+    lab = lab_from_args(args)
     check_writable(lab.artifacts_dir)
     kernels = _kernels(args, lab)
     work, load_work = _jobs(args, kernels), _load_jobs(args, kernels)
@@ -238,6 +239,7 @@ def register(sub) -> None:
     parser.add_argument("--mode", action="append", choices=tuple(load_coverage.MODES),
                         help="load table: only these modes (repeatable)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="guests at a time (default 1)")
+    add_common_opts(parser)
     parser.set_defaults(func=_with_defaults)
 
 

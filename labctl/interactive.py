@@ -28,13 +28,14 @@ from pathlib import Path
 from labctl import lab_prompt, purgatory
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir, write_json
-from labctl.config import ACCELERATORS, Corruption, find_scenario, load_scenario
+from labctl.config import Corruption, find_scenario, load_scenario
 from labctl.console import StampedLog
 from labctl.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
 from labctl.kernel_facts import UnknownFact
 from labctl.kernels import resolve_kernel
 from labctl.lab_prompt import UsageError
-from labctl.progress import Progress
+from labctl.options import add_common_opts, lab_from_args
+from labctl.progress import Progress, say
 from labctl.purgatory import Placement
 from labctl.runner import CONFIG_ERROR, PairRun
 from labctl.segments import SegmentTable
@@ -569,20 +570,19 @@ def _stage(pair: ConsolePair) -> str:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from labctl import cli  # imported here: cli imports this module to register the command
-    lab = cli._load_lab(args)
-    scenario = load_scenario(find_scenario(args.scenario, cli.scenarios_dir(lab)))
+    lab = lab_from_args(args)
+    scenario = load_scenario(find_scenario(args.scenario, lab.scenarios_dir))
     if args.stop_at == "corrupted" and scenario.corrupt is None:
         raise ConfigError(f"--stop-at corrupted: scenario {scenario.name} has no corrupt step "
                           "(stop at loaded and use `corrupt ROLE` at the lab prompt)")
     check_writable(lab.artifacts_dir)
-    kernel = resolve_kernel(lab, args.kernel, progress=cli._say)
+    kernel = resolve_kernel(lab, args.kernel, progress=say)
     run_id = new_run_id()
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     pair = ConsolePair(lab, kernel, scenario, AccelChooser(lab.cache_dir),
                        Progress(f"{kernel.name}/{scenario.name}"), stop_at=args.stop_at,
                        gdb_port=args.gdb, out=out, save_vmcore=args.save_vmcore)
-    cli._say(f"console session {run_id}: {kernel.name} x {scenario.name}, stopping at "
+    say(f"console session {run_id}: {kernel.name} x {scenario.name}, stopping at "
              f"{args.stop_at}; {lab_prompt.ESCAPE_NAME} then `help` for the lab prompt")
     return run_console(pair, run_id)
 
@@ -608,6 +608,5 @@ def register(subparsers) -> None:
     console.add_argument("--save-vmcore", action="store_true",
                          help="keep a filtered, compressed dump (makedumpfile -c -d 31) as 'vmcore' "
                               "in the artifacts when the verdict is a capture")
-    console.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
-    console.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    add_common_opts(console)
     console.set_defaults(func=cmd_console)

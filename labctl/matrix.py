@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.artifacts import check_writable, new_run_id, safe_component, write_json
-from labctl.config import ACCELERATORS, LabConfig, find_scenario, load_scenario
+from labctl.config import LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
+from labctl.options import add_common_opts, lab_from_args
+from labctl.progress import say
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
 from labctl.report_diff import Run, load_run, write_with_baseline
 
@@ -319,19 +321,17 @@ def _kill(process: subprocess.Popen) -> None:
 def resolve_kernels(lab: LabConfig, names: list[str]) -> dict[str, list[str]]:
     """Download (or build) each kernel once, before guests race for it; return the
     Debian package versions to pin for the children."""
-    from labctl.cli import _say  # cli imports this module
     pins = {}
     for name in names:
-        kernel = resolve_kernel(lab, name, progress=_say)
+        kernel = resolve_kernel(lab, name, progress=say)
         if package := lab.kernels[name].debian_package:
             pins[package] = [kernel.package, kernel.version]
     return pins
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from labctl.cli import _load_lab, _say, scenarios_dir  # cli imports this module
-    lab = _load_lab(args)
-    directory = scenarios_dir(lab)
+    lab = lab_from_args(args)
+    directory = lab.scenarios_dir
     if args.emit:
         all_pairs = select_pairs(lab, directory, args.kernels, args.scenarios)
         emit = emit_github if args.emit == "github" else emit_gitlab
@@ -346,7 +346,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
                     pair_timeout=args.pair_timeout)
     if run.run_dir.exists():
         raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
-    _say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")
+    say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")
     try:
         cells = run.run(pairs)
     finally:  # an interrupted matrix still reports the pairs it finished or stopped
@@ -381,8 +381,7 @@ def register(subparsers) -> None:
                                                        "in scenarios/)")
     matrix.add_argument("--jobs", "-j", type=_jobs, default=1, help="guests at a time (default 1)")
     matrix.add_argument("--shard", default="1/1", help="run only shard I of N (default 1/1)")
-    matrix.add_argument("--accel", choices=ACCELERATORS, help="override lab.yaml's accelerator")
-    matrix.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    add_common_opts(matrix)
     matrix.add_argument("--pair-timeout", type=float, default=None,
                         help="stop a pair after this many seconds as an infra error (default: "
                              f"lab.yaml's boot + load + verdict timeouts + {WATCHDOG_MARGIN_SECONDS:.0f})")

@@ -32,3 +32,8 @@ class Progress:
         now = time.monotonic()
         if now - self._last_tick >= TICK_SECONDS:
             self.say(f"still waiting for {waiting_for} ({now - since:.0f} s)")
+
+
+def say(text: str) -> None:
+    """A command's own progress line (not tied to one guest), on stderr."""
+    print(text, file=sys.stderr, flush=True)
