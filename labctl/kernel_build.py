@@ -27,7 +27,8 @@ import unidiff
 
 from labctl.config import Field, KernelEntry, LabConfig, Validator, read_yaml
 from labctl.errors import ConfigError, InfraError
-from labctl.kernels import Kernel, _apt_show, _download_and_unpack
+from labctl.debian import apt_show, download_and_unpack, installed_version, package_dir
+from labctl.kernel_image import CONFIG_LINE, Kernel, config_values
 from labctl.progress import Progress
 from labctl.signing import key_pair
 
@@ -41,7 +42,6 @@ OUTPUTS = {  # cached name -> path inside the object directory
     "purgatory.ro": "arch/x86/purgatory/purgatory.ro",
 }
 PROGRESS_SECONDS = 5.0
-FRAGMENT_LINE = re.compile(r"^(?:(CONFIG_\w+)=(.*)|# (CONFIG_\w+) is not set)$")
 HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)")
 PATCHING_FILE = re.compile(r"^(?:patching|checking) file '?([^']+?)'?$")
 KBUILD_STEP = re.compile(r"^\s+([A-Z][A-Z0-9_]*)\s+(\S+)")
@@ -207,29 +207,22 @@ def cache_key(inputs: dict) -> str:
 
 # ------------------------------------------------------------------ sources
 
-def _installed_version(package: str) -> str | None:
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
-                          capture_output=True, text=True)
-    status, _, version = proc.stdout.partition("|")
-    return version if proc.returncode == 0 and status.endswith(" installed") else None
-
-
 def debian_version(package: str) -> str:
     """The installed version of linux-source-X.Y, else the one the archive offers."""
-    return _installed_version(package) or _apt_show(package)["Version"]
+    return installed_version(package) or apt_show(package)["Version"]
 
 
 def debian_source(package: str, version: str, cache_dir: Path, progress: Progress) -> Path:
     """The unpacked tree of Debian's linux-source-X.Y, from /usr/src or downloaded."""
-    dest = cache_dir / "kernel-src" / f"{package}_{version}"
+    dest = package_dir(cache_dir / "kernel-src", package, version)
     with _locked(dest.with_name(dest.name + ".lock")):
         if not dest.exists():
             tarball = Path("/usr/src") / f"{package}.tar.xz"
-            if _installed_version(package) != version or not tarball.is_file():
+            if installed_version(package) != version or not tarball.is_file():
                 progress.say(f"downloading {package} {version} ...")
                 debs = dest.with_name(dest.name + ".deb")
                 if not debs.exists():
-                    _download_and_unpack(package, version, debs)
+                    download_and_unpack(package, version, debs)
                 tarball = debs / "usr" / "src" / tarball.name
             _unpack(tarball, dest, progress)
     trees = [d for d in dest.iterdir() if (d / "Makefile").is_file()]
@@ -330,17 +323,9 @@ def fragment_expectations(fragment: Path) -> list[tuple[int, str, str]]:
     """(line, symbol, value) for every CONFIG_ line of a fragment; 'n' for 'is not set'."""
     out = []
     for number, line in enumerate(fragment.read_text().splitlines(), 1):
-        if m := FRAGMENT_LINE.match(line.strip()):
+        if m := CONFIG_LINE.match(line.strip()):
             out.append((number, m[1] or m[3], m[2] if m[1] else "n"))
     return out
-
-
-def config_values(config_text: str) -> dict[str, str]:
-    values = {}
-    for line in config_text.splitlines():
-        if m := FRAGMENT_LINE.match(line.strip()):
-            values[m[1] or m[3]] = m[2] if m[1] else "n"
-    return values
 
 
 def check_fragments(fragments: tuple[Path, ...], config_text: str) -> None:

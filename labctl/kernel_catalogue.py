@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from labctl.config import KernelEntry, LabConfig
 from labctl.errors import LabError
 from labctl.kernel_build import entry_recipe, plan_recipe
-from labctl.kernels import Kernel, path_kernel, resolve_package
+from labctl.kernels import Kernel, cached_debian_kernel, path_kernel, resolve_package
 
 KEXEC_SYMBOLS = ("KEXEC_FILE", "CRASH_DUMP", "PROC_VMCORE", "CRASH_HOTPLUG", "KEXEC_SIG")
 
@@ -45,12 +45,7 @@ def describe_entry(lab: LabConfig, entry: KernelEntry) -> Row:
 def _debian(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:
     package, version = resolve_package(entry.debian_package)
     row.note = f"{package} {version}"
-    boot = lab.cache_dir / "kernels" / f"{package}_{version}" / "boot"
-    images = sorted(boot.glob("vmlinuz-*"))
-    if not images:
-        return None
-    release = images[0].name[len("vmlinuz-"):]
-    return Kernel(entry.name, images[0], release, package, version, boot / f"config-{release}")
+    return cached_debian_kernel(entry.name, lab.cache_dir, package, version)
 
 
 def _path(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:

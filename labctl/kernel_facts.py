@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 from labctl.config import Expectation, Expected
+from labctl.kernel_image import parse_config
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,6 @@ class UnknownFact(Exception):
     def __init__(self, symbol: str):
         super().__init__(f"expectation unknown: depends on {symbol}, not known for this kernel")
         self.symbol = symbol
-
-
-def parse_config(text: str) -> dict[str, str]:
-    """CONFIG_* values of a kernel .config ("# CONFIG_X is not set" is "n")."""
-    symbols = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            key, value = line.split("=", 1)
-            symbols[key] = value.strip('"')
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            symbols[line[2:-len(" is not set")]] = "n"
-    return symbols
 
 
 def needed_symbols(expect: Expectation) -> list[str]:

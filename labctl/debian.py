@@ -1,0 +1,62 @@
+"""Debian packages: what the archive offers (apt-cache), what is installed (dpkg-query),
+and one package fetched and unpacked into the cache (apt-get download + dpkg-deb -x).
+Used by both kernel providers: Debian kernels (kernels.py) and recipe sources
+(kernel_build.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from labctl.errors import InfraError
+
+
+def apt_show(package: str) -> dict[str, str]:
+    """The archive's control fields for the candidate version of `package`."""
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", package],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise InfraError(f"the package archive does not know {package!r}: "
+                         "run 'apt-get update' (as root) and try again")
+    fields: dict[str, str] = {}
+    key = None
+    for line in proc.stdout.splitlines():
+        if line[:1].isspace() and key:
+            fields[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            fields[key] = value.strip()
+    return fields
+
+
+def installed_version(package: str) -> str | None:
+    """The installed version of `package`, or None when it is not installed."""
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
+                          capture_output=True, text=True)
+    status, _, version = proc.stdout.partition("|")
+    return version if proc.returncode == 0 and status.endswith(" installed") else None
+
+
+def package_dir(root: Path, package: str, version: str) -> Path:
+    """Where one version of a package is unpacked under a cache folder: one layout for all."""
+    return root / f"{package}_{version}"
+
+
+def download_and_unpack(package: str, version: str, dest: Path) -> None:
+    """`package`=`version`'s files under `dest` (plus a `package` file naming it); the
+    tree appears whole or not at all."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".unpack-") as tmp:
+        argv = ["apt-get", "download", f"{package}={version}"]
+        if os.geteuid() == 0:
+            argv[1:1] = ["-o", "APT::Sandbox::User=root"]
+        proc = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or not debs:
+            raise InfraError(f"'{' '.join(argv)}' failed: {proc.stderr.strip()[-500:]}")
+        tree = Path(tmp) / "tree"
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True, capture_output=True)
+        (tree / "package").write_text(f"{package} {version}\n")
+        os.replace(tree, dest)
