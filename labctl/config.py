@@ -18,15 +18,14 @@ from typing import Any, Callable
 import yaml
 
 from labctl.errors import ConfigError
+from labctl.result import VERDICTS, Outcome
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 # no_timer_check: under TCG on a loaded host the IO-APIC timer check can fail and panic
 # a kernel that is fine ("IO-APIC + timer doesn't work!"); it is a VM, not a bad board.
 DEFAULT_CMDLINE = "no_timer_check"
 DEFAULT_CAPTURE_CMDLINE = "irqpoll nr_cpus=1 reset_devices no_timer_check"
-OUTCOMES = ("capture-booted", "purgatory-refused", "load-rejected", "load-accepted",
-            "panic-halted", "capture-panicked", "guest-reset", "hang", "dump-mismatch",
-            "capture-halted")
+OUTCOMES = tuple(o.value for o in VERDICTS)
 # backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds
 SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup")
 PATTERNS = ("flip", "zero", "random", "bit")
@@ -551,7 +550,7 @@ def _check_combinations(raw: dict, check: Validator) -> None:
     """Rules that span keys, so that a scenario cannot ask for something meaningless."""
     if raw["corrupt"] and raw["trigger"]["kind"] == "none":
         check.fail(("trigger",), "'none' stops after the load, so 'corrupt' would never be judged")
-    if raw["then_intact"] and raw["expect"]["outcome"] not in ("load-rejected", "load-accepted"):
+    if raw["then_intact"] and raw["expect"]["outcome"] not in (Outcome.LOAD_REJECTED, Outcome.LOAD_ACCEPTED):
         check.fail(("then_intact",), "only follows a load-rejected or load-accepted expectation")
     if raw["corrupt"] and raw["corrupt"]["segment"] == "backup" and raw["load"]["method"] != "kexec_load":
         check.fail(("corrupt", "segment"), "only kexec_load (kexec-tools) loads a backup segment")

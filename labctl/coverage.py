@@ -28,8 +28,8 @@ from labctl.images import KERNEL_IMAGES
 from labctl.kernels import Kernel, resolve_kernel
 from labctl.options import add_common_opts, lab_from_args
 from labctl.progress import say
-from labctl.runner import CONFIG_ERROR, run_pair
-from labctl.verdict import PURGATORY_REFUSED
+from labctl.result import Outcome
+from labctl.runner import run_pair
 
 PLACEMENTS = {  # name -> (offset, length, pattern)
     "first-byte": ("start", 1, "flip"),
@@ -58,9 +58,9 @@ class Cell:
 
     @property
     def protected(self) -> bool | None:
-        if self.outcome == CONFIG_ERROR:
+        if self.outcome == Outcome.CONFIG_ERROR:
             return None  # the placement does not exist on this segment (e.g. no tail)
-        return self.outcome == PURGATORY_REFUSED
+        return self.outcome == Outcome.PURGATORY_REFUSED
 
     def to_json(self) -> dict:
         return {**self.__dict__, "protected": self.protected}
@@ -73,19 +73,18 @@ def coverage_scenario(method: str, role: str, placement: str) -> Scenario:
                     description=f"{method}: corrupt {role} at {placement} ({length} B {pattern})",
                     load=LoadStep(method=method),
                     corrupt=Corruption(role, offset, length, pattern),
-                    trigger="sysrq", expect=Expectation(PURGATORY_REFUSED))
+                    trigger="sysrq", expect=Expectation(Outcome.PURGATORY_REFUSED))
 
 
 def _run_cell(lab: LabConfig, kernel: Kernel, method: str, role: str, placement: str,
               run_id: str) -> Cell:
     """One corruption on a fresh guest (runs in a worker process)."""
     chooser = AccelChooser(lab.cache_dir)
-    outcome = run_pair(lab, kernel, coverage_scenario(method, role, placement), run_id,
-                       chooser, quiet=True)
-    result = outcome.result
-    vmcore = ((result["evidence"].get("verdict") or {}).get("vmcore") or {})
-    return Cell(kernel.name, method, role, placement, result["outcome"], result["reason"] or "",
-                str(outcome.directory), vmcore.get("ok"))
+    result = run_pair(lab, kernel, coverage_scenario(method, role, placement), run_id,
+                      chooser, quiet=True)
+    vmcore = ((result.evidence.get("verdict") or {}).get("vmcore") or {})
+    return Cell(kernel.name, method, role, placement, result.outcome, result.reason or "",
+                str(result.directory), vmcore.get("ok"))
 
 
 def cell_text(cell: Cell | None) -> str:
@@ -95,7 +94,7 @@ def cell_text(cell: Cell | None) -> str:
         return "n/a"
     if cell.protected:
         return "refused"
-    broken = cell.outcome == "capture-booted" and cell.vmcore_ok is False
+    broken = cell.outcome == Outcome.CAPTURE_BOOTED and cell.vmcore_ok is False
     return f"**NOT** ({cell.outcome}{', vmcore broken' if broken else ''})"
 
 
@@ -157,7 +156,7 @@ def _cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> Cell:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - the table must survive one broken worker
         kernel, method, role, placement = item
-        return Cell(kernel.name, method, role, placement, "infra-error",
+        return Cell(kernel.name, method, role, placement, Outcome.INFRA_ERROR,
                     f"worker failed: {type(exc).__name__}: {exc}",
                     str(lab.artifacts_dir / run_id / kernel.name))
 
@@ -214,7 +213,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
         written.append("loads.json")
     print(text)
     print(f"written: {out / 'coverage.md'} and {' and '.join(written)}")
-    infra = [c for c in cells + loads if c.outcome == "infra-error"]
+    infra = [c for c in cells + loads if c.outcome == Outcome.INFRA_ERROR]
     if infra:
         print(f"{len(infra)} corruption(s) ended in an infrastructure error; see their result.json",
               file=sys.stderr)

@@ -27,20 +27,21 @@ from pathlib import Path
 
 from labctl import lab_prompt, purgatory
 from labctl.accel import AccelChooser
-from labctl.artifacts import check_writable, new_run_id, pair_dir, write_json
+from labctl.artifacts import check_writable, new_run_id, pair_dir
 from labctl.config import Corruption, find_scenario, load_scenario
 from labctl.console import StampedLog
-from labctl.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
+from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.kernel_facts import UnknownFact
 from labctl.kernels import resolve_kernel
 from labctl.lab_prompt import UsageError
 from labctl.options import add_common_opts, lab_from_args
 from labctl.progress import Progress, say
 from labctl.purgatory import Placement
-from labctl.runner import CONFIG_ERROR, PairRun
+from labctl.result import LOGS, PairResult
+from labctl.runner import PairRun
 from labctl.segments import SegmentTable
 from labctl.steps import POLL_SECONDS, REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
-from labctl.verdict import (INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, NO_VERDICT,
+from labctl.verdict import (CONFIG_ERROR, INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, NO_VERDICT,
                             judge, parse_registers)
 
 STAGES = ("booted", "loaded", "corrupted", "panicked")
@@ -510,59 +511,55 @@ class ConsolePair(PairRun):
             transcript.close()
 
 
-def record(result: dict, finding: Finding | None, pair: ConsolePair, out: Path) -> int:
-    """Put the session's last verdict (if any) into result.json's fields; return the exit code."""
+def record(result: PairResult, finding: Finding | None, pair: ConsolePair) -> None:
+    """Put the session's last verdict (if any) into the result."""
     if finding is None:
-        result.update(outcome=NO_VERDICT, passed=None,
-                      reason="the session ended before the lab reached a verdict")
-        return EXIT_PASSED
-    for name, text in finding.attachments.items():
-        (out / name).write_text(text, encoding="utf-8")
-        result["artifacts"][name.split(".")[0]] = name
+        result.outcome, result.passed = NO_VERDICT, None
+        result.reason = "the session ended before the lab reached a verdict"
+        return
+    result.attach(pair.out, finding.attachments)
     passed, reason = pair.judge(finding)
-    result["evidence"]["verdict"] = finding.evidence
+    result.evidence["verdict"] = finding.evidence
     if passed is None:  # expectation unknown: a configuration-class result
-        result.update(outcome=CONFIG_ERROR, observed=finding.outcome, passed=None, reason=reason)
-        return EXIT_USAGE
-    result.update(outcome=finding.outcome, passed=passed, reason=reason)
-    return EXIT_PASSED if passed else EXIT_FAILED
+        result.outcome, result.passed, result.reason = CONFIG_ERROR, None, reason
+        result.extra["observed"] = finding.outcome
+        return
+    result.outcome, result.passed, result.reason = finding.outcome, passed, reason
 
 
 def run_console(pair: ConsolePair, run_id: str) -> int:
     """Run the session and always leave result.json (mode: console) behind."""
     out, t0 = pair.out, time.monotonic()
     pair.t0 = t0
-    result = {"run_id": run_id, "mode": "console", "stop_at": pair.stop_at,
-              "scenario": {"name": pair.scenario.name, "path": str(pair.scenario.path)},
-              "kernel": pair.kernel.describe(), "accelerator": None,
-              "expected": pair.expected.outcome, "expected_errno": pair.expected.errno,
-              "outcome": None, "passed": False, "reason": None,
-              "evidence": pair.evidence, "timings": {}, "attempts": pair.attempts,
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "artifacts": {"serial_log": "serial.log", "control_log": "control.log",
-                            "qemu_log": "qemu.log", "lab_log": "lab.log"}}
+    result = PairResult(run_id, scenario={"name": pair.scenario.name, "path": str(pair.scenario.path)},
+                        kernel=pair.kernel.describe(), expected=pair.expected.outcome,
+                        expected_errno=pair.expected.errno,
+                        expectation_reason=pair.expected.reason, evidence=pair.evidence,
+                        attempts=pair.attempts, artifacts={**LOGS, "lab_log": "lab.log"},
+                        extra={"mode": "console", "stop_at": pair.stop_at}, directory=out)
     try:
         accel, finding = pair.run(out, t0)
-        result["accelerator"] = accel.to_json()
-        code = record(result, finding, pair, out)
+        result.accelerator = accel.to_json()
+        record(result, finding, pair)
     except (KeyboardInterrupt, Interrupted):
         if pair.live and pair.live.finding:  # a verdict reached before Ctrl-C still counts
-            record(result, pair.live.finding, pair, out)
+            record(result, pair.live.finding, pair)
         else:
-            result.update(outcome=INTERRUPTED, reason=f"interrupted at stage {_stage(pair)}")
-        result["ended_by"] = "interrupt"
+            result.outcome, result.reason = INTERRUPTED, f"interrupted at stage {_stage(pair)}"
+        result.extra["ended_by"] = "interrupt"
         raise Interrupted(f"session ended at stage {_stage(pair)}; artifacts in {out}") from None
     except LabError as exc:
-        result.update(outcome=CONFIG_ERROR if isinstance(exc, ConfigError) else INFRA_ERROR,
-                      reason=str(exc), stage=_stage(pair))
+        result.outcome = CONFIG_ERROR if isinstance(exc, ConfigError) else INFRA_ERROR
+        result.reason = str(exc)
+        result.extra["stage"] = _stage(pair)
         raise
     finally:
         if pair.session:
-            result["timings"] = {**pair.session.timings}
-        result["timings"]["total"] = round(time.monotonic() - t0, 3)
-        write_json(out / "result.json", result)
-    print(f"session ended: {result['outcome']}; artifacts: {out}", flush=True)
-    return code
+            result.timings = {**pair.session.timings}
+        result.timings["total"] = round(time.monotonic() - t0, 3)
+        result.write()
+    print(f"session ended: {result.outcome}; artifacts: {out}", flush=True)
+    return result.exit_code
 
 
 def _stage(pair: ConsolePair) -> str:

@@ -27,10 +27,11 @@ from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
 from labctl.options import add_common_opts, lab_from_args
 from labctl.progress import say
+from labctl.result import Outcome, PairResult
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
 from labctl.report_diff import Run, load_run, write_with_baseline
 
-RETRY_OUTCOMES = {"infra-error"}
+RETRY_OUTCOMES = {Outcome.INFRA_ERROR}
 HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30.0
@@ -209,52 +210,50 @@ class MatrixRun:
         directory = self.pair_dir(job.pair)
         result = self._result(job, directory)
         set_aside = directory.with_name(f".{directory.name}.{ATTEMPT_PREFIX}1")
-        if result["outcome"] in RETRY_OUTCOMES and job.attempt == 1 and may_retry:
+        if result.outcome in RETRY_OUTCOMES and job.attempt == 1 and may_retry:
             directory.rename(set_aside)  # the retry needs a fresh pair directory
-            self.retries[job.pair.key] = [{"attempt": 1, "outcome": result["outcome"],
-                                           "reason": result.get("reason"),
+            self.retries[job.pair.key] = [{"attempt": 1, "outcome": result.outcome,
+                                           "reason": result.reason,
                                            "directory": f"{ATTEMPT_PREFIX}1"}]
-            self.say(f"{job.pair.key}: {result['outcome']} ({result.get('reason')}); retrying once")
+            self.say(f"{job.pair.key}: {result.outcome} ({result.reason}); retrying once")
             return job.pair
         if job.attempt > 1:
             set_aside.rename(directory / f"{ATTEMPT_PREFIX}1")
-        self._record(job, directory, result, total)
+        self._record(job, result, total)
         return None
 
-    def _record(self, job: Running, directory: Path, result: dict, total: int) -> None:
+    def _record(self, job: Running, result: PairResult, total: int) -> None:
         """Annotate the final result with the matrix's facts and report it."""
-        result["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": job.attempt,
-                            "retries": self.retries.get(job.pair.key, []),
-                            "expect_fail": job.pair.expect_fail}
-        write_json(directory / "result.json", result)
-        cell = Cell(directory, result)
+        result.extra["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": job.attempt,
+                                  "retries": self.retries.get(job.pair.key, []),
+                                  "expect_fail": job.pair.expect_fail}
+        result.write()
+        cell = Cell(result.directory, result.to_json())
         self.done.append(cell)
         self.say(f"{len(self.done)}/{total} done: {job.pair.key} {STATUS_LABELS[cell.status]} "
-                 f"{result['outcome']} in {time.monotonic() - job.started:.1f} s"
+                 f"{result.outcome} in {time.monotonic() - job.started:.1f} s"
                  + self._running_note())
 
-    def _result(self, job: Running, directory: Path) -> dict:
+    def _result(self, job: Running, directory: Path) -> PairResult:
         """The child's result.json, or an infra-error result if it left none."""
         directory.mkdir(parents=True, exist_ok=True)
         job.log_path.rename(directory / CHILD_LOG)
         path = directory / "result.json"
         if path.exists():
-            result = json.loads(path.read_text(encoding="utf-8"))
+            result = PairResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+            result.directory = directory
             if job.watchdog:  # the lab hung, not the kernel: an infra error, retried once
-                result.update(outcome="infra-error", passed=False,
-                              reason=f"watchdog: no verdict within {self.pair_timeout:.0f} s, "
-                                     f"stopped ({result.get('reason')})")
+                result.outcome, result.passed = Outcome.INFRA_ERROR, False
+                result.reason = (f"watchdog: no verdict within {self.pair_timeout:.0f} s, "
+                                 f"stopped ({result.reason})")
             return result
         tail = (directory / CHILD_LOG).read_text(errors="replace").strip().splitlines()[-3:]
-        return {"run_id": self.run_id,
-                "scenario": {"name": job.pair.scenario, "path": str(job.pair.path)},
-                "kernel": {"name": job.pair.kernel}, "expected": None,
-                "outcome": "infra-error", "passed": False,
-                "reason": f"labctl run exited {job.process.returncode} without a result.json: "
-                          + " / ".join(tail),
-                "timings": {"total": round(time.monotonic() - job.started, 3)},
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "artifacts": {"labctl_log": CHILD_LOG}}
+        return PairResult(self.run_id, scenario={"name": job.pair.scenario, "path": str(job.pair.path)},
+                          kernel={"name": job.pair.kernel}, outcome=Outcome.INFRA_ERROR,
+                          reason=f"labctl run exited {job.process.returncode} without a "
+                                 "result.json: " + " / ".join(tail),
+                          timings={"total": round(time.monotonic() - job.started, 3)},
+                          artifacts={"labctl_log": CHILD_LOG}, directory=directory)
 
     def _running_note(self) -> str:
         now = time.monotonic()

@@ -21,11 +21,12 @@ from pathlib import Path
 import jinja2
 
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError
+from labctl.result import ERRORS, Outcome
 
 PASS, FAIL, ERROR, XFAIL, XPASS = "pass", "fail", "error", "xfail", "xpass"
 STATUS_LABELS = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", XFAIL: "XFAIL", XPASS: "XPASS"}
 STATUS_MARKS = {PASS: "✅", FAIL: "❌", ERROR: "⚠️", XFAIL: "☑️", XPASS: "❗"}
-ERROR_OUTCOMES = {None, "infra-error", "config-error", "interrupted"}
+ERROR_OUTCOMES = {None, *ERRORS}
 PHASES = ("boot", "load", "corrupt", "panic_to_verdict")
 ATTEMPT_PREFIX = "attempt-"
 NO_CHANGE = {"badges": [], "baseline": {"serial": None, "result": None}}  # report.html without a baseline
@@ -60,7 +61,7 @@ def evidence_summary(result: dict) -> str:
         parts.append(f"capture kernel {verdict.get('capture_release')} booted; /proc/vmcore "
                      f"{vmcore.get('size')} bytes, {vmcore.get('e_type')}, "
                      f"osrelease {vmcore.get('osrelease')}")
-    if outcome == "load-rejected":
+    if outcome == Outcome.LOAD_REJECTED:
         parts.append(f"kexec_file_load errno {verdict.get('errno')} ({verdict.get('strerror')})")
     if vcpus := verdict.get("vcpus"):
         parts.append("last vCPU positions " + ", ".join(f"cpu{v.get('cpu')}@{v.get('rip')}"

@@ -14,12 +14,11 @@ from functools import cached_property
 from pathlib import Path
 
 from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
-from labctl.artifacts import pair_dir, write_json
+from labctl.artifacts import pair_dir
 from labctl.config import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
-from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
-                           InfraError, Interrupted, LabError)
+from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.guest_assets import GuestAssets, build_assets
 from labctl.guest_memory import GuestMemory
 from labctl.images import BAD_IMAGES, SIGNED_IMAGES
@@ -33,10 +32,8 @@ from labctl.cpu_hotplug import (bytes_changed, describe_headers, headers_facts, 
 from labctl.smp import cpu_watch, resolve_cpus
 from labctl.signing import trusted_lab_keys
 from labctl.steps import Finding, Loaded, Session
-from labctl.verdict import INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, judge
-
-CONFIG_ERROR = "config-error"
-
+from labctl.result import Outcome, PairResult
+from labctl.verdict import LOAD_ACCEPTED, LOAD_REJECTED, judge
 
 def primary_cmdline(machine: MachineConfig, crashkernel: bool = True, extra: str = "") -> str:
     """The primary kernel: console on ttyS0, memory reserved for the capture kernel
@@ -56,26 +53,6 @@ def capture_cmdline(machine: MachineConfig, load: LoadStep | None = None) -> str
         pad = " kexec_lab_pad="
         line += pad + "x" * max(0, load.cmdline_length - len(line) - len(pad))
     return line
-
-
-@dataclass
-class PairOutcome:
-    """What the CLI needs from one pair: where its result is and how it ended."""
-
-    directory: Path
-    result: dict
-    exit_code: int
-
-    @property
-    def summary(self) -> str:
-        r = self.result
-        verdict = 'PASS' if r['passed'] else 'FAIL'
-        if r.get("expected_failure"):
-            verdict += f" (expected failure: {r['expected_failure']})"
-        elif r.get("unexpected_pass"):
-            verdict += f" (UNEXPECTED PASS: listed in expect_fail: {r['unexpected_pass']})"
-        return (f"{r['kernel']['name']} x {r['scenario']['name']}: {r['outcome']} "
-                f"(expected {r['expected']}) -> {verdict}: {r['reason']}")
 
 
 @dataclass
@@ -293,7 +270,7 @@ def known_failure(lab: LabConfig, kernel: Kernel, scenario: Scenario) -> str | N
 
 
 def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
-             chooser: AccelChooser, quiet: bool = False, save_vmcore: bool = False) -> PairOutcome:
+             chooser: AccelChooser, quiet: bool = False, save_vmcore: bool = False) -> PairResult:
     """Run one pair and always leave a result.json behind."""
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     progress = Progress(f"{kernel.name}/{scenario.name}", quiet=quiet)
@@ -303,59 +280,51 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         expected = pair.expected
     except UnknownFact:  # perhaps the running kernel will tell
         expected = None
-    result = {"run_id": run_id,
-              "scenario": {"name": scenario.name, "path": str(scenario.path),
-                           "description": scenario.description},
-              "kernel": kernel.describe(), "accelerator": None,
-              "expected": expected and expected.outcome,
-              "expected_errno": expected and expected.errno,
-              "expectation_reason": expected and expected.reason,
-              "outcome": None, "passed": False, "reason": None, "evidence": pair.evidence,
-              "timings": {}, "attempts": pair.attempts,
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "artifacts": {"serial_log": "serial.log", "control_log": "control.log",
-                            "qemu_log": "qemu.log"}}
-    exit_code = EXIT_INFRA
+    result = PairResult(run_id, scenario={"name": scenario.name, "path": str(scenario.path),
+                                          "description": scenario.description},
+                        kernel=kernel.describe(), expected=expected.outcome if expected else None,
+                        expected_errno=expected.errno if expected else None,
+                        expectation_reason=expected.reason if expected else None,
+                        evidence=pair.evidence, attempts=pair.attempts, directory=out)
     try:
         accel, finding = pair.run(out, t0)
-        for name, text in finding.attachments.items():
-            (out / name).write_text(text, encoding="utf-8")
-            result["artifacts"][name.split(".")[0]] = name
+        result.attach(out, finding.attachments)
         try:
             expected = pair.expected
         except UnknownFact as exc:  # a configuration-class result, never a FAIL
             pair.evidence["verdict"] = finding.evidence
-            result.update(accelerator=accel.to_json(), outcome=CONFIG_ERROR, observed=finding.outcome,
-                          reason=f"{exc} (the run's outcome was {finding.outcome})")
-            return PairOutcome(out, result, EXIT_USAGE)
-        result.update(expected=expected.outcome, expected_errno=expected.errno,
-                      expectation_reason=expected.reason)
+            result.accelerator, result.outcome = accel.to_json(), Outcome.CONFIG_ERROR
+            result.extra["observed"] = finding.outcome
+            result.reason = f"{exc} (the run's outcome was {finding.outcome})"
+            return result
+        result.expected, result.expected_errno = expected.outcome, expected.errno
+        result.expectation_reason = expected.reason
         passed, reason = judge(expected.outcome, finding.outcome, finding.evidence,
                                expected.errno, pair.evidence.get("recovery"))
         pair.evidence["verdict"] = finding.evidence
-        result.update(accelerator=accel.to_json(), outcome=finding.outcome, passed=passed,
-                      reason=reason)
-        exit_code = EXIT_PASSED if passed else EXIT_FAILED
+        result.accelerator, result.outcome = accel.to_json(), finding.outcome
+        result.passed, result.reason = passed, reason
         if why := known_failure(lab, kernel, scenario):
-            result["expected_failure" if not passed else "unexpected_pass"] = why
+            result.extra["expected_failure" if not passed else "unexpected_pass"] = why
     except (KeyboardInterrupt, Interrupted):
         phase = pair.session.phase if pair.session else "preparing"
-        result.update(outcome=INTERRUPTED, reason=f"interrupted while {phase}", phase=phase)
+        result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted while {phase}"
+        result.extra["phase"] = phase
         raise Interrupted(f"interrupted while {phase}; partial results in {out}") from None
     except ConfigError as exc:
         if exc.key and not exc.path:  # found on the guest: name the scenario's file and line
             exc = key_error(scenario.path, exc.key, str(exc))
-        result.update(outcome=CONFIG_ERROR, reason=str(exc))
-        exit_code = EXIT_USAGE
+        result.outcome, result.reason = Outcome.CONFIG_ERROR, str(exc)
     except (LabError, OSError) as exc:  # OSError: a socket or the disk failed under the lab
         phase = pair.session.phase if pair.session else "preparing"
-        result.update(outcome=INFRA_ERROR, reason=str(exc), phase=phase)
+        result.outcome, result.reason = Outcome.INFRA_ERROR, str(exc)
+        result.extra["phase"] = phase
     finally:
         if pair.session:
-            result["timings"] = {**pair.session.timings}
-        result["timings"]["total"] = round(time.monotonic() - t0, 3)
+            result.timings = {**pair.session.timings}
+        result.timings["total"] = round(time.monotonic() - t0, 3)
         try:
-            write_json(out / "result.json", result)
+            result.write()
         except OSError as exc:  # the disk filled up (or went away) during the run
             raise InfraError(f"could not write {out / 'result.json'}: {exc.strerror}") from None
-    return PairOutcome(out, result, exit_code)
+    return result

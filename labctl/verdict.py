@@ -30,22 +30,25 @@ import errno
 import re
 from dataclasses import dataclass, field
 
+from labctl.result import Outcome
 from labctl.segments import SegmentTable
 from labctl.smp import cpu_problem
 
-CAPTURE_BOOTED = "capture-booted"
-PURGATORY_REFUSED = "purgatory-refused"
-LOAD_REJECTED = "load-rejected"
-HANG = "hang"
-GUEST_RESET = "guest-reset"
-LOAD_ACCEPTED = "load-accepted"
-PANIC_HALTED = "panic-halted"
-CAPTURE_PANICKED = "capture-panicked"
-DUMP_MISMATCH = "dump-mismatch"
-CAPTURE_HALTED = "capture-halted"
-NO_VERDICT = "no-verdict"  # a bounded look (labctl console) ended before any evidence
-INFRA_ERROR = "infra-error"
-INTERRUPTED = "interrupted"
+# The outcomes under their old names (result.Outcome is the one list).
+CAPTURE_BOOTED = Outcome.CAPTURE_BOOTED
+PURGATORY_REFUSED = Outcome.PURGATORY_REFUSED
+LOAD_REJECTED = Outcome.LOAD_REJECTED
+HANG = Outcome.HANG
+GUEST_RESET = Outcome.GUEST_RESET
+LOAD_ACCEPTED = Outcome.LOAD_ACCEPTED
+PANIC_HALTED = Outcome.PANIC_HALTED
+CAPTURE_PANICKED = Outcome.CAPTURE_PANICKED
+DUMP_MISMATCH = Outcome.DUMP_MISMATCH
+CAPTURE_HALTED = Outcome.CAPTURE_HALTED
+NO_VERDICT = Outcome.NO_VERDICT
+INFRA_ERROR = Outcome.INFRA_ERROR
+CONFIG_ERROR = Outcome.CONFIG_ERROR
+INTERRUPTED = Outcome.INTERRUPTED
 
 # x86 jump-to-self: "jmp ." short (EB FE) or near (E9 FB FF FF FF).
 SELF_JUMPS = (bytes.fromhex("ebfe"), bytes.fromhex("e9fbffffff"))

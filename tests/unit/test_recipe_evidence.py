@@ -17,7 +17,8 @@ from labctl.config import load_lab, load_scenario
 from labctl.kernel_build import load_recipe, plan_recipe
 from labctl.kernel_catalogue import catalogue_table, describe_entry
 from labctl.kernels import Kernel
-from labctl.runner import PairOutcome, known_failure
+from labctl.result import PairResult
+from labctl.runner import known_failure
 from labctl.verdict import (CAPTURE_BOOTED, PURGATORY_REFUSED, PURGATORY_REPORT, judge,
                             purgatory_report)
 
@@ -94,12 +95,12 @@ def test_expected_failure_is_named_in_the_summary():
 
     failed = json.loads((RECORDED / "tiny-6.12-no-digest" / "crash-corrupt" / "result.json").read_text())
     assert failed["expected_failure"] == why
-    summary = PairOutcome(Path("."), failed, 1).summary
+    summary = PairResult.from_json(failed).summary
     assert summary == (f"tiny-6.12-no-digest x crash-corrupt: hang (expected purgatory-refused) -> "
                        f"FAIL (expected failure: {why}): expected purgatory-refused, got hang")
     result, _ = recorded("crash-corrupt")
     lucky = {**result, "unexpected_pass": why}
-    assert "PASS (UNEXPECTED PASS: listed in expect_fail" in PairOutcome(Path("."), lucky, 0).summary
+    assert "PASS (UNEXPECTED PASS: listed in expect_fail" in PairResult.from_json(lucky).summary
 
 
 def test_recorded_negative_control_run_is_convicted_on_its_evidence():
