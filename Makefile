@@ -30,7 +30,7 @@ RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit e2e bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp
+.PHONY: setup run test unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp
 MATRIX_ARGS ?= --jobs 2
 
 setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
@@ -69,8 +69,15 @@ $(STAMPS)/kernels: lab.yaml $(STAMPS)/venv
 run: setup
 	$(LABCTL) run crash-corrupt
 
-test: setup recipes
+test: setup recipes lint
 	$(PYTEST) $(PYTEST_ARGS)
+
+# The lint and type gate: ruff (pyflakes, pycodestyle, isort, bugbear) over the code and the
+# tests, mypy over labctl/ (pyproject.toml has both settings). `make test` runs it first.
+# A sorted-imports complaint after a rebase: $(VENV)/bin/ruff check --fix fixes it.
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check labctl tests bench conftest.py
+	$(VENV)/bin/mypy
 
 unit: $(STAMPS)/venv
 	$(PYTEST) -m 'not e2e' $(PYTEST_ARGS)

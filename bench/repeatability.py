@@ -31,7 +31,7 @@ def run_once(scenario: str, kernel: str, artifacts: Path) -> dict:
     proc = subprocess.run([sys.executable, "-m", "labctl", "run", "-q", scenario, "--kernel", kernel,
                            "--artifacts", str(artifacts)], cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - start
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("  artifacts: ")), None)
+    line = next((s for s in proc.stdout.splitlines() if s.startswith("  artifacts: ")), None)
     if line is None:
         return {"outcome": "no-result", "passed": False, "exit": proc.returncode, "wall": wall,
                 "timings": {}, "reason": proc.stderr.strip()[-300:]}
@@ -54,7 +54,8 @@ def report(scenario: str, runs: list[dict]) -> int:
     print(f"{scenario}: {len(runs)} runs, outcomes {dict(outcomes)}, flakes {len(flakes)}")
     for r in flakes:
         print(f"  flake: {r['outcome']} exit {r['exit']}: {r.get('reason')}")
-    print(f"  time-to-verdict  {spread([r['timings']['panic_to_verdict'] for r in runs if 'panic_to_verdict' in r['timings']])}")
+    verdict_times = [r["timings"]["panic_to_verdict"] for r in runs if "panic_to_verdict" in r["timings"]]
+    print(f"  time-to-verdict  {spread(verdict_times)}")
     print(f"  boot             {spread([r['timings']['boot'] for r in runs if 'boot' in r['timings']])}")
     print(f"  labctl run wall  {spread([r['wall'] for r in runs])}")
     return len(flakes)

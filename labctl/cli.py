@@ -15,12 +15,11 @@ import sys
 import traceback
 from pathlib import Path
 
+from labctl import coverage, interactive, matrix, report
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
 from labctl.config import find_scenario, load_scenario
-from labctl.errors import (EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError,
-                           Interrupted, LabError)
-from labctl import coverage, interactive, matrix, report
+from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
 from labctl.kernel_build import build_entry
 from labctl.kernel_catalogue import catalogue_table
 from labctl.kernels import resolve_kernel

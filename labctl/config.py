@@ -156,8 +156,10 @@ class Validator:
             if name not in data:
                 if spec.default is REQUIRED:
                     self.fail(sub, "is required")
-                nested = spec.schema is not None and spec.default is not None
-                out[name] = self.mapping(spec.default, spec.schema, sub) if nested else spec.default
+                if spec.schema is not None and spec.default is not None:  # a nested mapping
+                    out[name] = self.mapping(spec.default, spec.schema, sub)
+                else:
+                    out[name] = spec.default
                 continue
             out[name] = self.value(data[name], spec, sub)
         return out

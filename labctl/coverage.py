@@ -51,7 +51,7 @@ class Cell:
     method: str
     role: str
     placement: str
-    outcome: str
+    outcome: str | None
     reason: str
     directory: str
     vmcore_ok: bool | None = None  # when the capture kernel booted: was its dump sane?
@@ -144,7 +144,7 @@ def _jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple]:
 
 def _completed(futures: list, work: list):
     """(future, work item) pairs in the order they finish."""
-    index = {future: item for future, item in zip(futures, work)}
+    index = {future: item for future, item in zip(futures, work, strict=True)}
     for future in as_completed(futures):
         yield future, index[future]
 

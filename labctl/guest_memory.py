@@ -45,7 +45,7 @@ def pattern_bytes(original: bytes, pattern: str, seed: int = 0) -> bytes:
         rng = random.Random(seed)
         data = bytes(rng.getrandbits(8) for _ in original)
         # never a no-op: a random byte equal to the original is flipped
-        return bytes(d if d != o else o ^ 0xFF for d, o in zip(data, original))
+        return bytes(d if d != o else o ^ 0xFF for d, o in zip(data, original, strict=True))
     if pattern == "bit":
         return bytes([original[0] ^ 0x01]) + original[1:]
     raise ValueError(f"unknown pattern {pattern!r}")

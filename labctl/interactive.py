@@ -41,8 +41,16 @@ from labctl.result import LOGS, PairResult
 from labctl.runner import PairRun
 from labctl.segments import SegmentTable
 from labctl.steps import POLL_SECONDS, REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
-from labctl.verdict import (CONFIG_ERROR, INFRA_ERROR, INTERRUPTED, LOAD_ACCEPTED, LOAD_REJECTED, NO_VERDICT,
-                            judge, parse_registers)
+from labctl.verdict import (
+    CONFIG_ERROR,
+    INFRA_ERROR,
+    INTERRUPTED,
+    LOAD_ACCEPTED,
+    LOAD_REJECTED,
+    NO_VERDICT,
+    judge,
+    parse_registers,
+)
 
 STAGES = ("booted", "loaded", "corrupted", "panicked")
 ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
@@ -145,18 +153,20 @@ class LiveGuest:
         self.stage = "booted"
         self.show_gdb()
 
-    def load(self) -> None:
+    def load(self) -> Loaded:
         if self.loaded:
             raise UsageError("already loaded; `segments` shows the table")
-        self.loaded = self.pair.step_load(self.session)
+        self.loaded = loaded = self.pair.step_load(self.session)
         self.stage = "loaded"
-        if self.loaded.rejected:
+        if loaded.rejected:
             self.finding = self._load_finding(LOAD_REJECTED)
         elif self.pair.scenario.hotplug:
             self.loaded = self.pair.step_hotplug(self.session, self.loaded)
         self.show_gdb()
+        return loaded
 
     def _load_finding(self, outcome: str) -> Finding:
+        assert self.loaded is not None, "after the load step"
         return Finding(outcome, {k: self.loaded.message.get(k) for k in ("rc", "errno", "strerror")})
 
     def corrupt(self, corruption: Corruption) -> dict:
@@ -187,9 +197,9 @@ class LiveGuest:
 
     def advance(self, until: str | None) -> None:
         """Run the scenario's steps past the current stage, up to `until` (None: all of them)."""
-        scenario = self.pair.scenario
+        scenario, corruption = self.pair.scenario, self.pair.scenario.corrupt
         plan = (("booted", self.boot), ("loaded", self.load),
-                ("corrupted", (lambda: self.corrupt(scenario.corrupt)) if scenario.corrupt else None),
+                ("corrupted", (lambda: self.corrupt(corruption)) if corruption else None),
                 ("panicked", self.scenario_panic if scenario.trigger != "none" else None))
         for stage, step in plan:
             if self.finding:
@@ -303,9 +313,10 @@ class LiveGuest:
             data = self.terminal.read()
             if not data:
                 return self.say("the terminal closed: ending the session")
-            pending = self.route(pending + data)
-            if pending is None:
+            rest = self.route(pending + data)
+            if rest is None:
                 return None
+            pending = rest
 
     def route(self, pending: bytes) -> bytes | None:
         """Input goes to the guest on the console and line by line to the prompt; returns
@@ -381,9 +392,9 @@ class LiveGuest:
         self.say(format_segments(self.loaded.table, self.purgatory()))
 
     def do_load(self) -> None:
-        self.load()
-        if not self.loaded.rejected:
-            self.say(format_segments(self.loaded.table, self.purgatory()))
+        loaded = self.load()
+        if not loaded.rejected:
+            self.say(format_segments(loaded.table, self.purgatory()))
 
     def do_corrupt(self, corruption: Corruption) -> None:
         e = self.corrupt(corruption)
@@ -468,7 +479,7 @@ class ConsolePair(PairRun):
 
     stop_at: str = "loaded"
     gdb_port: int | None = None
-    out: Path | None = None
+    out: Path = Path()  # the pair's artifacts directory (cmd_console sets it)
     t0: float = 0.0  # the run's clock, shared by serial.log, control.log and lab.log
     live: LiveGuest | None = None
 
@@ -497,7 +508,8 @@ class ConsolePair(PairRun):
     def machine_spec(self, accel, assets):
         return replace(super().machine_spec(accel, assets), gdb_port=self.gdb_port)
 
-    def _steps(self, session: Session) -> Finding | None:
+    def _steps(self, session: Session) -> Finding | None:  # type: ignore[override]
+        """None: the person ended the session before a verdict (run_console records that)."""
         terminal = Terminal(sys.stdin.fileno())
         session.console.spawn.logfile_read = Tee(session.console.log, sys.stdout)
         transcript = StampedLog(self.out / "lab.log", self.t0)  # same clock as serial.log

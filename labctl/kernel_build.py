@@ -26,8 +26,8 @@ from pathlib import Path
 import unidiff
 
 from labctl.config import Field, KernelEntry, LabConfig, Validator, read_yaml
-from labctl.errors import ConfigError, InfraError
 from labctl.debian import apt_show, download_and_unpack, installed_version, package_dir
+from labctl.errors import ConfigError, InfraError
 from labctl.kernel_image import CONFIG_LINE, Kernel, config_values
 from labctl.progress import Progress
 from labctl.signing import key_pair
@@ -235,6 +235,7 @@ def source_identity(recipe: Recipe) -> str:
     """What the source is, cheaply: package and version, or a local tree's fingerprint."""
     if recipe.source_package:
         return f"{recipe.source_package} {debian_version(recipe.source_package)}"
+    assert recipe.source_path is not None, "a recipe has a package or a tree"
     return f"tree {recipe.source_path} {tree_fingerprint(recipe.source_path)}"
 
 
@@ -295,7 +296,8 @@ def apply_patch(patch: Path, tree: Path) -> None:
 def describe_patch_failure(patch: Path, output: str) -> str:
     """One message: which patch, which file, which hunk (with its @@ header), which line."""
     hunks = _hunk_headers(patch)
-    failures, current = [], None
+    failures: list[str] = []
+    current = ""
     for line in output.splitlines():
         if m := PATCHING_FILE.match(line):
             current = m[1]
@@ -379,6 +381,7 @@ def build_recipe(recipe: Recipe, cache_dir: Path, progress: Progress, log_dir: P
             tree = debian_source(recipe.source_package, plan.inputs["source"].split(" ", 1)[1],
                                  cache_dir, progress)
         else:
+            assert recipe.source_path is not None, "a recipe has a package or a tree"
             tree = recipe.source_path
         _build(plan, tree, progress, log_dir, jobs or os.cpu_count() or 1)
     return plan.build(cache_hit=False)
@@ -481,6 +484,7 @@ def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path 
         f.flush()
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace")
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             for line in proc.stdout:
                 f.write(line)
@@ -503,6 +507,7 @@ def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path 
 # ------------------------------------------------------------------ the catalogue
 
 def entry_recipe(lab: LabConfig, entry: KernelEntry) -> Recipe:
+    assert entry.recipe, "a recipe entry"
     return load_recipe(lab.path.parent / entry.recipe, entry.name)
 
 

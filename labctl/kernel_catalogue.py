@@ -43,12 +43,14 @@ def describe_entry(lab: LabConfig, entry: KernelEntry) -> Row:
 
 
 def _debian(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:
+    assert entry.debian_package, "a Debian entry"
     package, version = resolve_package(entry.debian_package)
     row.note = f"{package} {version}"
     return cached_debian_kernel(entry.name, lab.cache_dir, package, version)
 
 
 def _path(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:
+    assert entry.path, "a path entry"
     path = (lab.path.parent / entry.path).resolve()
     row.note = str(path)
     return path_kernel(entry.name, path) if path.is_file() else None
@@ -77,5 +79,6 @@ def catalogue_table(lab: LabConfig) -> str:
         lines.append([name + ("*" if name == lab.default_kernel else ""), row.kind, row.release,
                       "yes" if row.cached else "no", *symbols, "; ".join(filter(None, notes))])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1] for line in lines]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1]
+            for line in lines]
     return "\n".join(text + ["(* default kernel; '-' = not known until downloaded or built)"])

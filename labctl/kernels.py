@@ -60,6 +60,7 @@ def cached_debian_kernel(name: str, cache_dir: Path, package: str, version: str)
 
 
 def debian_kernel(entry: KernelEntry, cache_dir: Path, progress=print) -> Kernel:
+    assert entry.debian_package, "a Debian entry"
     package, version = resolve_package(entry.debian_package)
     dest = package_dir(cache_dir / "kernels", package, version)
     if not dest.exists():

@@ -53,17 +53,15 @@ def _corrupt(words: list[str]) -> dict:
     if role not in SEGMENT_ROLES:
         raise UsageError(f"unknown segment role {role!r}; roles: {', '.join(SEGMENT_ROLES)}")
     defaults = Corruption(segment=role)
-    if offset is None or offset in PLACEMENTS:
-        offset = offset or defaults.offset
-    else:
-        offset = parse_int(offset, "OFFSET")
-    length = defaults.length if length is None else parse_int(length, "LENGTH")
-    if not 1 <= length <= MAX_CORRUPT:
-        raise UsageError(f"LENGTH must be between 1 and {MAX_CORRUPT}, got {length}")
+    where: int | str = defaults.offset if offset is None else \
+        offset if offset in PLACEMENTS else parse_int(offset, "OFFSET")
+    size = defaults.length if length is None else parse_int(length, "LENGTH")
+    if not 1 <= size <= MAX_CORRUPT:
+        raise UsageError(f"LENGTH must be between 1 and {MAX_CORRUPT}, got {size}")
     pattern = pattern or defaults.pattern
     if pattern not in PATTERNS:
         raise UsageError(f"unknown pattern {pattern!r}; patterns: {', '.join(PATTERNS)}")
-    return {"corruption": Corruption(segment=role, offset=offset, length=length, pattern=pattern)}
+    return {"corruption": Corruption(segment=role, offset=where, length=size, pattern=pattern)}
 
 
 def _peek(words: list[str]) -> dict:

@@ -186,6 +186,7 @@ class Machine:
         self.shutdown()
 
     def _make_ram_file(self) -> Path:
+        assert self.rundir is not None, "the run dir comes first"
         path = self.rundir / "guest-ram"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -231,6 +232,7 @@ class Machine:
                 sock.close()
 
     def _accept(self, listener: socket.socket, timeout: float = 10.0) -> socket.socket:
+        assert self.proc is not None, "QEMU was started"
         deadline = time.monotonic() + timeout
         listener.settimeout(0.1)
         while True:
@@ -291,6 +293,7 @@ class Machine:
 
     def _qmp_cmd(self, command: str, **args):
         """A QMP command; a QEMU that does not answer (frozen, stopped) is an InfraError."""
+        assert self.qmp is not None, "QMP is used on a launched machine"
         try:
             return self.qmp.cmd(command, **args)
         except TimeoutError:
@@ -314,6 +317,7 @@ class Machine:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
+            assert self.qmp is not None  # created before QEMU starts
             self.qmp.settimeout(QUIT_SECONDS)
             self.qmp.cmd("quit")
         except Exception:  # noqa: BLE001 - any QMP failure (or a stuck QEMU) means: kill it

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from labctl.artifacts import check_writable, new_run_id, safe_component, write_json
 from labctl.config import LabConfig, find_scenario, load_scenario
@@ -27,9 +28,9 @@ from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
 from labctl.options import add_common_opts, lab_from_args
 from labctl.progress import say
-from labctl.result import Outcome, PairResult
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
 from labctl.report_diff import Run, load_run, write_with_baseline
+from labctl.result import Outcome, PairResult
 
 RETRY_OUTCOMES = {Outcome.INFRA_ERROR}
 HEARTBEAT_SECONDS = 15.0
@@ -117,7 +118,7 @@ def scope_baseline(base: Run, pairs: list[Pair], kernels: list[str] | None, scen
 
 def shard_jobs(all_pairs: list[Pair], shards: int) -> list[dict]:
     """One job per kernel x non-empty shard."""
-    jobs = {}
+    jobs: dict[tuple[str, int], int] = {}
     for pair in all_pairs:
         key = (pair.kernel, shard_of(pair.key, shards))
         jobs[key] = jobs.get(key, 0) + 1
@@ -165,7 +166,7 @@ class MatrixRun:
     shard: str = "1/1"
     pins: dict[str, list[str]] = field(default_factory=dict)
     pair_timeout: float | None = None
-    stream: object = sys.stderr
+    stream: TextIO = sys.stderr
     t0: float = field(default_factory=time.monotonic)
     running: list[Running] = field(default_factory=list)
     retries: dict[str, list] = field(default_factory=dict)
@@ -219,16 +220,16 @@ class MatrixRun:
             return job.pair
         if job.attempt > 1:
             set_aside.rename(directory / f"{ATTEMPT_PREFIX}1")
-        self._record(job, result, total)
+        self._record(job, directory, result, total)
         return None
 
-    def _record(self, job: Running, result: PairResult, total: int) -> None:
+    def _record(self, job: Running, directory: Path, result: PairResult, total: int) -> None:
         """Annotate the final result with the matrix's facts and report it."""
         result.extra["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": job.attempt,
                                   "retries": self.retries.get(job.pair.key, []),
                                   "expect_fail": job.pair.expect_fail}
         result.write()
-        cell = Cell(result.directory, result.to_json())
+        cell = Cell(directory, result.to_json())
         self.done.append(cell)
         self.say(f"{len(self.done)}/{total} done: {job.pair.key} {STATUS_LABELS[cell.status]} "
                  f"{result.outcome} in {time.monotonic() - job.started:.1f} s"
@@ -285,6 +286,7 @@ class MatrixRun:
 
     def watch(self) -> None:
         """SIGTERM a child that outlived every timeout of its own (a wedged QMP call...)."""
+        assert self.pair_timeout is not None  # __post_init__ sets it
         now = time.monotonic()
         for job in self.running:
             if not job.watchdog and now - job.started > self.pair_timeout:
@@ -324,6 +326,7 @@ def resolve_kernels(lab: LabConfig, names: list[str]) -> dict[str, list[str]]:
     for name in names:
         kernel = resolve_kernel(lab, name, progress=say)
         if package := lab.kernels[name].debian_package:
+            assert kernel.package and kernel.version, "a Debian kernel knows its package"
             pins[package] = [kernel.package, kernel.version]
     return pins
 

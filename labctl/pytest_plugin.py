@@ -55,13 +55,18 @@ def _opted_in(config: pytest.Config) -> bool:
                 or config.getoption("--lab-scenario"))
 
 
+LAB = pytest.StashKey[LabConfig]()
+RUN_ID = pytest.StashKey[str]()
+PINS = pytest.StashKey[dict]()  # kernel -> the package pins its pairs run with
+
+
 def _lab(config: pytest.Config) -> LabConfig:
-    if not hasattr(config, "_kexec_lab"):
+    if LAB not in config.stash:
         from labctl.cli import default_lab_path
-        config._kexec_lab = load_lab(Path(config.getoption("--lab-config") or default_lab_path()))
-        config._kexec_lab_run_id = new_run_id()
-        config._kexec_lab_pins = {}
-    return config._kexec_lab
+        config.stash[LAB] = load_lab(Path(config.getoption("--lab-config") or default_lab_path()))
+        config.stash[RUN_ID] = new_run_id()
+        config.stash[PINS] = {}
+    return config.stash[LAB]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -99,20 +104,21 @@ class PairItem(pytest.Item):
 
     def setup(self) -> None:
         lab = _lab(self.config)
-        pins = self.config._kexec_lab_pins
+        pins = self.config.stash[PINS]
         if self.pair.kernel not in pins:  # once per kernel and process, as the matrix does
             pins[self.pair.kernel] = resolve_kernels(lab, [self.pair.kernel])
-        run = MatrixRun(lab, self.config._kexec_lab_run_id, jobs=1, pins=pins[self.pair.kernel])
-        self.cell = run.run([self.pair])[0]
+        run = MatrixRun(lab, self.config.stash[RUN_ID], jobs=1, pins=pins[self.pair.kernel])
+        self.cell = cell = run.run([self.pair])[0]
         for name in ("outcome", "expected"):
-            self.user_properties.append((name, str(self.cell.result.get(name))))
-        self.user_properties.append(("artifacts", str(self.cell.directory)))
-        self.user_properties.append(("serial_log", str(self.cell.directory / "serial.log")))
-        self.add_report_section("setup", "artifacts", str(self.cell.directory))
-        if self.cell.status == ERROR:
-            raise LabPairError(evidence_summary(self.cell.result))
+            self.user_properties.append((name, str(cell.result.get(name))))
+        self.user_properties.append(("artifacts", str(cell.directory)))
+        self.user_properties.append(("serial_log", str(cell.directory / "serial.log")))
+        self.add_report_section("setup", "artifacts", str(cell.directory))
+        if cell.status == ERROR:
+            raise LabPairError(evidence_summary(cell.result))
 
     def runtest(self) -> None:
+        assert self.cell is not None, "setup ran the pair"
         status = self.cell.status
         if status == XFAIL:
             pytest.xfail(f"expected failure: {self.pair.expect_fail}")

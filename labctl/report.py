@@ -17,6 +17,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -108,7 +109,8 @@ class Cell:
         """Phases as shares of the total, for the HTML bar (the rest is 'other')."""
         timings = self.result.get("timings") or {}
         total = self.seconds or 1.0
-        phases = [{"name": p, "seconds": float(timings[p])} for p in PHASES if timings.get(p)]
+        phases: list[dict[str, Any]] = [{"name": p, "seconds": float(timings[p])}
+                                        for p in PHASES if timings.get(p)]
         other = total - sum(p["seconds"] for p in phases)
         if other > 0.001:
             phases.append({"name": "other", "seconds": other})
@@ -209,7 +211,7 @@ def _testcase(suite: ET.Element, cell: Cell, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------- summary.md
 
-def _md(text: str) -> str:
+def _md(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 

@@ -18,6 +18,7 @@ from labctl.artifacts import pair_dir
 from labctl.config import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
+from labctl.cpu_hotplug import headers_facts, hot_add
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.guest_assets import GuestAssets, build_assets
 from labctl.guest_memory import GuestMemory
@@ -29,11 +30,12 @@ from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
 from labctl.cpu_hotplug import (bytes_changed, describe_headers, headers_facts, hot_add_cpus,
                                  hot_add_memory, read_headers)
+from labctl.result import Outcome, PairResult
 from labctl.smp import cpu_watch, resolve_cpus
 from labctl.signing import trusted_lab_keys
 from labctl.steps import Finding, Loaded, Session
-from labctl.result import Outcome, PairResult
 from labctl.verdict import LOAD_ACCEPTED, LOAD_REJECTED, judge
+
 
 def primary_cmdline(machine: MachineConfig, crashkernel: bool = True, extra: str = "") -> str:
     """The primary kernel: console on ttyS0, memory reserved for the capture kernel
@@ -136,6 +138,7 @@ class PairRun:
 
     def _attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
         with Machine(spec, out / "qemu.log") as machine:
+            assert machine.console and machine.control and machine.ram_path, "launched"
             console = Console(machine.console.fileno(), StampedLog(out / "serial.log", t0))
             control = ControlChannel(machine.control, out / "control.log", t0)
             memory = GuestMemory(machine.ram_path)

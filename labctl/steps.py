@@ -26,17 +26,17 @@ from labctl.control import ControlChannel
 from labctl.errors import ConfigError, InfraError
 from labctl.guest_assets import GUEST_INITRD
 from labctl.guest_memory import GuestMemory
+from labctl.images import guest_path
 from labctl.machine import Machine
 from labctl.progress import Progress
-from labctl.smp import CpuWatch
 from labctl.segments import Segment, SegmentTable, parse_segment_table
-from labctl.images import guest_path
 from labctl.kernel_facts import from_config_gz
 from labctl.vmcore_save import DumpReceiver
 from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_HALTED, CAPTURE_PANICKED, DUMP_MISMATCH,
                             GUEST_RESET, HANG, NO_VERDICT, PANIC_HALTED, PURGATORY_REFUSED,
                             PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers,
                             purgatory_report)
+from labctl.smp import CpuWatch
 from labctl.vmcore import check_vmcore
 
 KEXEC_FILE_ON_CRASH = 0x2
@@ -309,6 +309,7 @@ class Session:
             if self.cpus is not None:
                 self.cpus.pinned = reply.get("cpu")
         if trigger == "nmi":
+            assert self.machine.qmp is not None
             self.machine.qmp.cmd("inject-nmi")
 
     def observe(self, table: SegmentTable, release: str, within: float | None = None) -> Finding:
@@ -404,7 +405,7 @@ class Session:
     def _reset(self, start: float) -> Finding:
         """QEMU ended after the panic: a reset (exit 0 under -no-reboot) is a finding; QEMU
         killed from outside or failing is not, and is the guest-gone infrastructure error."""
-        if self.machine.proc.returncode != 0:
+        if self.machine.proc is None or self.machine.proc.returncode != 0:
             raise self._guest_gone()
         return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})

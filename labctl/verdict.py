@@ -181,7 +181,7 @@ def purgatory_report(line: str) -> dict:
     """An instrumented purgatory's COM1 line: the digest result and whether it goes on."""
     digest, goes_on = DIGEST_RESULT.search(line), GOES_ON.search(line)
     return {"line": line.strip(), "digest": digest[1] if digest else None,
-            "boots_next_kernel": bool(goes_on) and not goes_on[1]}
+            "boots_next_kernel": goes_on is not None and not goes_on[1]}
 
 
 def console_contradiction(outcome: str, evidence: dict) -> str | None:

@@ -408,7 +408,7 @@ def test_two_runs_of_one_scenario_at_once_share_nothing(no_leaks):
     assert {"guest-ram", "console.sock", "control.sock"} <= set(sockets[0])
     finished = [run.finish(timeout=300) for run in runs]
     assert [code for code, _, _ in finished] == [0, 0], [run.stderr for run in runs]
-    dirs = [run.result(stdout)["_dir"] for run, (_, stdout, _) in zip(runs, finished)]
+    dirs = [run.result(stdout)["_dir"] for run, (_, stdout, _) in zip(runs, finished, strict=True)]
     assert dirs[0] != dirs[1] and all(d.exists() for d in dirs)
     for pid, rundir in qemus:
         assert_gone(pid, rundir)

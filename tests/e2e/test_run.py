@@ -38,7 +38,8 @@ def test_corrupt_is_refused_by_purgatory_with_evidence(both_scenarios):
     assert corruption["verified"] and corruption["segment"]["role"] == "kernel"
     assert corruption["before"] != corruption["after"] == corruption["written"]
     segment = corruption["segment"]
-    assert int(segment["mem"], 16) <= int(corruption["address"], 16) < int(segment["mem"], 16) + int(segment["memsz"], 16)
+    start = int(segment["mem"], 16)
+    assert start <= int(corruption["address"], 16) < start + int(segment["memsz"], 16)
     parked = result["evidence"]["verdict"]["parked"]
     assert parked["samples"] >= 2 and parked["segment"]["role"] == "purgatory"
     assert parked["code"].startswith(("ebfe", "e9fbffffff"))

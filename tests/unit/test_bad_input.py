@@ -14,11 +14,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from labctl import cli
-from labctl.config import (ERRNO_NAMES, KERNEL_IMAGES, LOAD_METHODS, OUTCOMES, PATTERNS, PLACEMENTS,
-                           SEGMENT_ROLES, TRIGGERS, load_scenario)
+from labctl.config import (
+    ERRNO_NAMES,
+    KERNEL_IMAGES,
+    LOAD_METHODS,
+    OUTCOMES,
+    PATTERNS,
+    PLACEMENTS,
+    SEGMENT_ROLES,
+    TRIGGERS,
+    load_scenario,
+)
 from labctl.errors import ConfigError
 
 LAB = """\
@@ -258,8 +268,8 @@ def test_an_unknown_key_is_named_with_its_line(tmp_path, doc, key):
     path = tmp_path / "unknown.yaml"
     text = yaml.safe_dump(doc)
     path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) 
-                if l.split(":")[0].strip("'\"") == key)
+    line = next(i for i, row in enumerate(text.splitlines(), 1)
+                if row.split(":")[0].strip("'\"") == key)
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     assert str(err.value).startswith(f"{path}:{line}: key '{key}': unknown key"), str(err.value)

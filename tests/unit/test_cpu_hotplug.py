@@ -5,12 +5,13 @@ import json
 import struct
 from pathlib import Path
 
+from recorded import DATA
+
 from labctl.config import load_scenario
 from labctl.cpu_hotplug import cpu_device, free_slots, headers_facts
 from labctl.guest_memory import GuestMemory
 from labctl.machine import MachineSpec, qemu_argv
 from labctl.segments import Segment, SegmentTable
-from recorded import DATA
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKS = (Path("r"), Path("c"), Path("t"), Path("q"))
@@ -86,9 +87,10 @@ def test_recorded_hotplug_dumps_against_each_kernels_expectation():
     """6.1 described only the CPUs present at load: the hot-added CPU that panicked has no
     note; 6.12 described every possible CPU: both notes.  The default expectation (one note
     per online CPU) would fail 6.1, which is why the scenario says what 6.1 does and why."""
+    from recorded import control_messages
+
     from labctl.smp import cpu_watch
     from labctl.vmcore import check_vmcore
-    from recorded import control_messages
     scenario = load_scenario(ROOT / "scenarios" / "cpu-hotplug.yaml")
     for kernel, symbols, notes in (("debian-6.1", {}, 1), ("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"}, 2)):
         messages = control_messages(kernel, "cpu-hotplug")

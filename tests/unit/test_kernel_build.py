@@ -16,8 +16,18 @@ import pytest
 
 from labctl import kernel_build
 from labctl.errors import ConfigError
-from labctl.kernel_build import (BuildError, PatchError, apply_patch, cache_key, check_fragments, load_recipe,
-                                 private_copy, recipe_inputs, source_identity, tree_fingerprint)
+from labctl.kernel_build import (
+    BuildError,
+    PatchError,
+    apply_patch,
+    cache_key,
+    check_fragments,
+    load_recipe,
+    private_copy,
+    recipe_inputs,
+    source_identity,
+    tree_fingerprint,
+)
 from labctl.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,14 +1,13 @@
 """The lab prompt's parsing: every command, its defaults, and what a typo gets back."""
 
 import pytest
+from recorded import DATA, message, registers
 
 from labctl.config import Corruption
 from labctl.interactive import format_registers, format_segments
-from labctl.lab_prompt import (COMMANDS, MAX_PEEK, Command, UsageError, help_text, hexdump,
-                               parse)
-from labctl.segments import parse_segment_table
+from labctl.lab_prompt import COMMANDS, MAX_PEEK, Command, UsageError, help_text, hexdump, parse
 from labctl.purgatory import locate
-from recorded import DATA, message, registers
+from labctl.segments import parse_segment_table
 
 
 def test_blank_lines_are_nothing_to_run():

@@ -8,15 +8,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labctl.artifacts import pair_dir
 from labctl.cli import main
 from labctl.config import load_lab
 from labctl.errors import ConfigError
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_package
-from labctl.matrix import (emit_github, emit_gitlab, parse_shard, run_id_arg, select_pairs,
-                           shard_of)
+from labctl.matrix import emit_github, emit_gitlab, parse_shard, run_id_arg, select_pairs, shard_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = "load: {method: kexec_file_load}\nexpect: capture-booted\n"

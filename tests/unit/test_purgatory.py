@@ -6,11 +6,11 @@ kernel packages as the recorded transcripts next to it).
 """
 
 import pytest
+from recorded import DATA, message, result
 
 from labctl import purgatory
 from labctl.guest_memory import GuestMemory
 from labctl.segments import parse_segment_table
-from recorded import DATA, message, result
 
 
 def table(kernel):

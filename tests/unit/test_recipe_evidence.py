@@ -19,8 +19,7 @@ from labctl.kernel_catalogue import catalogue_table, describe_entry
 from labctl.kernels import Kernel
 from labctl.result import PairResult
 from labctl.runner import known_failure
-from labctl.verdict import (CAPTURE_BOOTED, PURGATORY_REFUSED, PURGATORY_REPORT, judge,
-                            purgatory_report)
+from labctl.verdict import CAPTURE_BOOTED, PURGATORY_REFUSED, PURGATORY_REPORT, judge, purgatory_report
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "tests" / "data" / "recipes"

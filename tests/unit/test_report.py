@@ -9,12 +9,24 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
+from recorded import result as recorded
 
 from labctl.cli import main
 from labctl.errors import ConfigError
-from labctl.report import (ERROR, FAIL, PASS, XFAIL, XPASS, classify, evidence_summary,
-                           exit_code, junit_xml, load_cells, report_html, summary_md)
-from recorded import result as recorded
+from labctl.report import (
+    ERROR,
+    FAIL,
+    PASS,
+    XFAIL,
+    XPASS,
+    classify,
+    evidence_summary,
+    exit_code,
+    junit_xml,
+    load_cells,
+    report_html,
+    summary_md,
+)
 
 
 def _fail(kernel="debian-6.12"):

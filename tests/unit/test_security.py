@@ -12,7 +12,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labctl.artifacts import safe_component
 from labctl.machine import OWNER_FILE, Machine, MachineSpec, RunDir, qemu_argv, sweep_stale_run_dirs

@@ -1,9 +1,9 @@
 """Segment tables parsed from what real 6.12 and 6.1 kernels printed during a load."""
 
 import pytest
+from recorded import KERNELS, message
 
 from labctl.segments import parse_segment_table
-from recorded import KERNELS, message
 
 ROLES = {"elfcorehdr", "purgatory", "boot_params", "kernel", "initrd"}
 

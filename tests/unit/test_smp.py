@@ -8,6 +8,8 @@ QMP's inject-nmi; serial-panic.log is the console from the trigger on.
 from pathlib import Path
 
 import pytest
+from recorded import DATA, KERNELS, control_messages, message, registers, result
+from test_config import assert_config_error, write
 
 from labctl.config import MachineConfig, load_scenario
 from labctl.errors import ConfigError
@@ -15,8 +17,6 @@ from labctl.machine import MachineSpec, qemu_argv
 from labctl.smp import CpuWatch, cpu_watch, parse_cpulist, parse_vcpu_states, resolve_cpus
 from labctl.verdict import judge
 from labctl.vmcore import check_vmcore
-from recorded import DATA, KERNELS, control_messages, message, registers, result
-from test_config import assert_config_error, write
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = [(k, s) for k in KERNELS for s in ("crash-intact-cpu1", "crash-corrupt-cpu1")]

@@ -1,11 +1,11 @@
 """Verdict logic on recorded register dumps, control transcripts and vmcore heads."""
 
 import pytest
+from recorded import KERNELS, control_messages, message, registers, result
 
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.verdict import ParkWatch, is_self_jump, judge, parse_registers
 from labctl.vmcore import check_vmcore
-from recorded import KERNELS, control_messages, message, registers, result
 
 PURGATORY = Segment(index=1, mem=0x3DFFA000, memsz=0x5000, bufsz=0x4000, role="purgatory")
 KERNEL = Segment(index=3, mem=0x3AC00000, memsz=0x37DC000, bufsz=0xB187C0, role="kernel")
@@ -89,7 +89,8 @@ def test_vmcore_problems_are_named():
 def test_judge():
     sane = {"vmcore": {"ok": True}}
     assert judge("capture-booted", "capture-booted", sane) == (True, "capture-booted as expected")
-    passed, reason = judge("capture-booted", "capture-booted", {"vmcore": {"ok": False, "problems": ["no PT_NOTE segment"]}})
+    broken = {"vmcore": {"ok": False, "problems": ["no PT_NOTE segment"]}}
+    passed, reason = judge("capture-booted", "capture-booted", broken)
     assert not passed and "no PT_NOTE" in reason
     assert judge("purgatory-refused", "capture-booted", sane) == (
         False, "expected purgatory-refused, got capture-booted")
