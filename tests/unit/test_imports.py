@@ -1,0 +1,37 @@
+"""labctl's imports go one way: no cycle between its modules, and no module takes another's
+underscore names (a helper two modules need belongs to the module that owns its concern)."""
+
+import ast
+import graphlib
+from pathlib import Path
+
+LABCTL = Path(__file__).resolve().parents[2] / "labctl"
+
+
+def imports() -> dict[str, list[tuple[str, str]]]:
+    """module -> (imported labctl module, name) for every `from labctl... import name`,
+    wherever it sits (function-level imports included)."""
+    modules = {p.stem for p in LABCTL.glob("*.py")}
+    found: dict[str, list[tuple[str, str]]] = {}
+    for path in LABCTL.glob("*.py"):
+        edges = found.setdefault(path.stem, [])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("labctl"):
+                continue
+            for alias in node.names:
+                if node.module != "labctl":
+                    edges.append((node.module.split(".")[1], alias.name))
+                elif alias.name in modules:  # from labctl import cli
+                    edges.append((alias.name, ""))
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {m: {target for target, _ in edges if target != m} for m, edges in imports().items()}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = [f"{m} imports {target}.{name}" for m, edges in imports().items()
+               for target, name in edges if name.startswith("_") and target != m]
+    assert private == []
