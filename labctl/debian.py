@@ -6,17 +6,21 @@ Used by both kernel providers: Debian kernels (kernels.py) and recipe sources
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 from labctl.errors import InfraError
+from labctl.tools import run_tool
+
+LOOKUP_SECONDS = 60.0
+DOWNLOAD_SECONDS = 1800.0  # linux-source is ~150 MB
+UNPACK_SECONDS = 600.0
 
 
 def apt_show(package: str) -> dict[str, str]:
     """The archive's control fields for the candidate version of `package`."""
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", package],
-                          capture_output=True, text=True)
+    proc = run_tool(["apt-cache", "show", "--no-all-versions", package],
+                    f"looking up {package} in the package archive", LOOKUP_SECONDS, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise InfraError(f"the package archive does not know {package!r}: "
                          "run 'apt-get update' (as root) and try again")
@@ -33,8 +37,8 @@ def apt_show(package: str) -> dict[str, str]:
 
 def installed_version(package: str) -> str | None:
     """The installed version of `package`, or None when it is not installed."""
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
-                          capture_output=True, text=True)
+    proc = run_tool(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
+                    f"asking dpkg whether {package} is installed", LOOKUP_SECONDS, check=False)
     status, _, version = proc.stdout.partition("|")
     return version if proc.returncode == 0 and status.endswith(" installed") else None
 
@@ -52,11 +56,17 @@ def download_and_unpack(package: str, version: str, dest: Path) -> None:
         argv = ["apt-get", "download", f"{package}={version}"]
         if os.geteuid() == 0:
             argv[1:1] = ["-o", "APT::Sandbox::User=root"]
-        proc = subprocess.run(argv, cwd=tmp, capture_output=True, text=True)
+        run_tool(argv, f"downloading {package} {version}", DOWNLOAD_SECONDS, cwd=Path(tmp))
         debs = list(Path(tmp).glob("*.deb"))
-        if proc.returncode != 0 or not debs:
-            raise InfraError(f"'{' '.join(argv)}' failed: {proc.stderr.strip()[-500:]}")
+        if not debs:
+            raise InfraError(f"'{' '.join(argv)}' left no .deb file in {tmp}")
         tree = Path(tmp) / "tree"
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True, capture_output=True)
+        unpack_deb(debs[0], tree)
         (tree / "package").write_text(f"{package} {version}\n")
         os.replace(tree, dest)
+
+
+def unpack_deb(deb: Path, tree: Path) -> None:
+    """A .deb's files under `tree` (dpkg-deb -x); a broken package is an infrastructure error
+    that names the command."""
+    run_tool(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}", UNPACK_SECONDS)

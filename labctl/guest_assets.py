@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from labctl import signing
 from labctl.cpio import CpioWriter
 from labctl.errors import InfraError
 from labctl.images import BAD_IMAGES, SIGNED_IMAGES, bad_image, guest_path
+from labctl.tools import run_tool
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 HELPER_SOURCE = GUESTS_DIR / "helper" / "kexec-lab-helper.c"
@@ -32,6 +32,8 @@ MAKEDUMPFILE = Path("/usr/bin/makedumpfile")
 GUEST_KERNEL = "/boot/vmlinuz"
 GUEST_INITRD = "/boot/initrd.img"
 GUEST_HELPER = "/bin/kexec-lab-helper"
+TOOL_SECONDS = 60.0
+COMPILE_SECONDS = 300.0  # gcc -static of the guest helper on a loaded host
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _compiler_identity(cc: str) -> bytes:
-    try:
-        return subprocess.run([cc, "--version"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise InfraError(f"C compiler {cc!r} not usable ({exc}); install gcc and libc6-dev") from None
+    return run_tool([cc, "--version"], "asking the C compiler its version (install gcc and "
+                    "libc6-dev)", TOOL_SECONDS, text=False).stdout
 
 
 def build_helper(cache: Path, cc: str = "gcc") -> Path:
@@ -70,18 +70,15 @@ def build_helper(cache: Path, cc: str = "gcc") -> Path:
         return out
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     argv = [cc, "-static", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(tmp), str(HELPER_SOURCE)]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InfraError(f"building the guest helper failed: {' '.join(argv)}\n{proc.stderr.strip()}"
-                         "\n(is libc6-dev installed? static linking needs libc.a)")
+    run_tool(argv, "building the guest helper (static linking needs libc6-dev's libc.a)",
+             COMPILE_SECONDS)
     os.replace(tmp, out)
     return out
 
 
 def _busybox_applets(busybox: Path) -> list[str]:
-    proc = subprocess.run([str(busybox), "--list"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InfraError(f"{busybox} --list failed; install busybox-static")
+    proc = run_tool([str(busybox), "--list"], "listing busybox's applets (install busybox-static)",
+                    TOOL_SECONDS)
     return sorted(set(proc.stdout.split()) - {"busybox"})
 
 
@@ -115,7 +112,8 @@ def _require_busybox() -> Path:
 
 def _shared_libraries(program: Path) -> list[Path]:
     """The shared objects a dynamic program loads (ldd), interpreter included."""
-    proc = subprocess.run(["ldd", str(program)], capture_output=True, text=True)
+    proc = run_tool(["ldd", str(program)], f"listing {program}'s shared libraries", TOOL_SECONDS,
+                    check=False)
     if proc.returncode != 0:
         return []
     libs = []

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import io
 import random
-import subprocess
 
 from elftools.elf.elffile import ELFFile
 
 from labctl.errors import InfraError
+from labctl.tools import run_tool
 
 BAD_IMAGES = ("garbage", "empty", "truncated", "elf-vmlinux")
 SIGNED_IMAGES = ("signed", "unsigned", "wrong-key", "tampered")  # made by signing.py
 KERNEL_IMAGES = ("default", *BAD_IMAGES, *SIGNED_IMAGES)
 GARBAGE_SEED = 2013
+UNPACK_SECONDS = 120.0
 GARBAGE_SIZE = 64 * 1024
 
 # Payload magic -> the CLI that decompresses it (Debian: zstd, lz4, xz-utils, gzip).
@@ -52,10 +53,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     argv = next((cmd for magic, cmd in DECOMPRESSORS if payload.startswith(magic)), None)
     if argv is None:
         raise InfraError(f"unknown bzImage payload compression (magic {payload[:6].hex()})")
-    try:
-        proc = subprocess.run(argv, input=payload, capture_output=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise InfraError(f"{argv[0]} could not unpack the bzImage payload: {exc}") from None
+    proc = run_tool(argv, "unpacking the bzImage payload", UNPACK_SECONDS, input=payload, text=False)
     if not proc.stdout.startswith(b"\x7fELF"):
         raise InfraError("the unpacked bzImage payload is not an ELF file")
     return proc.stdout

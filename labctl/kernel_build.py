@@ -31,6 +31,7 @@ from labctl.errors import ConfigError, InfraError
 from labctl.kernel_image import CONFIG_LINE, Kernel, config_values
 from labctl.progress import Progress
 from labctl.signing import key_pair
+from labctl.tools import run_tool
 
 BUILD_FORMAT = 1  # bump when the build procedure changes what it produces
 BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")
@@ -42,6 +43,8 @@ OUTPUTS = {  # cached name -> path inside the object directory
     "purgatory.ro": "arch/x86/purgatory/purgatory.ro",
 }
 PROGRESS_SECONDS = 5.0
+TOOL_SECONDS = 120.0  # gcc --version, one patch
+UNPACK_SECONDS = 900.0  # the kernel source tarball
 HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)")
 PATCHING_FILE = re.compile(r"^(?:patching|checking) file '?([^']+?)'?$")
 KBUILD_STEP = re.compile(r"^\s+([A-Z][A-Z0-9_]*)\s+(\S+)")
@@ -175,9 +178,8 @@ def tree_fingerprint(root: Path) -> str:
 
 
 def compiler_identity() -> str:
-    proc = subprocess.run(["gcc", "--version"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InfraError("gcc not found: kernel recipes need build-essential")
+    proc = run_tool(["gcc", "--version"], "asking the compiler its version (kernel recipes need "
+                    "build-essential)", TOOL_SECONDS)
     return proc.stdout.splitlines()[0]
 
 
@@ -244,7 +246,7 @@ def _unpack(tarball: Path, dest: Path, progress: Progress) -> None:
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    _run(["tar", "-xf", str(tarball), "-C", str(partial)], f"unpacking {tarball}")
+    run_tool(["tar", "-xf", str(tarball), "-C", str(partial)], f"unpacking {tarball}", UNPACK_SECONDS)
     os.replace(partial, dest)
 
 
@@ -258,14 +260,6 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"{what} failed ({' '.join(argv[:3])} ...): "
-                         f"{(proc.stderr or proc.stdout).strip()[-800:]}")
-    return proc.stdout
 
 
 # ------------------------------------------------------------------ patches
@@ -286,9 +280,9 @@ def apply_patch(patch: Path, tree: Path) -> None:
 
     patch(1) writes a new file and renames it into place, so a hard-linked
     original is never written through."""
-    proc = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
-                           "--reject-file=-", "--fuzz=0", "-i", str(patch)],
-                          cwd=tree, capture_output=True, text=True)
+    proc = run_tool(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
+                     "--reject-file=-", "--fuzz=0", "-i", str(patch)], f"applying {patch.name}",
+                    TOOL_SECONDS, cwd=tree, check=False)
     if proc.returncode != 0:
         raise PatchError(describe_patch_failure(patch, proc.stdout + proc.stderr))
 
