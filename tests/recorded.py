@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data"
 KERNELS = ("debian-6.12", "debian-6.1")
+GOLDEN = DATA / "golden"
 LINE = re.compile(r"^\[\s*[\d.]+\] < (.*)$")
 
 
@@ -28,3 +30,13 @@ def result(kernel: str, scenario: str) -> dict:
 
 def registers(kernel: str, scenario: str) -> str:
     return (DATA / kernel / scenario / "registers.txt").read_text()
+
+
+def golden(name: str, text: str) -> None:
+    """Compare with tests/data/golden/NAME; LAB_UPDATE_GOLDEN=1 rewrites it (review the diff)."""
+    path = GOLDEN / name
+    if os.environ.get("LAB_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path} missing: run with LAB_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"{name} changed; if intended: LAB_UPDATE_GOLDEN=1 and review"

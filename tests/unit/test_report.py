@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
+from recorded import golden
 from recorded import result as recorded
 
 from labctl.cli import main
@@ -26,6 +27,7 @@ from labctl.report import (
     load_cells,
     report_html,
     summary_md,
+    write_reports,
 )
 
 
@@ -208,3 +210,14 @@ def test_report_merge_combines_shards(tmp_path, capsys):
 def test_report_merge_of_nothing_is_a_usage_error(tmp_path, capsys):
     assert main(["report", "merge", str(tmp_path)]) == 2
     assert "no result.json under" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- golden reports
+
+def test_golden_junit_and_summary(mixed):
+    """junit.xml and summary.md of every status, byte for byte (tests/data/golden/); the run
+    directory's own path is replaced by RUN.  LAB_UPDATE_GOLDEN=1 rewrites them."""
+    cells, root = mixed
+    paths = write_reports(cells, root)
+    for kind, name in (("junit", "report-junit.xml"), ("summary", "report-summary.md")):
+        golden(name, paths[kind].read_text(encoding="utf-8").replace(str(root), "RUN"))

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
-from recorded import DATA
+from recorded import DATA, golden
 from recorded import result as recorded
 
 from labctl.cli import main
@@ -35,8 +34,6 @@ from labctl.report_diff import (
 )
 
 NIGHTLY = DATA / "nightly"
-GOLDEN = DATA / "golden"
-UPDATE_GOLDEN = os.environ.get("LAB_UPDATE_GOLDEN") == "1"
 REFUSED = "expected purgatory-refused, got capture-booted"
 
 
@@ -187,16 +184,6 @@ def test_an_error_is_never_timed():
 
 
 # ---------------------------------------------------------------- golden diff.md
-
-def golden(name: str, text: str) -> None:
-    """Compare with tests/data/golden/NAME; LAB_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if UPDATE_GOLDEN:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"{path} missing: run with LAB_UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(), f"{name} changed; if intended: LAB_UPDATE_GOLDEN=1 and review"
-
 
 def test_golden_every_kind(tmp_path):
     base, new = every_kind()
