@@ -1,28 +1,32 @@
 # kexec-lab: `make run` runs crash-corrupt on the default kernel, `make test` runs the suite.
 # Both install what is missing first: Debian packages (as root; otherwise the exact
-# apt-get line is printed), the Python environment, and the catalogue kernels.
+# apt-get line is printed), the Python environment, and kernels.  `make run` installs only
+# what running the lab needs; `make setup` (and so `make test`) adds the test-only packages,
+# the test extras, the kernels the tests boot and the tools recipe kernels are built with.
 
 PYTHON ?= python3
 VENV := .venv
 LABCTL := $(VENV)/bin/labctl
 PYTEST := $(VENV)/bin/pytest
 STAMPS := .cache/stamps
-# Everything the lab and its tests use from Debian.
+# What running the lab uses from Debian (make run).
 APT_PACKAGES := qemu-system-x86 busybox-static gcc libc6-dev python3-venv cpio kexec-tools
 # makedumpfile: --save-vmcore writes the dump with it in the capture kernel (the host's binary,
 # carried into the guest) and rebuilds it on the host (makedumpfile -R); the e2e test reads it back.
 APT_PACKAGES += makedumpfile
 # zstd, lz4: unpack the vmlinux inside a bzImage (the elf-vmlinux bad image)
 APT_PACKAGES += zstd lz4
+# What the tests and recipe kernels add (make setup, make test).
 # chromium: the matrix report test renders report.html headless.
-APT_PACKAGES += chromium
+TEST_APT_PACKAGES := chromium
 # labctl console --gdb: the e2e test attaches real gdb at purgatory's entry point.
-APT_PACKAGES += gdb
+TEST_APT_PACKAGES += gdb
 # The fault suite (tests/e2e/test_faults.py, as root) mounts a read-only bind and a tiny tmpfs.
-APT_PACKAGES += mount
+TEST_APT_PACKAGES += mount
 # Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
-APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
-# Signature images and the lab's signing keys (signing.py): sbsign/sbattach/sbverify, openssl.
+TEST_APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
+# Signature images and the lab's signing keys (signing.py), for the signature scenarios:
+# sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
 RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
@@ -30,14 +34,18 @@ RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp
+.PHONY: setup run-setup run test unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp
 MATRIX_ARGS ?= --jobs 2
 
-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/kernels
+# What `make run` needs: the lab's Debian packages, the lab's Python packages, the default kernel.
+run-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/default-kernel
 
-$(STAMPS)/apt: Makefile
-	@mkdir -p $(STAMPS)
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Everything: the tests' packages and Python extras too, and the kernels the tests boot.
+setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels
+
+# $(call apt_install,PACKAGES): install the missing ones (as root), else print the apt-get line.
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -49,24 +57,41 @@ $(STAMPS)/apt: Makefile
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	$(call apt_install,$(APT_PACKAGES))
 	@if ! apt-cache show --no-all-versions linux-image-6.12-cloud-amd64 >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know the catalogue kernels. Run: sudo apt-get update"; exit 2; fi; \
 	  apt-get update -qq; \
 	fi
 	@touch $@
 
+$(STAMPS)/apt-test: Makefile $(STAMPS)/apt
+	$(call apt_install,$(TEST_APT_PACKAGES))
+	@touch $@
+
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e .
+	@touch $@
+
+$(STAMPS)/venv-test: pyproject.toml $(STAMPS)/venv
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@touch $@
+
+$(STAMPS)/default-kernel: lab.yaml $(STAMPS)/venv
+	$(LABCTL) kernel fetch
 	@touch $@
 
 $(STAMPS)/kernels: lab.yaml $(STAMPS)/venv
 	$(LABCTL) kernel fetch $(TEST_KERNELS)
 	@touch $@
 
-run: setup
+run: run-setup
 	$(LABCTL) run crash-corrupt
 
 test: setup recipes lint
@@ -75,11 +100,11 @@ test: setup recipes lint
 # The lint and type gate: ruff (pyflakes, pycodestyle, isort, bugbear) over the code and the
 # tests, mypy over labctl/ (pyproject.toml has both settings). `make test` runs it first.
 # A sorted-imports complaint after a rebase: $(VENV)/bin/ruff check --fix fixes it.
-lint: $(STAMPS)/venv
+lint: $(STAMPS)/venv-test
 	$(VENV)/bin/ruff check labctl tests bench conftest.py
 	$(VENV)/bin/mypy
 
-unit: $(STAMPS)/venv
+unit: $(STAMPS)/venv-test
 	$(PYTEST) -m 'not e2e' $(PYTEST_ARGS)
 
 e2e: setup recipes
@@ -109,8 +134,9 @@ bench-repeat: setup
 bench-smp: setup
 	$(VENV)/bin/python bench/smp_repeatability.py
 
-clean:
-	rm -rf artifacts .pytest_cache
+clean:  # artifacts/README.md is part of the repository
+	[ ! -d artifacts ] || find artifacts -mindepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
 
 distclean: clean
 	rm -rf $(VENV) .cache
