@@ -9,6 +9,7 @@ infrastructure error.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -32,6 +33,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report.register, interactive.register, coverage.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
+DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
+
+labctl boots a kernel in a QEMU guest, loads a capture kernel with kexec_file_load, corrupts
+what the scenario says, panics the guest and reports what happened (the capture kernel
+booted, purgatory refused, the load was rejected...) against the scenario's expectation,
+with the evidence in artifacts/.  Start with `labctl run crash-corrupt`."""
+EPILOG = """exit codes: 0 all passed, 1 an expectation failed, 2 usage or configuration error,
+3 infrastructure error (the lab or the host, not the kernel), 130 interrupted"""
 
 
 def default_lab_path() -> Path:
@@ -93,7 +102,10 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labctl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="labctl", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"labctl (kexec-lab) {importlib.metadata.version('labctl')}")
     parser.add_argument("--lab", type=Path, default=None,
                         help="lab configuration (default: $KEXEC_LAB_CONFIG, ./lab.yaml, "
                              "or the repository's lab.yaml)")

@@ -1,10 +1,11 @@
 """Every subcommand that reads the lab accepts --lab, --accel and --artifacts (options.py)."""
 
+import importlib.metadata
 from pathlib import Path
 
 import pytest
 
-from labctl.cli import build_parser
+from labctl.cli import build_parser, main
 from labctl.options import lab_from_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,3 +27,27 @@ def test_lab_before_the_subcommand_is_kept():
     subcommand's own --lab."""
     args = build_parser().parse_args(["--lab", "/elsewhere/lab.yaml", "run", "crash-intact"])
     assert args.lab == Path("/elsewhere/lab.yaml") and args.accel is None
+
+
+def test_help_says_what_the_tool_is_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises" in out
+    assert "exit codes: 0 all passed, 1 an expectation failed" in out
+    assert "Parses arguments" not in out  # the module docstring is for developers
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"labctl (kexec-lab) {importlib.metadata.version('labctl')}"
+
+
+def test_a_fresh_clone_has_artifacts_with_its_readme():
+    """The design names artifacts/ as a top-level directory; .gitignore keeps only its README."""
+    assert (REPO / "artifacts" / "README.md").is_file()
+    ignore = (REPO / ".gitignore").read_text().splitlines()
+    assert "artifacts/*" in ignore and "!artifacts/README.md" in ignore
