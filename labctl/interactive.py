@@ -589,7 +589,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     pair = ConsolePair(lab, kernel, scenario, AccelChooser(lab.cache_dir),
-                       Progress(f"{kernel.name}/{scenario.name}"), stop_at=args.stop_at,
+                       Progress(f"{kernel.name}/{scenario.name}", live=False), stop_at=args.stop_at,
                        gdb_port=args.gdb, out=out, save_vmcore=args.save_vmcore)
     say(f"console session {run_id}: {kernel.name} x {scenario.name}, stopping at "
              f"{args.stop_at}; {lab_prompt.ESCAPE_NAME} then `help` for the lab prompt")

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,13 +28,15 @@ from labctl.config import LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
 from labctl.options import add_common_opts, lab_from_args
-from labctl.progress import say
+from labctl.progress import LIVE_SECONDS, LiveStatus, say
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
 from labctl.report_diff import Run, load_run, write_with_baseline
 from labctl.result import Outcome, PairResult
 
 RETRY_OUTCOMES = {Outcome.INFRA_ERROR}
 HEARTBEAT_SECONDS = 15.0
+LOG_TAIL_BYTES = 2048
+PROGRESS_PREFIX = re.compile(r"^\[\s*[\d.]+s\] [^:]*: ")  # "[  12.3s] kernel/scenario: "
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30.0
 CHILD_LOG = "labctl-run.log"
@@ -171,8 +174,10 @@ class MatrixRun:
     running: list[Running] = field(default_factory=list)
     retries: dict[str, list] = field(default_factory=dict)
     done: list[Cell] = field(default_factory=list)
+    live: LiveStatus = field(init=False)
 
     def __post_init__(self) -> None:
+        self.live = LiveStatus(self.stream)
         if self.pair_timeout is None:  # every step's own timeout, plus start-up and judging
             t = self.lab.timeouts
             self.pair_timeout = t.boot + t.load + t.verdict + WATCHDOG_MARGIN_SECONDS
@@ -185,6 +190,7 @@ class MatrixRun:
         return self.run_dir / safe_component(pair.kernel) / safe_component(pair.scenario)
 
     def say(self, text: str) -> None:
+        self.live.clear(flush=False)
         print(f"[{time.monotonic() - self.t0:7.1f}s] {text}", file=self.stream, flush=True)
 
     def child_argv(self, pair: Pair) -> list[str]:
@@ -265,7 +271,8 @@ class MatrixRun:
         """Run every pair; on an interruption stop the children cleanly, then re-raise."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pending = [(pair, 1) for pair in pairs]
-        heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        every = LIVE_SECONDS if self.live.enabled else HEARTBEAT_SECONDS
+        heartbeat = time.monotonic() + every
         try:
             while pending or self.running:
                 while pending and len(self.running) < self.jobs:
@@ -275,14 +282,27 @@ class MatrixRun:
                     if retry := self.collect(job, len(pairs)):
                         pending.append((retry, 2))
                 if time.monotonic() >= heartbeat:
-                    self.say(f"{len(self.done)}/{len(pairs)} done" + self._running_note())
-                    heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+                    self.heartbeat(len(pairs))
+                    heartbeat = time.monotonic() + every
                 time.sleep(POLL_SECONDS)
         except (KeyboardInterrupt, Interrupted):
             self.stop_children(len(pairs))
             raise Interrupted(f"matrix interrupted; {len(self.done)} of {len(pairs)} pairs "
                               f"finished, results in {self.run_dir}") from None
+        finally:
+            self.live.clear()
         return self.done
+
+    def heartbeat(self, total: int) -> None:
+        """Where the run is: on a terminal a live line per running guest with its latest
+        progress line, elsewhere one plain line."""
+        if not self.live.enabled:
+            self.say(f"{len(self.done)}/{total} done" + self._running_note())
+            return
+        now = time.monotonic()
+        self.live.show([f"[{now - self.t0:7.1f}s] {len(self.done)}/{total} done"]
+                       + [f"  {j.pair.key} {now - j.started:4.0f} s: {last_line(j.log_path)}"
+                          for j in self.running])
 
     def watch(self) -> None:
         """SIGTERM a child that outlived every timeout of its own (a wedged QMP call...)."""
@@ -307,6 +327,18 @@ class MatrixRun:
                 _kill(job.process)
                 job.process.wait()
             self.collect(job, total, may_retry=False)
+
+
+def last_line(log: Path) -> str:
+    """A child's latest progress line, without its clock and label (a bounded read)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in tail.splitlines() if line.strip()]
+    return PROGRESS_PREFIX.sub("", lines[-1]) if lines else "starting"
 
 
 def _kill(process: subprocess.Popen) -> None:

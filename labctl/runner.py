@@ -323,6 +323,7 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.outcome, result.reason = Outcome.INFRA_ERROR, str(exc)
         result.extra["phase"] = phase
     finally:
+        progress.done()
         if pair.session:
             result.timings = {**pair.session.timings}
         result.timings["total"] = round(time.monotonic() - t0, 3)
