@@ -346,7 +346,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def register(rsub) -> None:
-    """`labctl report diff` (called by report.register)."""
+    """`labctl report diff` (called by report_cli.register)."""
     diff = rsub.add_parser("diff", help="what changed between two matrix runs: diff.md and "
                                         "report.html with badges; exit 1 if a verdict regressed")
     diff.add_argument("base", help="baseline run directory or its matrix.json (e.g. last night)")

@@ -125,7 +125,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def register(rsub) -> None:
-    """`labctl report history` (called by report.register)."""
+    """`labctl report history` (called by report_cli.register)."""
     history = rsub.add_parser("history", help="per pair over several nights: verdict sequence, "
                                               "median time, flaky pairs (verdict flips)")
     history.add_argument("dirs", nargs="+", help="run directories (or matrix.json), one per night, "
