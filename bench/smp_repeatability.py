@@ -43,7 +43,7 @@ def run_once(scenario: Path, kernel: str, artifacts: Path) -> dict:
     proc = subprocess.run([sys.executable, "-m", "labctl", "run", "-q", str(scenario), "--kernel", kernel,
                            "--artifacts", str(artifacts)], cwd=ROOT, capture_output=True, text=True)
     wall = time.monotonic() - start
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("  artifacts: ")), None)
+    line = next((s for s in proc.stdout.splitlines() if s.startswith("  artifacts: ")), None)
     if line is None:
         return {"outcome": "no-result", "passed": False, "wall": wall, "timings": {},
                 "spurious": [proc.stderr.strip()[-200:]]}
@@ -51,7 +51,7 @@ def run_once(scenario: Path, kernel: str, artifacts: Path) -> dict:
     result = json.loads((out / "result.json").read_text())
     console = (out / "serial.log").read_text(errors="replace") if (out / "serial.log").exists() else ""
     before = console.split(TRIGGER, 1)[0]
-    spurious = [l.strip() for l in before.splitlines() if SPURIOUS.search(l)]
+    spurious = [s.strip() for s in before.splitlines() if SPURIOUS.search(s)]
     if TRIGGER not in console:
         spurious.append(f"never reached the trigger: {result['outcome']}: {result.get('reason')}")
     return {**result, "wall": wall, "spurious": spurious}
@@ -73,7 +73,8 @@ def report(kernel: str, smp: int, runs: list[dict]) -> None:
     for r in failed:
         print(f"  not passed: {r['outcome']}: {(r.get('reason') or '')[:160]}")
     print(f"  boot             {spread([r['timings']['boot'] for r in runs if 'boot' in r['timings']])}")
-    print(f"  time-to-verdict  {spread([r['timings']['panic_to_verdict'] for r in runs if 'panic_to_verdict' in r['timings']])}")
+    verdict_times = [r["timings"]["panic_to_verdict"] for r in runs if "panic_to_verdict" in r["timings"]]
+    print(f"  time-to-verdict  {spread(verdict_times)}")
     print(f"  labctl run wall  {spread([r['wall'] for r in runs])}")
 
 

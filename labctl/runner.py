@@ -188,6 +188,7 @@ class PairRun:
         before and after; with reload, load again (as user space must where the kernel does
         not describe what was added) and read them once more."""
         hotplug = self.scenario.hotplug
+        assert hotplug is not None, "called for a scenario with a hotplug step"
         raw_before = read_headers(session.memory, loaded.table)
         evidence: dict = {"elfcorehdr_before": describe_headers(raw_before)}
         self.evidence["hotplug"] = evidence

@@ -78,11 +78,12 @@ class VcpuState:
 
 def parse_vcpu_states(text: str) -> dict[int, VcpuState]:
     """vCPU index -> state, from HMP `info registers -a` (a lone CPU has no CPU# header)."""
-    headers = list(CPU_HEADER.finditer(text)) or [None]
+    headers: list[re.Match[str] | None] = [*CPU_HEADER.finditer(text)] or [None]
     states = {}
     for i, header in enumerate(headers):
         start = header.end() if header else 0
-        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        following = headers[i + 1] if i + 1 < len(headers) else None
+        end = following.start() if following else len(text)
         if m := STATE.search(text, start, end):
             states[int(header[1]) if header else 0] = VcpuState(
                 int(m[1], 16), int(m[2], 16), int(m[3]), m[4] == "1")
@@ -120,8 +121,9 @@ class CpuWatch:
         for name, line in hits:
             if name == "panic":
                 self._after_panic = True
-            elif name == "stack_cpu" and self._after_panic and self.panic_cpu is None:
-                self.panic_cpu, self.panic_line = int(STACK_CPU.match(line)[1]), line.strip()
+            elif name == "stack_cpu" and self._after_panic and self.panic_cpu is None \
+                    and (m := STACK_CPU.match(line)):
+                self.panic_cpu, self.panic_line = int(m[1]), line.strip()
 
     def sample(self, registers: str) -> None:
         """A register sample after the trigger: only the last two are judged, long after
@@ -228,7 +230,7 @@ class CpuWatch:
 
     def _online_vcpus(self) -> set[int]:
         """vCPU indexes of the CPUs Linux had online (APIC id = vCPU index, see above)."""
-        return {apic_of(self.apicids, cpu) for cpu in self.online} - {None}
+        return {apic for cpu in self.online if (apic := apic_of(self.apicids, cpu)) is not None}
 
 
 def cpu_problem(evidence: dict) -> str | None:
