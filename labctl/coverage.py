@@ -15,15 +15,15 @@ import argparse
 import json
 import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from labctl import load_coverage
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
 from labctl.config import Corruption, Expectation, LabConfig, LoadStep, Scenario
 from labctl.errors import EXIT_INFRA, EXIT_PASSED
-from labctl import load_coverage
 from labctl.images import KERNEL_IMAGES
 from labctl.kernels import Kernel, resolve_kernel
 from labctl.options import add_common_opts, lab_from_args
@@ -120,7 +120,7 @@ def _kernels(args: argparse.Namespace, lab: LabConfig) -> list[Kernel]:
             for name in args.kernel or [lab.default_kernel]]
 
 
-def _load_jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple]:
+def _load_jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple[Kernel, str, str, str]]:
     """(kernel, method, image, mode) for the load-time table."""
     if "loads" not in args.table:
         return []
@@ -130,8 +130,8 @@ def _load_jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple]:
             for mode in args.mode or load_coverage.MODES]
 
 
-def _jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple]:
-    work: list[tuple] = []
+def _jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple[Kernel, str, str, str]]:
+    work: list[tuple[Kernel, str, str, str]] = []
     if "digest" not in args.table:
         return work
     for kernel in kernels:
@@ -182,7 +182,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     cells, loads = [], []
     context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(_run_cell, lab, *item, run_id) for item in work]
+        futures: list[Future] = [pool.submit(_run_cell, lab, *item, run_id) for item in work]
         futures += [pool.submit(load_coverage.run_load_cell, lab, *item, run_id) for item in load_work]
         for done, (future, item) in enumerate(_completed(futures, work + load_work), 1):
             if len(item) == 4 and item[2] in KERNEL_IMAGES:  # (kernel, method, image, mode)

@@ -33,7 +33,7 @@ class LoadCell:
     method: str
     image: str
     mode: str
-    outcome: str
+    outcome: str | None
     errno: str | None
     reason: str
     directory: str
@@ -62,14 +62,13 @@ def load_scenario(method: str, image: str, mode: str) -> Scenario:
 def run_load_cell(lab: LabConfig, kernel: Kernel, method: str, image: str, mode: str,
                   run_id: str) -> LoadCell:
     """One load on a fresh guest (runs in a worker process)."""
-    outcome = run_pair(lab, kernel, load_scenario(method, image, mode), run_id,
-                       AccelChooser(lab.cache_dir), quiet=True)
-    result = outcome.result
-    load = result["evidence"].get("load") or {}
-    number = load.get("errno") if result["outcome"] == LOAD_REJECTED else None
-    return LoadCell(kernel.name, method, image, mode, result["outcome"],
-                    errno.errorcode.get(number) if number else None, result["reason"] or "",
-                    str(outcome.directory), tuple(load.get("kernel_log") or ()))
+    result = run_pair(lab, kernel, load_scenario(method, image, mode), run_id,
+                      AccelChooser(lab.cache_dir), quiet=True)
+    load = result.evidence.get("load") or {}
+    number = load.get("errno") if result.outcome == LOAD_REJECTED else None
+    return LoadCell(kernel.name, method, image, mode, result.outcome,
+                    errno.errorcode.get(number) if number else None, result.reason or "",
+                    str(result.directory), tuple(load.get("kernel_log") or ()))
 
 
 def failed_cell(item: tuple, why: str, directory: str) -> LoadCell:

@@ -31,8 +31,8 @@ from labctl.progress import Progress
 from labctl.cpu_hotplug import (bytes_changed, describe_headers, headers_facts, hot_add_cpus,
                                  hot_add_memory, read_headers)
 from labctl.result import Outcome, PairResult
-from labctl.smp import cpu_watch, resolve_cpus
 from labctl.signing import trusted_lab_keys
+from labctl.smp import cpu_watch, resolve_cpus
 from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import LOAD_ACCEPTED, LOAD_REJECTED, judge
 
