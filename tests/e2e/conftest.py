@@ -78,10 +78,20 @@ def marked_processes(mark: str) -> list[int]:
     return found
 
 
-def unused_run_dirs(candidates: set[str]) -> set[str]:
-    """Run directories that no running QEMU uses."""
+def unused_run_dirs(candidates: set[str], mark: str) -> set[str]:
+    """Run directories that no running QEMU uses, except another user's run that is just
+    starting (its owner, alive and not started by this test, has not launched QEMU yet)."""
     return {d for d in candidates if RUN_DIR.search(d) and os.path.exists(d)
-            and not any(f"mem-path={d}/" in cmd for cmd in qemu_processes())}
+            and not any(f"mem-path={d}/" in cmd for cmd in qemu_processes())
+            and not _someone_elses(d, mark)}
+
+
+def _someone_elses(run_dir: str, mark: str) -> bool:
+    try:
+        owner = int((Path(run_dir) / "owner").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return os.path.exists(f"/proc/{owner}") and owner not in marked_processes(mark)
 
 
 @pytest.fixture
@@ -96,14 +106,14 @@ def no_leaks(monkeypatch):
     before = set(leftover_run_dirs())
     yield
     deadline = time.monotonic() + 5
-    while (marked_processes(mark) or unused_run_dirs(set(leftover_run_dirs()) - before)) \
+    while (marked_processes(mark) or unused_run_dirs(set(leftover_run_dirs()) - before, mark)) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
     left = marked_processes(mark)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == []
-    assert unused_run_dirs(set(leftover_run_dirs()) - before) == set()
+    assert unused_run_dirs(set(leftover_run_dirs()) - before, mark) == set()
 
 
 def assert_dump_verified(result: dict) -> None:
