@@ -45,7 +45,7 @@ def bytes_changed(before: tuple[int, bytes] | None, after: tuple[int, bytes] | N
     """How many bytes of the segment differ, and the first and last that do."""
     if before is None or after is None or before[0] != after[0]:
         return {}
-    offsets = [i for i, (a, b) in enumerate(zip(before[1], after[1])) if a != b]
+    offsets = [i for i, (a, b) in enumerate(zip(before[1], after[1], strict=False)) if a != b]
     return {"count": len(offsets), "first": hex(offsets[0]) if offsets else None,
             "last": hex(offsets[-1]) if offsets else None}
 

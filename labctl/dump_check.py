@@ -81,7 +81,7 @@ class Sample:
 
 def dump_loads(head: bytes) -> list[Load]:
     """The PT_LOADs of /proc/vmcore's head (ELF header and program headers)."""
-    loads = []
+    loads: list[Load] = []
     for segment in ELFFile(io.BytesIO(head)).iter_segments():
         if segment["p_type"] == "PT_LOAD":
             loads.append(Load(len(loads), segment["p_offset"], segment["p_paddr"],
@@ -266,11 +266,13 @@ def check_log(facts: DumpFacts) -> dict:
     if reply is None:
         return {"problems": ["the capture helper did not run vmcore-dmesg"]}
     lines = [DMESG_TIMESTAMP.sub("", line) for line in reply.get("output", [])]
+    found: list[str] = []
+    problems: list[str] = []
     evidence = {"rc": reply.get("rc"), "lines": len(lines), "console_lines": facts.console_lines,
-                "found": [], "problems": []}
+                "found": found, "problems": problems}
     if reply.get("type") == "error" or reply.get("rc") != 0:
         tail = " / ".join(lines[-2:]) or reply.get("strerror", "")
-        evidence["problems"].append(f"vmcore-dmesg could not read the log out of the dump "
+        problems.append(f"vmcore-dmesg could not read the log out of the dump "
                                     f"(rc {reply.get('rc')}): {tail}")
         return evidence
     wanted = facts.console_lines or ["Kernel panic - not syncing"]
@@ -278,9 +280,9 @@ def check_log(facts: DumpFacts) -> dict:
         hit = next((line for line in lines if text in line), None)
         if hit is None:
             where = "the console showed" if facts.console_lines else "any panic needs"
-            evidence["problems"].append(f"the log in the dump lacks {text!r}, which {where}")
+            problems.append(f"the log in the dump lacks {text!r}, which {where}")
         else:
-            evidence["found"].append(hit)
+            found.append(hit)
     return evidence
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from labctl import lab_prompt, purgatory
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir
-from labctl.config import Corruption, find_scenario, load_scenario
+from labctl.config import Corruption, Expected, find_scenario, load_scenario
 from labctl.console import StampedLog
 from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.kernel_facts import UnknownFact
@@ -66,7 +66,7 @@ class CtrlC:
 
     def __init__(self) -> None:
         self.pressed = False
-        self.previous = None
+        self.previous = signal.getsignal(signal.SIGINT)
 
     def _hit(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self.pressed = True
@@ -487,7 +487,7 @@ class ConsolePair(PairRun):
     def expected(self) -> Expected:
         """Resolved again once the running kernel told its facts (an image without a config)."""
         try:
-            return PairRun.expected.fget(self)
+            return super().expected
         except UnknownFact as exc:
             return Expected("unknown", None, str(exc))
 

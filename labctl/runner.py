@@ -18,7 +18,14 @@ from labctl.artifacts import pair_dir
 from labctl.config import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
-from labctl.cpu_hotplug import headers_facts, hot_add
+from labctl.cpu_hotplug import (
+    bytes_changed,
+    describe_headers,
+    headers_facts,
+    hot_add_cpus,
+    hot_add_memory,
+    read_headers,
+)
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.guest_assets import GuestAssets, build_assets
 from labctl.guest_memory import GuestMemory
@@ -28,8 +35,6 @@ from labctl.kernel_facts import resolve as resolve_expectation
 from labctl.kernels import Kernel
 from labctl.machine import Machine, MachineSpec
 from labctl.progress import Progress
-from labctl.cpu_hotplug import (bytes_changed, describe_headers, headers_facts, hot_add_cpus,
-                                 hot_add_memory, read_headers)
 from labctl.result import Outcome, PairResult
 from labctl.signing import trusted_lab_keys
 from labctl.smp import cpu_watch, resolve_cpus

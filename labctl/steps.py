@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labctl.accel import KvmUnusable, kvm_failure
 from labctl import dump_check
+from labctl.accel import KvmUnusable, kvm_failure
 from labctl.config import Corruption, Timeouts
 from labctl.console import Console
 from labctl.control import ControlChannel
@@ -27,17 +27,29 @@ from labctl.errors import ConfigError, InfraError
 from labctl.guest_assets import GUEST_INITRD
 from labctl.guest_memory import GuestMemory
 from labctl.images import guest_path
+from labctl.kernel_facts import from_config_gz
 from labctl.machine import Machine
 from labctl.progress import Progress
 from labctl.segments import Segment, SegmentTable, parse_segment_table
-from labctl.kernel_facts import from_config_gz
-from labctl.vmcore_save import DumpReceiver
-from labctl.verdict import (CAPTURE_BOOTED, CAPTURE_HALTED, CAPTURE_PANICKED, DUMP_MISMATCH,
-                            GUEST_RESET, HANG, NO_VERDICT, PANIC_HALTED, PURGATORY_REFUSED,
-                            PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers,
-                            purgatory_report)
 from labctl.smp import CpuWatch
+from labctl.verdict import (
+    CAPTURE_BOOTED,
+    CAPTURE_HALTED,
+    CAPTURE_PANICKED,
+    DUMP_MISMATCH,
+    GUEST_RESET,
+    HANG,
+    NO_VERDICT,
+    PANIC_HALTED,
+    PURGATORY_REFUSED,
+    PURGATORY_REPORT,
+    ParkWatch,
+    parse_halted,
+    parse_registers,
+    purgatory_report,
+)
 from labctl.vmcore import check_vmcore
+from labctl.vmcore_save import DumpReceiver
 
 KEXEC_FILE_ON_CRASH = 0x2
 KEXEC_FILE_DEBUG = 0x8

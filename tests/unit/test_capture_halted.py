@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from recorded import DATA, registers
 
 from labctl.segments import Segment, SegmentTable
 from labctl.verdict import ParkWatch, parse_halted, parse_registers
-from recorded import DATA, registers
 
 HALTED = DATA / "recipes" / "tiny-6.12-no-digest" / "crash-corrupt-halted"
 RECORDED = json.loads((HALTED / "result.json").read_text())

@@ -146,9 +146,10 @@ def test_bytes_changed_counts_the_rewrite():
 def test_recorded_memory_hotplug_of_both_kernels():
     """The recorded runs: 6.12 rewrote 11 bytes of the headers (e_phnum and a new PT_LOAD
     for the DIMM at 4 GiB) and the dump covers the DIMM; 6.1 did neither."""
+    from recorded import control_messages
+
     from labctl.smp import CpuWatch
     from labctl.vmcore import check_vmcore
-    from recorded import control_messages
     scenario = load_scenario(ROOT / "scenarios" / "memory-hotplug.yaml")
     for kernel, symbols, rewritten in (("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"}, True),
                                        ("debian-6.1", {}, False)):

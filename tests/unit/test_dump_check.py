@@ -6,12 +6,12 @@ import hashlib
 import struct
 
 import pytest
+from recorded import message, result
 
 from labctl import dump_check
 from labctl.dump_check import PAGE, DumpFacts, expected_ranges, merge, subtract, verify
 from labctl.guest_memory import GuestMemory
 from labctl.verdict import DUMP_MISMATCH, judge
-from recorded import message, result
 
 MIB = 1 << 20
 

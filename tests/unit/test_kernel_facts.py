@@ -6,11 +6,18 @@ import gzip
 from pathlib import Path
 
 import pytest
+from recorded import DATA, message
 
 from labctl.config import load_scenario
-from labctl.kernel_facts import (KernelFacts, UnknownFact, from_config_gz, from_sysfs,
-                                 needed_symbols, parse_config, resolve)
-from recorded import DATA, message
+from labctl.kernel_facts import (
+    KernelFacts,
+    UnknownFact,
+    from_config_gz,
+    from_sysfs,
+    needed_symbols,
+    parse_config,
+    resolve,
+)
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 HELLOS = {"debian-6.12": ("debian-6.12", "y"), "debian-6.1": ("debian-6.1", "n"),
