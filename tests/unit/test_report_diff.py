@@ -32,6 +32,7 @@ from labctl.report_diff import (
     slower_phases,
     verdict_change,
 )
+from labctl.result import Outcome
 
 NIGHTLY = DATA / "nightly"
 REFUSED = "expected purgatory-refused, got capture-booted"
@@ -44,17 +45,17 @@ def variant(kernel: str, scenario: str, **changes) -> dict:
 
 
 def failing(kernel="debian-6.12", scenario="crash-corrupt") -> dict:
-    return variant(kernel, scenario, outcome="capture-booted", passed=False, reason=REFUSED)
+    return variant(kernel, scenario, outcome=Outcome.CAPTURE_BOOTED, passed=False, reason=REFUSED)
 
 
 def infra(kernel="debian-6.12", scenario="crash-corrupt") -> dict:
-    return variant(kernel, scenario, outcome="infra-error", passed=False, evidence={},
+    return variant(kernel, scenario, outcome=Outcome.INFRA_ERROR, passed=False, evidence={},
                    reason="the guest never booted")
 
 
 def retried(result: dict) -> dict:
     result = copy.deepcopy(result)
-    result["matrix"] = {"run_id": "r", "retries": [{"attempt": 1, "outcome": "infra-error",
+    result["matrix"] = {"run_id": "r", "retries": [{"attempt": 1, "outcome": Outcome.INFRA_ERROR,
                                                     "reason": "QEMU exited early",
                                                     "directory": "attempt-1"}]}
     return result
@@ -97,7 +98,7 @@ def run_of(label: str, results: list[dict]) -> Run:
     (recorded("debian-6.12", "crash-corrupt"), expect_fail(failing()), CHANGED),  # now an xfail
     # both pass, another outcome: the scenario's expectation changed with the kernel's behaviour
     (recorded("debian-6.12", "crash-corrupt"),
-     variant("debian-6.12", "crash-corrupt", outcome="capture-booted", expected="capture-booted"), CHANGED),
+     variant("debian-6.12", "crash-corrupt", outcome=Outcome.CAPTURE_BOOTED, expected=Outcome.CAPTURE_BOOTED), CHANGED),
     (recorded("debian-6.12", "crash-corrupt"), recorded("debian-6.12", "crash-corrupt"), None),
     (failing(), failing(), None),
 ], ids=["pass-fail", "fail-pass", "error-fail", "xfail-xpass", "pass-error", "error-pass",
@@ -136,7 +137,7 @@ def every_kind() -> tuple[list[dict], list[dict]]:
             recorded("debian-6.1", "crash-intact"), retried(recorded("debian-6.1", "unload-then-panic")),
             recorded("debian-6.1", "crash-corrupt-kexec-load")]
     new = [recorded("debian-6.12", "crash-corrupt-kexec-load"), slow, failing(),
-           variant("debian-6.12", "unload-then-panic", outcome="capture-booted", expected="capture-booted",
+           variant("debian-6.12", "unload-then-panic", outcome=Outcome.CAPTURE_BOOTED, expected=Outcome.CAPTURE_BOOTED,
                    reason="capture-booted as expected"),
            upload, recorded("debian-6.1", "unload-then-panic"), retried(recorded("debian-6.1", "crash-corrupt"))]
     return base, new
