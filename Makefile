@@ -28,8 +28,16 @@ TEST_APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev 
 # Signature images and the lab's signing keys (signing.py), for the signature scenarios:
 # sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
+# arm64 and riscv64 guests (labctl/arch.py): QEMU for them (riscv64's OpenSBI ships in
+# qemu-system-data), the cross compilers and C libraries for their recipe kernels and the
+# static guest helper.
+APT_PACKAGES += qemu-system-arm qemu-system-misc
+APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+# Guest userspace for arm64 (busybox-static, kexec-tools and its libraries) comes from
+# Debian's arm64 archive: apt-get download needs the foreign architecture's lists.
+FOREIGN_ARCHES := arm64
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
-RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest
+RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
@@ -62,7 +70,13 @@ endef
 $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	$(call apt_install,$(APT_PACKAGES))
-	@if ! apt-cache show --no-all-versions linux-image-6.12-cloud-amd64 >/dev/null 2>&1; then \
+	@for a in $(FOREIGN_ARCHES); do \
+	  if ! dpkg --print-foreign-architectures | grep -qx $$a; then \
+	    if [ "$$(id -u)" -ne 0 ]; then echo "arm64 guests need Debian's $$a packages. Run: sudo dpkg --add-architecture $$a && sudo apt-get update"; exit 2; fi; \
+	    dpkg --add-architecture $$a && apt-get update -qq; \
+	  fi; \
+	done
+	@if ! apt-cache show --no-all-versions linux-image-6.12-cloud-amd64 busybox-static:arm64 >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know the catalogue kernels. Run: sudo apt-get update"; exit 2; fi; \
 	  apt-get update -qq; \
 	fi

@@ -19,7 +19,7 @@ from pathlib import Path
 from labctl import coverage, interactive, matrix, report_cli
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
-from labctl.config import find_scenario, load_scenario
+from labctl.config import ARCH_NAMES, find_scenario, load_scenario
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
 from labctl.kernel_build import build_entry
 from labctl.kernel_catalogue import catalogue_table
@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     lab = lab_from_args(args)
     scenarios = [load_scenario(find_scenario(s, lab.scenarios_dir)) for s in args.scenario]
     check_writable(lab.artifacts_dir)
-    kernel = resolve_kernel(lab, args.kernel, progress=say)
+    kernel = resolve_kernel(lab, args.kernel, progress=say, arch=args.arch)
     chooser = AccelChooser(lab.cache_dir)
     run_id = args.run_id or new_run_id()
     say(f"run {run_id}: kernel {kernel.name} ({kernel.release}"
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", nargs="+", help="scenario name (scenarios/NAME.yaml) or path")
     run.add_argument("--kernel", help="catalogue name or path to a bzImage (default: lab.yaml's)")
     add_common_opts(run)
+    run.add_argument("--arch", choices=ARCH_NAMES,
+                     help="the architecture of a --kernel PATH (default x86_64; arm64: an Image, "
+                          "riscv64: an ELF vmlinux)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     run.add_argument("--save-vmcore", action="store_true",
                      help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "

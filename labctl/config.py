@@ -17,17 +17,20 @@ from typing import Any, Callable
 
 import yaml
 
+from labctl.arch import ARCHES
 from labctl.errors import ConfigError
 from labctl.result import VERDICTS, Outcome
 
 ACCELERATORS = ("auto", "kvm", "tcg")
+ARCH_NAMES = tuple(ARCHES)
 # no_timer_check: under TCG on a loaded host the IO-APIC timer check can fail and panic
 # a kernel that is fine ("IO-APIC + timer doesn't work!"); it is a VM, not a bad board.
 DEFAULT_CMDLINE = "no_timer_check"
 DEFAULT_CAPTURE_CMDLINE = "irqpoll nr_cpus=1 reset_devices no_timer_check"
 OUTCOMES = tuple(o.value for o in VERDICTS)
-# backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds
-SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup")
+# backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds;
+# dtb: the device tree arm64 and riscv64 hand the capture kernel (x86_64: boot_params)
+SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup", "dtb")
 PATTERNS = ("flip", "zero", "random", "bit")
 # start/middle/end of the data (bufsz), tail = first byte past bufsz (zero-filled up to
 # memsz), page = the page-aligned start of the page holding the middle
@@ -209,6 +212,8 @@ KERNEL_SCHEMA = {
     "debian_package": Field(str, default=None),
     "path": Field(str, default=None),
     "recipe": Field(str, default=None),  # guests/kernels/NAME.yaml (kernel_build.py)
+    # the guest architecture of a Debian package or path kernel (a recipe names its own)
+    "arch": Field(str, default=None, choices=ARCH_NAMES),
     "description": Field(str, default=""),
     # scenario name -> why this kernel is known to fail it (shown, never hidden)
     "expect_fail": Field(dict, default={}, values=Field(str)),
@@ -267,6 +272,7 @@ class KernelEntry:
     recipe: str | None = None
     description: str = ""
     expect_fail: dict[str, str] = field(default_factory=dict)
+    arch: str | None = None  # None: x86_64, or the recipe's own
 
 
 @dataclass(frozen=True)
@@ -302,6 +308,9 @@ def load_lab(path: Path, accel: str | None = None, artifacts_dir: str | Path | N
     for name, entry in raw["kernels"].items():
         if sum(bool(entry[k]) for k in ("debian_package", "path", "recipe")) != 1:
             check.fail(("kernels", name), "needs exactly one of 'debian_package' or 'path' (or 'recipe')")
+        if entry["recipe"] and entry["arch"]:
+            check.fail(("kernels", name, "arch"), "a recipe names its architecture itself "
+                       "(arch: in the recipe file)")
         kernels[name] = KernelEntry(name=name, **entry)
     if raw["default_kernel"] not in kernels:
         check.fail(("default_kernel",), f"{raw['default_kernel']!r} is not in 'kernels' "
@@ -357,6 +366,7 @@ def _boot_cmdline_check(value: Any) -> str | None:
 
 EXPECT_CASE_SCHEMA = {
     "kernel": Field(str, default=None),
+    "arch": Field(str, default=None, choices=ARCH_NAMES),
     "config": Field(str, default=None, check=_config_check),
     # the lab's signing key is (true) or is not (false) built into the kernel's keyring,
     # as found in the kernel image itself (signing.trusted_lab_keys)
@@ -481,14 +491,20 @@ class ExpectCase:
     elfcorehdr: str | None = None
     lab_key: bool | None = None
     then_intact: bool | None = None
+    arch: str | None = None  # alone or beside config / lab_key: both must hold
 
-    def matches(self, kernel: str, symbols: dict[str, str], facts: dict | None = None) -> bool:
+    def matches(self, kernel: str, symbols: dict[str, str], facts: dict | None = None,
+                arch: str = "x86_64") -> bool:
         """facts: what the lab found in the kernel (lab_key: True/False, None if unknown)."""
         if self.kernel is not None:
             return self.kernel == kernel
+        if self.arch is not None and self.arch != arch:
+            return False
         if self.lab_key is not None:
             return (facts or {}).get("lab_key") is self.lab_key
-        name, _, value = (self.config or "").partition("=")
+        if self.config is None:
+            return True
+        name, _, value = self.config.partition("=")
         return symbols.get(name, "n") == value
 
 
@@ -503,9 +519,10 @@ class Expectation:
     prstatus_notes: int | None = None
     elfcorehdr: str | None = None
 
-    def resolve(self, kernel: str, symbols: dict[str, str], facts: dict | None = None) -> Expected:
+    def resolve(self, kernel: str, symbols: dict[str, str], facts: dict | None = None,
+                arch: str = "x86_64") -> Expected:
         for case in self.cases:
-            if case.matches(kernel, symbols, facts):
+            if case.matches(kernel, symbols, facts, arch):
                 return Expected(case.outcome, case.errno, case.reason, case.prstatus_notes,
                                 case.elfcorehdr, then_intact=case.then_intact)
         return Expected(self.outcome, self.errno, self.reason, self.prstatus_notes, self.elfcorehdr)
@@ -531,8 +548,13 @@ class Scenario:
 def _expectation(raw: dict, check: Validator) -> Expectation:
     cases = []
     for i, case in enumerate(raw["when"]):
-        if sum(case[k] is not None for k in ("kernel", "config", "lab_key")) != 1:
+        if sum(case[k] is not None for k in ("kernel", "config", "lab_key")) > 1:
             check.fail(("expect", "when", i), "needs exactly one of 'kernel', 'config' or 'lab_key'")
+        if case["kernel"] is not None and case["arch"] is not None:
+            check.fail(("expect", "when", i), "'kernel' names one kernel: it takes no 'arch'")
+        if all(case[k] is None for k in ("kernel", "config", "lab_key", "arch")):
+            check.fail(("expect", "when", i), "needs 'kernel', 'config', 'lab_key' or 'arch' "
+                       "('arch' may stand beside 'config' or 'lab_key')")
         if case["then_intact"] and case["outcome"] not in ("load-rejected", "load-accepted"):
             check.fail(("expect", "when", i, "then_intact"),
                        "only follows a load-rejected or load-accepted expectation")

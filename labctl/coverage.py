@@ -21,6 +21,7 @@ from pathlib import Path
 
 from labctl import load_coverage
 from labctl.accel import AccelChooser
+from labctl.arch import ARCHES, HOST, get_arch
 from labctl.artifacts import check_writable, new_run_id
 from labctl.config import Corruption, Expectation, LabConfig, LoadStep, Scenario
 from labctl.errors import EXIT_INFRA, EXIT_PASSED
@@ -39,10 +40,8 @@ PLACEMENTS = {  # name -> (offset, length, pattern)
     "bit": ("middle", 1, "bit"),
     "page-zero": ("page", 4096, "zero"),
 }
-ROLES = {
-    "kexec_file_load": ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory"),
-    "kexec_load": ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory", "backup"),
-}
+METHODS = ("kexec_file_load", "kexec_load")
+ALL_ROLES = tuple(dict.fromkeys(r for a in ARCHES.values() for m in a.methods for r in a.roles(m)))
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,7 @@ class Cell:
     reason: str
     directory: str
     vmcore_ok: bool | None = None  # when the capture kernel booted: was its dump sane?
+    arch: str = "x86_64"
 
     @property
     def protected(self) -> bool | None:
@@ -84,7 +84,7 @@ def _run_cell(lab: LabConfig, kernel: Kernel, method: str, role: str, placement:
                       chooser, quiet=True)
     vmcore = ((result.evidence.get("verdict") or {}).get("vmcore") or {})
     return Cell(kernel.name, method, role, placement, result.outcome, result.reason or "",
-                str(result.directory), vmcore.get("ok"))
+                str(result.directory), vmcore.get("ok"), kernel.arch)
 
 
 def cell_text(cell: Cell | None) -> str:
@@ -99,16 +99,17 @@ def cell_text(cell: Cell | None) -> str:
 
 
 def markdown(cells: list[Cell]) -> str:
-    """One table per kernel and method: roles as rows, placements as columns."""
+    """One table per kernel (and its architecture) and method: roles as rows, placements
+    as columns; the roles are those the architecture's loader makes."""
     lines = ["# Digest coverage: does purgatory refuse a corrupted segment?", "",
              "`refused` = purgatory parked the CPU (protected); `NOT (outcome)` = the "
              "corruption was not caught; `n/a` = that placement does not exist on the segment.", ""]
     index = {(c.kernel, c.method, c.role, c.placement): c for c in cells}
-    for kernel, method in dict.fromkeys((c.kernel, c.method) for c in cells):
-        lines += [f"## {kernel}, {method}", "",
+    for kernel, arch, method in dict.fromkeys((c.kernel, c.arch, c.method) for c in cells):
+        lines += [f"## {kernel} ({arch}), {method}", "",
                   "| segment | " + " | ".join(PLACEMENTS) + " |",
                   "|---|" + "---|" * len(PLACEMENTS)]
-        for role in ROLES[method]:
+        for role in get_arch(arch).roles(method):
             row = [cell_text(index.get((kernel, method, role, p))) for p in PLACEMENTS]
             lines.append(f"| {role} | " + " | ".join(row) + " |")
         lines.append("")
@@ -121,12 +122,13 @@ def _kernels(args: argparse.Namespace, lab: LabConfig) -> list[Kernel]:
 
 
 def _load_jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple[Kernel, str, str, str]]:
-    """(kernel, method, image, mode) for the load-time table."""
+    """(kernel, method, image, mode) for the load-time table (its images are x86_64
+    bzImage kinds: the host architecture's kernels only)."""
     if "loads" not in args.table:
         return []
-    return [(kernel, method, image, mode) for kernel in kernels
+    return [(kernel, method, image, mode) for kernel in kernels if get_arch(kernel.arch) is HOST
             for method, image in load_coverage.ROWS
-            if (not args.image or image in args.image) and method in args.method
+            if (not args.image or image in args.image) and method in (args.method or METHODS)
             for mode in args.mode or load_coverage.MODES]
 
 
@@ -135,9 +137,11 @@ def _jobs(args: argparse.Namespace, kernels: list[Kernel]) -> list[tuple[Kernel,
     if "digest" not in args.table:
         return work
     for kernel in kernels:
-        for method in args.method:
-            for role in args.role or ROLES[method]:
-                if role in ROLES[method]:
+        arch = get_arch(kernel.arch)
+        for method in args.method or arch.methods:
+            roles = arch.roles(method)  # none: the lab cannot drive this method there
+            for role in args.role or roles:
+                if role in roles:
                     work += [(kernel, method, role, p) for p in args.placement or PLACEMENTS]
     return work
 
@@ -158,7 +162,7 @@ def _cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> Cell:
         kernel, method, role, placement = item
         return Cell(kernel.name, method, role, placement, Outcome.INFRA_ERROR,
                     f"worker failed: {type(exc).__name__}: {exc}",
-                    str(lab.artifacts_dir / run_id / kernel.name))
+                    str(lab.artifacts_dir / run_id / kernel.name), arch=kernel.arch)
 
 
 def _load_cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> load_coverage.LoadCell:
@@ -224,9 +228,10 @@ def register(sub) -> None:
     parser = sub.add_parser("coverage", help="which segment bytes the digest protects, as a table")
     parser.add_argument("--kernel", action="append", help="catalogue name or bzImage (repeatable; "
                         "default: the default kernel)")
-    parser.add_argument("--method", action="append", choices=tuple(ROLES),
-                        help="load method (repeatable; default: both)")
-    parser.add_argument("--role", action="append", choices=ROLES["kexec_load"],
+    parser.add_argument("--method", action="append", choices=METHODS,
+                        help="load method (repeatable; default: every method the kernel's "
+                             "architecture has)")
+    parser.add_argument("--role", action="append", choices=ALL_ROLES,
                         help="only these segment roles (repeatable)")
     parser.add_argument("--placement", action="append", choices=tuple(PLACEMENTS),
                         help="only these placements (repeatable)")
@@ -243,6 +248,5 @@ def register(sub) -> None:
 
 
 def _with_defaults(args: argparse.Namespace) -> int:
-    args.method = args.method or list(ROLES)
     args.table = args.table or ["digest", "loads"]
     return cmd_coverage(args)

@@ -157,12 +157,13 @@ class DumpFacts:
 
 def choose_pages(loads: list[Load], seed: int, memory: GuestMemory) -> list[Sample]:
     """First, last and RANDOM_PAGES random pages of every PT_LOAD, above 1 MiB and inside
-    the RAM file (a hot-added DIMM has a memory backend of its own)."""
+    the RAM file (a hot-added DIMM has a memory backend of its own); addresses are guest
+    physical (GuestMemory.end: RAM base + size, labctl/arch.py)."""
     rng = random.Random(seed)
     samples = []
     for load in loads:
         first = -(-max(load.paddr, LOW_MEMORY_END) // PAGE) * PAGE
-        last = (min(load.end, memory.size) - PAGE) // PAGE * PAGE
+        last = (min(load.end, memory.end) - PAGE) // PAGE * PAGE
         if last < first:
             continue
         samples.append(Sample(load, "first", first))
@@ -177,7 +178,7 @@ def _page_with_data(rng: random.Random, first: int, last: int, memory: GuestMemo
     page = first
     for _ in range(RANDOM_TRIES):
         page = rng.randrange(first, last + PAGE, PAGE)
-        if page + PAGE <= memory.size and memory.read(page, PAGE) != ZERO_PAGE:
+        if page + PAGE <= memory.end and memory.read(page, PAGE) != ZERO_PAGE:
             break
     return page
 
@@ -254,7 +255,7 @@ def _find_page(memory: GuestMemory, digest: str) -> str | None:
     """Which page of the RAM file the dump served instead (only pages holding data)."""
     for start, end in memory.written_ranges():
         for page in range(start // PAGE * PAGE, end, PAGE):
-            if page + PAGE <= memory.size and \
+            if page + PAGE <= memory.end and \
                     hashlib.sha256(memory.read(page, PAGE)).hexdigest() == digest:
                 return hex(page)
     return None

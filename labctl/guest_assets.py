@@ -14,9 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl import signing
+from labctl import guest_userland, signing
+from labctl.arch import HOST, Arch
 from labctl.cpio import CpioWriter
-from labctl.errors import InfraError
+from labctl.errors import ConfigError, InfraError
 from labctl.images import BAD_IMAGES, SIGNED_IMAGES, bad_image, guest_path
 from labctl.tools import run_tool
 
@@ -63,9 +64,11 @@ def _compiler_identity(cc: str) -> bytes:
 
 
 def build_helper(cache: Path, cc: str = "gcc") -> Path:
-    """Compile the static guest helper, or reuse the cached build of the same source."""
+    """Compile the static guest helper, or reuse the cached build of the same source
+    (cc: the guest architecture's compiler, e.g. aarch64-linux-gnu-gcc)."""
     source = HELPER_SOURCE.read_bytes()
-    out = cache / f"kexec-lab-helper-{_digest(source, _compiler_identity(cc))}"
+    prefix = "" if cc == "gcc" else f"{cc.removesuffix('gcc').rstrip('-')}-"
+    out = cache / f"kexec-lab-helper-{prefix}{_digest(source, _compiler_identity(cc))}"
     if out.exists():
         return out
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
@@ -82,17 +85,23 @@ def _busybox_applets(busybox: Path) -> list[str]:
     return sorted(set(proc.stdout.split()) - {"busybox"})
 
 
-def capture_initramfs_bytes(busybox: bytes, applets: list[str], helper: bytes, init: bytes) -> bytes:
-    """The base initramfs: enough userspace for the helper and a shell."""
+def capture_initramfs_bytes(busybox: bytes | None, applets: list[str], helper: bytes,
+                            init: bytes | None) -> bytes:
+    """The base initramfs: enough userspace for the helper and a shell.  Without busybox
+    (an architecture Debian 12 has no port for) the helper itself is /init."""
     cpio = CpioWriter()
     for d in ("bin", "dev", "proc", "sys", "boot", "tmp", "root"):
         cpio.directory(d)
     cpio.char_device("dev/console", 5, 1)
-    cpio.file("bin/busybox", busybox, 0o755)
-    for applet in applets:
-        cpio.symlink(f"bin/{applet}", "busybox")
+    if busybox is not None:
+        cpio.file("bin/busybox", busybox, 0o755)
+        for applet in applets:
+            cpio.symlink(f"bin/{applet}", "busybox")
     cpio.file(GUEST_HELPER, helper, 0o755)
-    cpio.file("init", init, 0o755)
+    if init is not None:
+        cpio.file("init", init, 0o755)
+    else:
+        cpio.symlink("init", GUEST_HELPER.lstrip("/"))
     return cpio.getvalue()
 
 
@@ -131,11 +140,62 @@ def tools_layer_bytes(program: Path = KEXEC_TOOL) -> bytes:
         package = "makedumpfile" if program == MAKEDUMPFILE else "kexec-tools"
         raise InfraError(f"{program} not found: install {package}")
     files = [program, *_shared_libraries(program)]
+    return _files_layer({str(path): path for path in files})
+
+
+def _files_layer(files: dict[str, Path]) -> bytes:
+    """An archive holding host files at guest paths, with their directories."""
     cpio = CpioWriter()
-    for directory in sorted({str(p) for f in files for p in f.parents if str(p) != "/"}):
+    guest = [Path(g) for g in files]
+    for directory in sorted({str(p) for g in guest for p in g.parents if str(p) != "/"}):
         cpio.directory(directory)
-    for path in files:
-        cpio.file(str(path), path.read_bytes(), 0o755)
+    for path, host in files.items():
+        cpio.file(path, host.read_bytes(), 0o755)
+    return cpio.getvalue()
+
+
+@dataclass(frozen=True)
+class Userland:
+    """What the guest runs besides the helper, for its architecture."""
+
+    busybox: bytes | None  # None: the helper is /init (no Debian port, riscv64)
+    applets: list[str]
+    init: bytes | None
+    tools: bytes  # kexec-tools layer (primary initramfs)
+    dump: bytes  # vmcore-dmesg (and makedumpfile) layer (capture initramfs)
+
+
+def _userland(arch: Arch, cache_dir: Path, dump_tools: bool) -> Userland:
+    """The host's own busybox lists its applets; a foreign one cannot run here, so only
+    `sh` is linked and guests/init links the rest in the guest (busybox --install).
+    Another architecture's kexec-tools and vmcore-dmesg come from Debian's archive for it;
+    an architecture without a Debian port has neither, and the helper is /init."""
+    if arch is HOST:
+        busybox = _require_busybox()
+        dump = tools_layer_bytes(VMCORE_DMESG)
+        if dump_tools:
+            dump += tools_layer_bytes(MAKEDUMPFILE)
+        return Userland(busybox.read_bytes(), _busybox_applets(busybox), INIT_SCRIPT.read_bytes(),
+                        tools_layer_bytes(), dump)
+    if dump_tools:
+        raise ConfigError(f"--save-vmcore needs makedumpfile in the {arch.name} guest, which the "
+                          "lab does not carry yet")
+    if arch.debian_arch is None:
+        return Userland(None, [], None, b"", b"")
+    busybox = guest_userland.busybox(arch, cache_dir)
+    tools = guest_userland.kexec_tools(arch, cache_dir)
+    dump = guest_userland.kexec_tools(arch, cache_dir, str(VMCORE_DMESG))
+    return Userland(busybox.read_bytes(), ["sh"], INIT_SCRIPT.read_bytes(), _files_layer(tools),
+                    _files_layer(dump))
+
+
+def modules_layer_bytes(modules: list[tuple[str, Path]]) -> bytes:
+    """Kernel modules guests/init loads at boot, in name order (/lib/modules/NN-name.ko)."""
+    cpio = CpioWriter()
+    for directory in ("lib", "lib/modules"):
+        cpio.directory(directory)
+    for name, path in modules:
+        cpio.file(f"lib/modules/{name}", path.read_bytes(), 0o644)
     return cpio.getvalue()
 
 
@@ -165,7 +225,8 @@ def signed_images_layer_bytes(bzimage: bytes, cache_dir: Path) -> tuple[bytes, d
 
 def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False,
                  signed_images: bool = False, sign_default: bool = False,
-                 dump_tools: bool = False) -> GuestAssets:
+                 dump_tools: bool = False, arch: Arch = HOST,
+                 modules: list[tuple[str, Path]] = ()) -> GuestAssets:
     """Build (or reuse) the helper and both initramfs images for one capture kernel.
 
     The capture initramfs carries vmcore-dmesg (and libc) to read the crashed
@@ -175,27 +236,27 @@ def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False
     and initramfs under /boot, kexec-tools, and (only when a scenario loads
     one, since the vmlinux is large) the bad images under /boot/bad, or the
     signature images under /boot/sig (signing.py).  sign_default: /boot/vmlinuz
-    is signed with the lab key (for a kernel that trusts it).
+    is signed with the lab key (for a kernel that trusts it).  Everything is built
+    for the guest's architecture (labctl/arch.py); modules: kernel modules the guest
+    loads at boot (arch_kernels.control_port_modules).
     """
+    if (bad_images or signed_images or sign_default) and arch is not HOST:
+        raise ConfigError(f"the bad and signed images are made from an {HOST.name} bzImage; "
+                          f"there are none for {arch.name} guests yet", key=("load", "kernel"))
     cache = cache_dir / "assets"
     cache.mkdir(parents=True, exist_ok=True)
-    helper = build_helper(cache)
-    busybox = _require_busybox()
-    busybox_bytes = busybox.read_bytes()
+    helper = build_helper(cache, arch.cc)
+    user = _userland(arch, cache_dir, dump_tools)
     helper_bytes = helper.read_bytes()
-    init_bytes = INIT_SCRIPT.read_bytes()
-    applets = _busybox_applets(busybox)
-    dump_layer = tools_layer_bytes(VMCORE_DMESG)
-    if dump_tools:
-        dump_layer += tools_layer_bytes(MAKEDUMPFILE)
-    base_key = _digest(busybox_bytes, helper_bytes, init_bytes, "\n".join(applets).encode(),
-                       dump_layer)
+    dump_layer = user.dump + (modules_layer_bytes(list(modules)) if modules else b"")
+    base_key = _digest(user.busybox or b"", helper_bytes, user.init or b"",
+                       "\n".join(user.applets).encode(), dump_layer)
     capture = cache / f"capture-{base_key}.cpio"
     if not capture.exists():
-        _atomic_write(capture, capture_initramfs_bytes(busybox_bytes, applets, helper_bytes,
-                                                       init_bytes) + dump_layer)
+        _atomic_write(capture, capture_initramfs_bytes(user.busybox, user.applets, helper_bytes,
+                                                       user.init) + dump_layer)
     kernel_bytes = Path(capture_kernel).read_bytes()
-    tools = tools_layer_bytes()
+    tools = user.tools
     signing_parts = []
     if signed_images or sign_default:
         keys = "".join(signing.key_pair(cache_dir, n).fingerprint() for n in signing.KEY_NAMES)

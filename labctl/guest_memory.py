@@ -1,8 +1,11 @@
 """Guest physical memory through the shared RAM backing file.
 
-On the `pc` machine with at most 3 GiB of RAM, guest physical address X is
-offset X of the memory-backend-file, so the host can read and write it while
-the guest runs.  Every write is a before/after record: original bytes, the
+Guest RAM is one memory-backend-file whose first byte is guest physical
+address `base` (labctl/arch.py's ram_base: 0 on x86_64's `pc` with at most
+3 GiB, 0x40000000 on aarch64 virt, 0x80000000 on riscv64 virt), so the host
+can read and write it while the guest runs.  `GuestMemory.offset` is the one
+place that maps an address to a file offset; everything here takes and returns
+guest physical addresses.  Every write is a before/after record: original bytes, the
 bytes written, and the bytes read back.
 """
 
@@ -52,28 +55,43 @@ def pattern_bytes(original: bytes, pattern: str, seed: int = 0) -> bytes:
 
 
 class GuestMemory:
-    """Read/write guest physical memory below the PCI hole through a mapping."""
+    """Read/write guest physical memory through a mapping of the RAM file."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, base: int = 0):
         self._fd = os.open(path, os.O_RDWR)
+        self.base = base
         self.size = os.fstat(self._fd).st_size
         self._map = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED)
 
-    def _check(self, address: int, length: int) -> None:
-        if address < 0 or length <= 0 or address + length > self.size:
-            raise ValueError(f"guest range {address:#x}+{length:#x} is outside RAM (0..{self.size:#x})")
+    @property
+    def end(self) -> int:
+        """The first guest physical address past RAM."""
+        return self.base + self.size
+
+    def offset(self, address: int) -> int:
+        """Offset in the RAM file of guest physical `address` (the one mapping)."""
+        return address - self.base
+
+    def _check(self, address: int, length: int) -> int:
+        offset = self.offset(address)
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            raise ValueError(f"guest range {address:#x}+{length:#x} is outside RAM "
+                             f"({self.base:#x}..{self.end:#x})")
+        return offset
 
     def read(self, address: int, length: int) -> bytes:
-        self._check(address, length)
-        return self._map[address:address + length]
+        offset = self._check(address, length)
+        return self._map[offset:offset + length]
 
     def find(self, needle: bytes, start: int, end: int) -> int:
         """Guest physical address of `needle` in [start, end), or -1 (no copy of RAM)."""
-        return self._map.find(needle, start, end)
+        found = self._map.find(needle, max(0, self.offset(start)), max(0, self.offset(end)))
+        return -1 if found < 0 else found + self.base
 
     def written_ranges(self):
-        """(start, end) of the RAM the guest has touched: the rest of the file is holes, and
-        reading a hole through the mapping would only allocate pages of zeros."""
+        """(start, end) guest physical addresses of the RAM the guest has touched: the rest
+        of the file is holes, and reading a hole through the mapping would only allocate
+        pages of zeros."""
         offset = 0
         while offset < self.size:
             try:
@@ -81,11 +99,11 @@ class GuestMemory:
             except OSError:  # ENXIO: no data after offset
                 return
             offset = os.lseek(self._fd, start, os.SEEK_HOLE)
-            yield start, offset
+            yield start + self.base, offset + self.base
 
     def write(self, address: int, data: bytes) -> None:
-        self._check(address, len(data))
-        self._map[address:address + len(data)] = data
+        offset = self._check(address, len(data))
+        self._map[offset:offset + len(data)] = data
         self._map.flush()
 
     def corrupt(self, address: int, length: int, pattern: str, seed: int = 0) -> Write:

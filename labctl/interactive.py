@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labctl import lab_prompt, purgatory
+from labctl.arch import HOST, Arch
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir
 from labctl.config import Corruption, Expected, find_scenario, load_scenario
@@ -264,7 +265,8 @@ class LiveGuest:
                 f"{since:.1f} s since the panic, no evidence yet"
             self.say(f"no verdict yet ({where}; stage {self.stage})")
             for vcpu in self.snapshot.get("vcpus", []) if self._reached("panicked") else []:
-                self.say(f"  CPU#{vcpu['cpu']} RIP={vcpu['rip']} in {vcpu['segment'] or 'no segment'}")
+                self.say(f"  CPU#{vcpu['cpu']} {self.session.arch.pc_name}={vcpu['rip']} in "
+                         f"{vcpu['segment'] or 'no segment'}")
             return
         self.finding = finding
         passed, reason = self.pair.judge(finding)
@@ -280,7 +282,7 @@ class LiveGuest:
             self.placement_searched = True
             obj = None
             if self.pair.scenario.load.method == "kexec_file_load":  # kexec_load: kexec-tools' own
-                obj = purgatory.find_in_memory(self.session.memory)
+                obj = purgatory.find_in_memory(self.session.memory, self.session.arch)
             if obj:
                 (self.pair.out / SYMBOLS).write_bytes(obj)
             self.placement = purgatory.locate(self.loaded.table, obj)
@@ -292,7 +294,7 @@ class LiveGuest:
         symbols = self.pair.out / SYMBOLS
         self.say(purgatory.gdb_hint(self.pair.gdb_port, self.purgatory(),
                                     symbols.resolve() if symbols.exists() else None,
-                                    loaded=self.loaded is not None))
+                                    loaded=self.loaded is not None, arch=self.session.arch))
 
     # ------------------------------------------------------------ the terminal
     def serve(self) -> None:
@@ -412,7 +414,7 @@ class LiveGuest:
 
     def do_regs(self) -> None:
         text = self.session.machine.hmp("info registers -a")
-        self.say(format_registers(text, self._table()))
+        self.say(format_registers(text, self._table(), self.session.arch))
 
     def do_panic(self, trigger: str | None) -> None:
         self.panic(trigger)
@@ -462,14 +464,16 @@ def format_segments(table: SegmentTable, placement: Placement | None) -> str:
     return "\n".join(lines)
 
 
-def format_registers(text: str, table: SegmentTable) -> str:
-    """Each vCPU's general registers and control registers, then where its RIP is."""
-    lines = [line for line in text.splitlines() if line.startswith(("CPU#", "R", "CR0="))]
-    for cpu, rip in sorted(parse_registers(text).items()):
+def format_registers(text: str, table: SegmentTable, arch: Arch = HOST) -> str:
+    """Each vCPU's general registers (and x86's control registers), then where its
+    program counter is."""
+    lines = [line for line in text.splitlines()
+             if arch is not HOST or line.startswith(("CPU#", "R", "CR0="))]
+    for cpu, rip in sorted(parse_registers(text, arch).items()):
         segment = table.containing(rip)
         where = f"{segment.role or f'segment {segment.index}'} +{rip - segment.mem:#x}" if segment \
             else "no loaded segment"
-        lines.append(f"CPU#{cpu} RIP={rip:#x} is in {where}")
+        lines.append(f"CPU#{cpu} {arch.pc_name}={rip:#x} is in {where}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import unidiff
 
+from labctl.arch import ARCHES, HOST, get_arch
 from labctl.config import Field, KernelEntry, LabConfig, Validator, read_yaml
 from labctl.debian import apt_show, download_and_unpack, installed_version, package_dir
 from labctl.errors import ConfigError, InfraError
@@ -35,12 +36,10 @@ from labctl.tools import run_tool
 
 BUILD_FORMAT = 1  # bump when the build procedure changes what it produces
 BASE_TARGETS = ("tinyconfig", "defconfig", "allnoconfig")
-OUTPUTS = {  # cached name -> path inside the object directory
-    "bzImage": "arch/x86/boot/bzImage",
+OUTPUTS = {  # cached name -> path inside the object directory (plus the arch's images)
     "config": ".config",
     "System.map": "System.map",
     "vmlinux": "vmlinux",
-    "purgatory.ro": "arch/x86/purgatory/purgatory.ro",
 }
 PROGRESS_SECONDS = 5.0
 TOOL_SECONDS = 120.0  # gcc --version, one patch
@@ -51,6 +50,7 @@ KBUILD_STEP = re.compile(r"^\s+([A-Z][A-Z0-9_]*)\s+(\S+)")
 
 RECIPE_SCHEMA = {
     "description": Field(str, default=""),
+    "arch": Field(str, default=HOST.name, choices=tuple(ARCHES)),  # cross-built unless the host's
     "source": Field(dict, schema={
         "debian_package": Field(str, default=None),
         "path": Field(str, default=None),
@@ -86,6 +86,7 @@ class Recipe:
     base: str  # a make target from BASE_TARGETS, or a config file path
     fragments: tuple[Path, ...]
     trusted_keys: tuple[str, ...] = ()
+    arch: str = HOST.name
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,18 @@ class Build:
     cache_hit: bool
 
     @property
+    def arch(self) -> str:
+        return self.inputs.get("arch", HOST.name)
+
+    @property
     def bzimage(self) -> Path:
-        return self.directory / "bzImage"
+        """The image QEMU boots (bzImage on x86_64, Image on arm64 and riscv64)."""
+        return self.directory / get_arch(self.arch).boot_image
+
+    @property
+    def kexec_image(self) -> Path:
+        """The image the capture kernel is loaded from (riscv64: the ELF vmlinux)."""
+        return self.directory / get_arch(self.arch).kexec_image
 
     @property
     def config(self) -> Path:
@@ -142,7 +153,7 @@ def load_recipe(path: Path, name: str | None = None) -> Recipe:
         patches=_file_list(check, path, ("patches",), raw["patches"]),
         base=base, fragments=_file_list(check, path, ("config", "fragments"),
                                         raw["config"]["fragments"]),
-        trusted_keys=tuple(raw["trusted_keys"]))
+        trusted_keys=tuple(raw["trusted_keys"]), arch=raw["arch"])
 
 
 def _file_list(check: Validator, recipe: Path, keypath: tuple, items: list) -> tuple[Path, ...]:
@@ -177,9 +188,11 @@ def tree_fingerprint(root: Path) -> str:
     return digest.hexdigest()
 
 
-def compiler_identity() -> str:
-    proc = run_tool(["gcc", "--version"], "asking the compiler its version (kernel recipes need "
-                    "build-essential)", TOOL_SECONDS)
+def compiler_identity(arch: str = HOST.name) -> str:
+    target = get_arch(arch)
+    package = target.cross_package if target.cross_compile else "build-essential"
+    proc = run_tool([target.cc, "--version"], f"asking the compiler its version ({arch} kernel "
+                    f"recipes need {package})", TOOL_SECONDS)
     return proc.stdout.splitlines()[0]
 
 
@@ -193,7 +206,9 @@ def recipe_inputs(recipe: Recipe, source_identity: str, cache_dir: Path | None =
         "base": recipe.base if recipe.base in BASE_TARGETS
         else {"file": recipe.base, "sha256": _sha256_file(Path(recipe.base))},
         "fragments": [{"name": f.name, "sha256": _sha256_file(f)} for f in recipe.fragments],
-        "compiler": compiler_identity(),
+        "compiler": compiler_identity(recipe.arch),
+        # only cross builds carry the key, so the host's recipes keep their cache keys
+        **({"arch": recipe.arch} if recipe.arch != HOST.name else {}),
     }
     if recipe.trusted_keys:
         if cache_dir is None:
@@ -398,10 +413,11 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
                      f"with {jobs} jobs; log: {kept_log}")
         src, obj = _patched_source(recipe, tree, work / "src", log, progress), work / "obj"
         make = ["make", "-C", str(src), f"O={obj}", f"LOCALVERSION=-lab-{key[:8]}",
-                "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab"]
+                "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab",
+                *get_arch(recipe.arch).kbuild]
         _configure(recipe, src, obj, make, log, progress,
                    _trusted_keys_fragment(recipe, plan.directory.parent.parent, work))
-        _make(make + [f"-j{jobs}", "bzImage"], log, "building", progress)
+        _make(make + [f"-j{jobs}", get_arch(recipe.arch).boot_target], log, "building", progress)
         release = _publish(plan, obj, work / "out", log, jobs, round(time.monotonic() - start, 1))
         progress.say(f"built {recipe.name} {release} in {time.monotonic() - start:.0f} s -> {final}")
     except (BuildError, ConfigError) as exc:
@@ -429,7 +445,7 @@ def _patched_source(recipe: Recipe, tree: Path, copy: Path, log: Path, progress:
 def _publish(plan: Plan, obj: Path, out: Path, log: Path, jobs: int, seconds: float) -> str:
     """Copy the outputs and build.json next to each other, then move them in at once."""
     out.mkdir()
-    for name, rel in OUTPUTS.items():
+    for name, rel in {**OUTPUTS, **dict(get_arch(plan.recipe.arch).outputs)}.items():
         shutil.copy2(obj / rel, out / name)
     release = (obj / "include" / "config" / "kernel.release").read_text().strip()
     shutil.copy2(log, out / "build.log")
@@ -509,7 +525,8 @@ def recipe_kernel(lab: LabConfig, entry: KernelEntry, jobs: int | None = None) -
     """A catalogue recipe as a bootable Kernel: built on first use, a cache hit after."""
     build = build_entry(lab, entry.name, jobs)
     return Kernel(name=entry.name, bzimage=build.bzimage, release=build.release,
-                  config=build.config, recipe=build.describe())
+                  config=build.config, recipe=build.describe(), arch=build.arch,
+                  kexec_image=build.kexec_image)
 
 
 def build_entry(lab: LabConfig, name: str, jobs: int | None = None) -> Build:

@@ -116,14 +116,18 @@ class KernelFacts:
         return out
 
 
-def resolve(expect: Expectation, kernel: str, facts: KernelFacts, found: dict | None = None) -> Expected:
+def resolve(expect: Expectation, kernel: str, facts: KernelFacts, found: dict | None = None,
+            arch: str = "x86_64") -> Expected:
     """The expectation for this kernel; UnknownFact when a case tried before the one that
     matches needs an option nothing told (cases are tried in order, first match wins).
-    found: what the lab found in the image (lab_key), for the cases that ask."""
+    found: what the lab found in the image (lab_key), for the cases that ask; arch: the
+    guest architecture, for cases that name one."""
     symbols: dict[str, str] = {}
     for case in expect.cases:
-        if case.config is None:  # a kernel name or a lab key
-            if case.matches(kernel, symbols, found):
+        if case.arch is not None and case.arch != arch:
+            continue  # another architecture's answer: its options do not matter here
+        if case.config is None:  # a kernel name, a lab key or an architecture alone
+            if case.matches(kernel, symbols, found, arch):
                 break
             continue
         symbol, _, value = case.config.partition("=")
@@ -133,4 +137,4 @@ def resolve(expect: Expectation, kernel: str, facts: KernelFacts, found: dict | 
         symbols[symbol] = fact.value
         if fact.value == value:
             break
-    return expect.resolve(kernel, symbols, found)
+    return expect.resolve(kernel, symbols, found, arch)

@@ -35,6 +35,19 @@ class Kernel:
     version: str | None = None
     config: Path | None = None
     recipe: dict | None = None  # recipe kernels: build key, source, patches (kernel_build.py)
+    arch: str = "x86_64"  # labctl/arch.py: which QEMU, ports, memory map, parked-vCPU signature
+    kexec_image: Path | None = None  # what the capture kernel is loaded from, if not bzimage
+
+    @property
+    def modules_dir(self) -> Path | None:
+        """lib/modules/RELEASE of an unpacked Debian kernel package, if it has one."""
+        path = self.bzimage.parent.parent / "lib" / "modules" / self.release
+        return path if path.is_dir() else None
+
+    @property
+    def capture_image(self) -> Path:
+        """The image kexec loads (riscv64: the ELF vmlinux; elsewhere the boot image)."""
+        return self.kexec_image or self.bzimage
 
     def config_symbols(self) -> dict[str, str]:
         """CONFIG_* values from the kernel's config file ({} when it has none)."""
@@ -44,7 +57,8 @@ class Kernel:
 
     def describe(self) -> dict:
         return {"name": self.name, "release": self.release, "bzimage": str(self.bzimage),
-                "package": self.package, "version": self.version,
+                "arch": self.arch, "package": self.package, "version": self.version,
+                **({"kexec_image": str(self.kexec_image)} if self.kexec_image else {}),
                 **({"recipe": self.recipe} if self.recipe else {})}
 
 

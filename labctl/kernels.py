@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+from labctl.arch import HOST, get_arch
 from labctl.config import KernelEntry, LabConfig, key_error
 from labctl.debian import apt_show, download_and_unpack, package_dir
 from labctl.errors import ConfigError, InfraError
@@ -48,7 +49,8 @@ def resolve_package(package: str) -> tuple[str, str]:
     raise InfraError(f"{package!r}: too many levels of metapackages")
 
 
-def cached_debian_kernel(name: str, cache_dir: Path, package: str, version: str) -> Kernel | None:
+def cached_debian_kernel(name: str, cache_dir: Path, package: str, version: str,
+                         arch: str | None = None) -> Kernel | None:
     """The Kernel of an unpacked linux-image package in the cache, or None if it is not there."""
     images = sorted((package_dir(cache_dir / "kernels", package, version) / "boot").glob("vmlinuz-*"))
     if not images:
@@ -56,7 +58,8 @@ def cached_debian_kernel(name: str, cache_dir: Path, package: str, version: str)
     release = images[0].name[len("vmlinuz-"):]
     config = images[0].with_name(f"config-{release}")
     return Kernel(name=name, bzimage=images[0], release=release, package=package,
-                  version=version, config=config if config.exists() else None)
+                  version=version, config=config if config.exists() else None,
+                  arch=arch or HOST.name)
 
 
 def debian_kernel(entry: KernelEntry, cache_dir: Path, progress=print) -> Kernel:
@@ -65,16 +68,23 @@ def debian_kernel(entry: KernelEntry, cache_dir: Path, progress=print) -> Kernel
     dest = package_dir(cache_dir / "kernels", package, version)
     if not dest.exists():
         progress(f"downloading {package} {version} ...")
-        download_and_unpack(package, version, dest)
-    kernel = cached_debian_kernel(entry.name, cache_dir, package, version)
+        # another architecture's package (arm64) is named with it for apt-get download
+        foreign = get_arch(entry.arch)
+        download_and_unpack(package if foreign is HOST else f"{package}:{foreign.debian_arch}",
+                            version, dest)
+    kernel = cached_debian_kernel(entry.name, cache_dir, package, version, entry.arch)
     if kernel is None:
         raise InfraError(f"{package} {version} holds no /boot/vmlinuz-*")
     return kernel
 
 
-def path_kernel(name: str, path: Path) -> Kernel:
+def path_kernel(name: str, path: Path, arch: str | None = None) -> Kernel:
     if not path.is_file():
         raise ConfigError(f"kernel image not found: {path}")
+    if arch not in (None, HOST.name):  # arch_kernels.py: an arm64 Image, a riscv64 vmlinux
+        from labctl.arch_kernels import foreign_path_kernel  # it imports this module
+
+        return foreign_path_kernel(name, path, arch)
     release = bzimage_release(path) or "unknown"
     config = next((c for c in (path.with_name(f"config-{release}"), path.parent / "config",
                                path.parents[min(3, len(path.parents) - 1)] / ".config")
@@ -82,21 +92,23 @@ def path_kernel(name: str, path: Path) -> Kernel:
     return Kernel(name=name, bzimage=path.resolve(), release=release, config=config)
 
 
-def resolve_kernel(lab: LabConfig, name_or_path: str | None, progress=print) -> Kernel:
-    """--kernel NAME-or-PATH: a catalogue name, else a path to a bzImage."""
+def resolve_kernel(lab: LabConfig, name_or_path: str | None, progress=print,
+                   arch: str | None = None) -> Kernel:
+    """--kernel NAME-or-PATH: a catalogue name, else a path to a bzImage (or, with
+    --arch, an arm64 Image or a riscv64 vmlinux)."""
     name = name_or_path or lab.default_kernel
     entry = lab.kernels.get(name)
     if entry is None:
         if os.sep in name or Path(name).exists():
             path = Path(name)
-            return path_kernel(path.name, path)
+            return path_kernel(path.name, path, arch)
         raise ConfigError(f"unknown kernel {name!r}: not in the catalogue of {lab.path} "
                           f"({', '.join(sorted(lab.kernels))}) and not a file")
     if entry.path:
         path = (lab.path.parent / entry.path).resolve()
         if not path.is_file():
             raise key_error(lab.path, ("kernels", name, "path"), f"kernel image not found: {path}")
-        return path_kernel(entry.name, path)
+        return path_kernel(entry.name, path, entry.arch)
     if entry.recipe:
         return recipe_kernel(lab, entry)
     if not shutil.which("apt-cache"):

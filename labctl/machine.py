@@ -24,7 +24,9 @@ from pathlib import Path
 from qemu.qmp import ExecuteError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from labctl.arch import HOST, get_arch
 from labctl.errors import InfraError, Interrupted
+from labctl.relay import relay
 
 PR_SET_PDEATHSIG = 1
 OWNER_FILE = "owner"  # in a run directory: the pid of the labctl that made it
@@ -47,6 +49,7 @@ class MachineSpec:
     hotplug_memory_mib: int = 0  # room for one DIMM (pc-dimm) hot-added above the RAM
     tcg_threads: str = "multi"
     gdb_port: int | None = None
+    arch: str = HOST.name  # labctl/arch.py: binary, machine, ports
 
 
 class RunDir:
@@ -94,18 +97,28 @@ def sweep_stale_run_dirs(base: Path) -> list[Path]:
     return swept
 
 
+def _control_port(virtio: bool) -> list[str]:
+    """The control channel: a second UART, or a virtio-console port (hvc0) where the
+    machine has only one UART (aarch64 and riscv64 virt in QEMU 7.2)."""
+    if virtio:
+        return ["-device", "virtio-serial-device", "-device", "virtconsole,chardev=control"]
+    return ["-serial", "chardev:control"]
+
+
 def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: Path,
-              binary: str = "qemu-system-x86_64") -> list[str]:
+              binary: str | None = None) -> list[str]:
     """The QEMU command line for a spec; pure, so a golden test can pin it."""
+    target = get_arch(spec.arch)
     if spec.accel == "kvm":
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
-        accel = ["-accel", f"tcg,thread={spec.tcg_threads}", "-cpu", "max"]
-        if spec.maxcpus and spec.maxcpus > spec.smp:
+        accel = ["-accel", f"tcg,thread={spec.tcg_threads}", "-cpu", target.cpu_tcg]
+        if spec.maxcpus and spec.maxcpus > spec.smp and target is HOST:
             accel = accel[:-1] + x86_tcg_cpu_hotplug_args()
+    machine_type = spec.machine_type if target is HOST else target.machine
     argv = [
-        binary, *accel,
-        "-machine", f"{spec.machine_type},memory-backend=ram",
+        binary or target.qemu_binary, *accel, *target.extra_qemu,
+        "-machine", f"{machine_type},memory-backend=ram",
         "-object", f"memory-backend-file,id=ram,size={spec.memory_mib}M,mem-path={ram},share=on",
         "-m", f"{spec.memory_mib}M" + (f",slots=1,maxmem={spec.memory_mib + spec.hotplug_memory_mib}M"
                                        if spec.hotplug_memory_mib else ""),
@@ -115,7 +128,7 @@ def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: P
         "-chardev", f"socket,id=console,path={console}",
         "-serial", "chardev:console",
         "-chardev", f"socket,id=control,path={control}",
-        "-serial", "chardev:control",
+        *_control_port(target.virtio_control),
         "-chardev", f"socket,id=qmp,path={qmp}",
         "-mon", "chardev=qmp,mode=control",
     ]
@@ -161,10 +174,11 @@ def _listen(path: Path) -> socket.socket:
 class Machine:
     """One running guest.  Use as a context manager; exit always cleans up."""
 
-    def __init__(self, spec: MachineSpec, qemu_log: Path, binary: str = "qemu-system-x86_64"):
+    def __init__(self, spec: MachineSpec, qemu_log: Path, binary: str | None = None):
         self.spec = spec
         self.qemu_log = qemu_log
-        self.binary = binary
+        self.arch = get_arch(spec.arch)
+        self.binary = binary or self.arch.qemu_binary
         self.rundir: RunDir | None = None
         self.proc: subprocess.Popen | None = None
         self.console: socket.socket | None = None
@@ -198,8 +212,9 @@ class Machine:
     def launch(self) -> None:
         binary = shutil.which(self.binary)
         if not binary:
-            raise InfraError(f"{self.binary} not found: install qemu-system-x86 "
-                             "(apt-get install --no-install-recommends qemu-system-x86)")
+            package = self.arch.qemu_package
+            raise InfraError(f"{self.binary} not found: install {package} "
+                             f"(apt-get install --no-install-recommends {package})")
         self.rundir = RunDir()
         self.ram_path = self._make_ram_file()
         paths = {name: self.rundir / f"{name}.sock" for name in ("console", "control", "qmp")}
@@ -217,10 +232,12 @@ class Machine:
         self.started = time.monotonic()
         try:
             self.console = self._accept(listeners["console"])
+            if self.arch.blocking_uart:  # relay.py: never let QEMU wait on the lab
+                self.console = relay(self.console)
             self.control = self._accept(listeners["control"])
             try:
                 self.qmp.accept(timeout=10)
-                self.qmp.settimeout(QMP_SECONDS)
+                self.qmp.settimeout(self.qmp_seconds)
             except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
                 raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
@@ -279,6 +296,12 @@ class Machine:
         tail = self.qemu_output(600)
         return f"QEMU {how}" + (f": {tail.splitlines()[-1]}" if tail else "")
 
+    @property
+    def qmp_seconds(self) -> float:
+        """How long QEMU may take to answer QMP before it counts as stuck (stretched for an
+        architecture TCG runs more slowly)."""
+        return QMP_SECONDS * self.arch.tcg_slowdown
+
     def hmp(self, command: str) -> str:
         """A human monitor command through QMP (e.g. 'info registers -a')."""
         return self._qmp_cmd("human-monitor-command", **{"command-line": command})
@@ -297,7 +320,7 @@ class Machine:
         try:
             return self.qmp.cmd(command, **args)
         except TimeoutError:
-            raise InfraError(f"QEMU did not answer QMP '{command}' within {QMP_SECONDS:g} s") from None
+            raise InfraError(f"QEMU did not answer QMP '{command}' within {self.qmp_seconds:g} s") from None
         except ExecuteError as exc:  # QEMU answered, with an error
             raise InfraError(f"QMP '{command}' {args} refused: {exc}") from None
         except QMPError as exc:  # the monitor went away: QEMU is exiting or died

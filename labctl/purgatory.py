@@ -23,6 +23,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
+from labctl.arch import HOST, Arch
 from labctl.guest_memory import GuestMemory
 from labctl.segments import SegmentTable
 
@@ -47,11 +48,11 @@ def _align(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment if alignment > 1 else value
 
 
-def _kernel_purgatory(blob: bytes) -> bytes | None:
+def _kernel_purgatory(blob: bytes, machine: int = HOST.elf_machine) -> bytes | None:
     """The ELF object at the start of `blob`, trimmed to its size, if it is the kernel's purgatory."""
     header = blob[:HEADER_SIZE]
     if len(header) < HEADER_SIZE or int.from_bytes(header[16:18], "little") != 1 \
-            or int.from_bytes(header[18:20], "little") != 62:  # ET_REL, EM_X86_64
+            or int.from_bytes(header[18:20], "little") != machine:  # ET_REL, the guest's EM_
         return None
     shoff, shentsize, shnum = (int.from_bytes(header[0x28:0x30], "little"),
                                int.from_bytes(header[0x3A:0x3C], "little"),
@@ -67,12 +68,13 @@ def _kernel_purgatory(blob: bytes) -> bytes | None:
     return blob[:size] if found else None
 
 
-def find_in_memory(memory: GuestMemory) -> bytes | None:
+def find_in_memory(memory: GuestMemory, arch: Arch = HOST) -> bytes | None:
     """The running kernel's purgatory object (kexec_purgatory[]), found in guest RAM."""
     for start, end in memory.written_ranges():
         address = memory.find(ELF64_LE, start, end)
         while address != -1:
-            if obj := _kernel_purgatory(memory.read(address, min(MAX_OBJECT, memory.size - address))):
+            blob = memory.read(address, min(MAX_OBJECT, memory.end - address))
+            if obj := _kernel_purgatory(blob, arch.elf_machine):
                 return obj
             address = memory.find(ELF64_LE, address + 1, end)
     return None
@@ -123,9 +125,10 @@ def locate(table: SegmentTable, obj: bytes | None) -> Placement | None:
     return placement
 
 
-def gdb_argv(port: int, placement: Placement | None, symbols: Path | None) -> list[str]:
+def gdb_argv(port: int, placement: Placement | None, symbols: Path | None,
+             arch: Arch = HOST) -> list[str]:
     """gdb on QEMU's gdbstub: purgatory's symbols and a hardware breakpoint at its entry."""
-    argv = ["gdb", "-q", "-ex", "set confirm off", "-ex", "set architecture i386:x86-64"]
+    argv = [arch.gdb, "-q", "-ex", "set confirm off", "-ex", f"set architecture {arch.gdb_architecture}"]
     if placement and symbols and ".text" in placement.sections:
         sections = " ".join(f"-s {name} {address:#x}" for name, address in placement.sections.items())
         argv += ["-ex", f"add-symbol-file {symbols} {sections}"]
@@ -135,13 +138,17 @@ def gdb_argv(port: int, placement: Placement | None, symbols: Path | None) -> li
     return argv + ["-ex", "continue"]
 
 
-def gdb_hint(port: int, placement: Placement | None, symbols: Path | None, loaded: bool) -> str:
+def gdb_hint(port: int, placement: Placement | None, symbols: Path | None, loaded: bool,
+             arch: Arch = HOST) -> str:
     """What to tell the person: the exact command line, and where it will stop."""
-    if not loaded:
+    if loaded and placement is None and not arch.file_purgatory_checks:
+        note = f"{arch.name}'s kexec_file_load has no purgatory: no breakpoint"
+    elif not loaded:
         note = "the purgatory breakpoint is added once the capture kernel is loaded"
     elif placement is None:
         note = "purgatory's entry point is unknown for this load: no breakpoint"
     else:
         name = f" ({placement.entry_symbol})" if placement.entry_symbol else ""
         note = f"stops at purgatory's entry {placement.entry:#x}{name} after the panic"
-    return f"gdb (gdbstub on 127.0.0.1:{port}; {note}):\n  {shlex.join(gdb_argv(port, placement, symbols))}"
+    argv = gdb_argv(port, placement, symbols, arch)
+    return f"gdb (gdbstub on 127.0.0.1:{port}; {note}):\n  {shlex.join(argv)}"

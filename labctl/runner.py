@@ -14,8 +14,10 @@ from functools import cached_property
 from pathlib import Path
 
 from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
+from labctl.arch import HOST, Arch, get_arch
+from labctl.arch_kernels import control_port_modules
 from labctl.artifacts import pair_dir
-from labctl.config import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
+from labctl.config import Expected, LabConfig, LoadStep, MachineConfig, Scenario, Timeouts, key_error
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.cpu_hotplug import (
@@ -39,23 +41,24 @@ from labctl.result import Outcome, PairResult
 from labctl.signing import trusted_lab_keys
 from labctl.smp import cpu_watch, resolve_cpus
 from labctl.steps import Finding, Loaded, Session
-from labctl.verdict import LOAD_ACCEPTED, LOAD_REJECTED, judge
+from labctl.verdict import CAPTURE_BOOTED, CAPTURE_PANICKED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 
 
-def primary_cmdline(machine: MachineConfig, crashkernel: bool = True, extra: str = "") -> str:
-    """The primary kernel: console on ttyS0, memory reserved for the capture kernel
+def primary_cmdline(machine: MachineConfig, crashkernel: bool = True, extra: str = "",
+                    arch: Arch = HOST) -> str:
+    """The primary kernel: console (ttyS0 on x86_64), memory reserved for the capture kernel
     (unless the scenario is about having none), and no reboot after a panic
     (panic=0) so a refused capture kernel stays visible; then the scenario's own
     words (boot.cmdline, e.g. lockdown=integrity)."""
     reserve = f"crashkernel={machine.crashkernel_mib}M" if crashkernel else ""
-    return " ".join(filter(None, ["console=ttyS0,115200", reserve, "panic=0", machine.cmdline,
+    return " ".join(filter(None, [*arch.kernel_params, reserve, "panic=0", machine.cmdline,
                                   extra]))
 
 
-def capture_cmdline(machine: MachineConfig, load: LoadStep | None = None) -> str:
+def capture_cmdline(machine: MachineConfig, load: LoadStep | None = None, arch: Arch = HOST) -> str:
     """The capture kernel's command line; padded to load.cmdline_length if asked."""
     load = load or LoadStep()
-    line = " ".join(filter(None, ["console=ttyS0,115200", machine.capture_cmdline, load.cmdline]))
+    line = " ".join(filter(None, [*arch.kernel_params, machine.capture_cmdline, load.cmdline]))
     if load.cmdline_length and load.cmdline_length > len(line):
         pad = " kexec_lab_pad="
         line += pad + "x" * max(0, load.cmdline_length - len(line) - len(pad))
@@ -90,15 +93,20 @@ class PairRun:
         if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
             self.facts.config_gz = session.kernel_config()
 
+    @property
+    def arch(self) -> Arch:
+        return get_arch(self.kernel.arch)
+
     def machine_spec(self, accel: Accel, assets: GuestAssets) -> MachineSpec:
         m = self.lab.machine
         smp, maxcpus = resolve_cpus(m, self.scenario)
         return MachineSpec(kernel=self.kernel.bzimage, initrd=assets.primary_initramfs,
                            cmdline=primary_cmdline(m, self.scenario.crashkernel,
-                                                   self.scenario.boot_cmdline),
+                                                   self.scenario.boot_cmdline, self.arch),
                            accel=accel.name, machine_type=m.type,
                            memory_mib=m.memory_mib, smp=smp, maxcpus=maxcpus, tcg_threads=m.tcg_threads,
-                           hotplug_memory_mib=self.scenario.hotplug.memory_mib if self.scenario.hotplug else 0)
+                           hotplug_memory_mib=self.scenario.hotplug.memory_mib if self.scenario.hotplug else 0,
+                           arch=self.arch.name)
 
     @cached_property
     def trusted_keys(self) -> list[str] | None:
@@ -119,7 +127,8 @@ class PairRun:
         found = {"lab_key": None if keys is None else "lab" in keys}
         self.evidence["kernel_facts"] = {**found, "trusted_lab_keys": keys,
                                          **self.facts.to_json(needed_symbols(self.scenario.expect))}
-        return resolve_expectation(self.scenario.expect, self.kernel.name, self.facts, found)
+        return resolve_expectation(self.scenario.expect, self.kernel.name, self.facts, found,
+                                   self.kernel.arch)
 
     @property
     def then_intact(self) -> bool:
@@ -146,8 +155,9 @@ class PairRun:
             assert machine.console and machine.control and machine.ram_path, "launched"
             console = Console(machine.console.fileno(), StampedLog(out / "serial.log", t0))
             control = ControlChannel(machine.control, out / "control.log", t0)
-            memory = GuestMemory(machine.ram_path)
-            self.session = Session(machine, console, control, memory, self.lab.timeouts, self.progress)
+            memory = GuestMemory(machine.ram_path, self.arch.ram_base)
+            self.session = Session(machine, console, control, memory,
+                                   scaled_timeouts(self.lab.timeouts, self.arch), self.progress)
             self.session.save_vmcore_to = out if self.save_vmcore else None
             try:
                 return self._steps(self.session)
@@ -182,7 +192,8 @@ class PairRun:
 
     def step_load(self, session: Session) -> Loaded:
         load = self.scenario.load
-        loaded = session.load(capture_cmdline(self.lab.machine, load), load.method, load.kernel)
+        loaded = session.load(capture_cmdline(self.lab.machine, load, self.arch), load.method,
+                              load.kernel)
         self.evidence["load"] = {"method": load.method, "image": load.kernel, **loaded.evidence()}
         if self.images and load.kernel in self.images:
             self.evidence["load"]["image_facts"] = self.images[load.kernel]
@@ -220,7 +231,7 @@ class PairRun:
         """After a load that was refused (or accepted and left alone): is the guest still
         healthy?  A valid load and an intact crash must boot the capture kernel."""
         self.progress.say("checking the guest is still healthy: valid load, then an intact crash")
-        loaded = session.load(capture_cmdline(self.lab.machine))
+        loaded = session.load(capture_cmdline(self.lab.machine, arch=self.arch))
         if loaded.rejected:
             return {"outcome": LOAD_REJECTED, "load": loaded.evidence()}
         session.trigger("sysrq")
@@ -244,18 +255,22 @@ class PairRun:
         if self.scenario.load.unload:
             self.evidence["unload"] = session.unload(self.scenario.load.method)
         self.step_trigger(session)
-        return session.observe(loaded.table, self.kernel.release)
+        finding = session.observe(loaded.table, self.kernel.release)
+        if self.scenario.corrupt and finding.outcome in (CAPTURE_BOOTED, CAPTURE_PANICKED):
+            self.evidence["corruption"].update(corruption_at_verdict(session, self.evidence["corruption"]))
+        return finding
 
     def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:
         """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
         self.progress.say("preparing guest assets")
         image = self.scenario.load.kernel
-        assets = build_assets(self.lab.cache_dir, self.kernel.bzimage,
+        assets = build_assets(self.lab.cache_dir, self.kernel.capture_image,
                               bad_images=image in BAD_IMAGES, signed_images=image in SIGNED_IMAGES,
                               sign_default="lab" in (self.trusted_keys or ()),
-                              dump_tools=self.save_vmcore)
+                              dump_tools=self.save_vmcore, arch=self.arch,
+                              modules=control_port_modules(self.kernel))
         self.images = assets.images
-        accel = self.chooser.choose(self.lab.accel)
+        accel = choose_accel(self.chooser, self.lab.accel, self.arch)
         self.progress.say(f"accelerator {accel.name}: {accel.reason}")
         try:
             return accel, self.attempt(self.machine_spec(accel, assets), out, t0)
@@ -270,6 +285,31 @@ class PairRun:
             self.progress.say(accel.reason)
             self.session = None
             return accel, self.attempt(self.machine_spec(accel, assets), out, t0)
+
+
+def corruption_at_verdict(session: Session, corruption: dict) -> dict:
+    """Were the corrupted bytes still there when a capture kernel ran?  Where nothing moved
+    the image (arm64's Image runs where it was loaded), this shows that the corrupted bytes
+    themselves were entered, not a copy purgatory had checked."""
+    address, length = int(corruption["address"], 16), corruption["length"]
+    now = session.memory.read(address, length).hex()
+    return {"at_verdict": now, "still_corrupted": now == corruption["written"]}
+
+
+def scaled_timeouts(timeouts: Timeouts, arch: Arch) -> Timeouts:
+    """lab.yaml's backstops, stretched for an architecture TCG runs more slowly."""
+    f = arch.tcg_slowdown
+    return Timeouts(boot=timeouts.boot * f, load=timeouts.load * f, verdict=timeouts.verdict * f)
+
+
+def choose_accel(chooser: AccelChooser, requested: str, arch: Arch) -> Accel:
+    """KVM runs only the host's own architecture: another one is always TCG."""
+    if arch is HOST:
+        return chooser.choose(requested)
+    if requested == "kvm":
+        raise LabError(f"accel: kvm cannot run an {arch.name} guest on this {HOST.name} host; "
+                       "set accel: auto or tcg")
+    return Accel("tcg", f"{arch.name} guest on an {HOST.name} host: TCG")
 
 
 def known_failure(lab: LabConfig, kernel: Kernel, scenario: Scenario) -> str | None:

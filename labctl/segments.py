@@ -11,7 +11,7 @@ differently needs one new row, not a special case in the code.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 HEX = r"0x([0-9a-fA-F]+)"
 
@@ -35,7 +35,22 @@ ROLE_LINES = (
     ("elfcorehdr", re.compile(rf"Loaded ELF headers at {HEX}")),
     ("elfcorehdr", re.compile(rf"Created elf header segment at {HEX}")),
     ("backup", re.compile(rf"Created backup segment at {HEX}")),
+    # arm64 (arch/arm64/kernel/kexec_image.c, machine_kexec_file.c) and riscv64
+    # (arch/riscv/kernel/machine_kexec_file.c) under KEXEC_FILE_DEBUG
+    ("kernel", re.compile(rf"Loaded kernel at {HEX}")),
+    ("elfcorehdr", re.compile(rf"Loaded elf core header at {HEX}")),
+    ("dtb", re.compile(rf"Loaded dtb at {HEX}")),
+    ("dtb", re.compile(rf"Loaded device tree at {HEX}")),
+    # kexec-tools on arm64 (kexec/arch/arm64/kexec-image-arm64.c, kexec-arm64.c,
+    # crashdump-arm64.c under -d); some print bare hex
+    ("kernel", re.compile(r"image_arm64_load: kernel_segment: (?:0x)?([0-9a-fA-F]+)")),
+    ("initrd", re.compile(r"^initrd: base (?:0x)?([0-9a-fA-F]+), size")),
+    ("dtb", re.compile(r"^dtb:\s+base (?:0x)?([0-9a-fA-F]+), size")),
+    ("elfcorehdr", re.compile(rf"load_crashdump_segments: elfcorehdr {HEX}-")),
 )
+# kexec-tools always enters the new kernel through its purgatory (info->entry =
+# purgatory_start): the segment holding that entry is purgatory even where no line says so.
+TOOL_ENTRY = re.compile(rf"kexec_load: entry = {HEX}")
 
 ENTRY_LINES = (
     re.compile(rf"kexec_file_load: type:\d+, start:{HEX}"),
@@ -84,8 +99,12 @@ def _segment_fields(line: str) -> tuple[int, dict[str, int]] | None:
     return None
 
 
-def parse_segment_table(lines: list[str]) -> SegmentTable:
-    """Segments with roles from log lines; roles the log does not name stay None."""
+def parse_segment_table(lines: list[str], unlogged_kernel: bool = False) -> SegmentTable:
+    """Segments with roles from log lines; roles the log does not name stay None.
+
+    unlogged_kernel: the loader adds the kernel's segments first and says nothing about
+    them (riscv64's ELF loader, kexec_elf.c: one segment per PT_LOAD), so the unnamed
+    segments before the first named one are the kernel."""
     rows: dict[int, dict[str, int]] = {}
     roles: dict[int, str] = {}
     entry = None
@@ -101,4 +120,12 @@ def parse_segment_table(lines: list[str]) -> SegmentTable:
     segments = tuple(Segment(index=i, mem=row["mem"], memsz=row["memsz"], bufsz=row["bufsz"],
                              role=roles.get(row["mem"]))
                      for i, row in sorted(rows.items()) if {"mem", "memsz", "bufsz"} <= row.keys())
+    tool_entry = next((int(m[1], 16) for line in lines if (m := TOOL_ENTRY.search(line))), None)
+    if tool_entry is not None and not any(s.role == "purgatory" for s in segments):
+        segments = tuple(replace(s, role="purgatory") if s.role is None and s.contains(tool_entry)
+                         else s for s in segments)
+    if unlogged_kernel:
+        leading = next((i for i, s in enumerate(segments) if s.role), len(segments))
+        segments = tuple(replace(s, role="kernel") if i < leading else s
+                         for i, s in enumerate(segments))
     return SegmentTable(segments=segments, entry=entry)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from labctl import dump_check
 from labctl.accel import KvmUnusable, kvm_failure
+from labctl.arch import get_arch
 from labctl.config import Corruption, Timeouts
 from labctl.console import Console
 from labctl.control import ControlChannel
@@ -133,6 +134,7 @@ class Session:
     def __init__(self, machine: Machine, console: Console, control: ControlChannel,
                  memory: GuestMemory, timeouts: Timeouts, progress: Progress):
         self.machine = machine
+        self.arch = get_arch(machine.spec.arch)
         self.console = console
         self.control = control
         self.memory = memory
@@ -235,7 +237,8 @@ class Session:
             raise InfraError(f"the guest helper could not load: {message.get('what')}: "
                              f"{message.get('strerror')}")
         self._timed("load", start)
-        loaded = Loaded(message=message, table=parse_segment_table(lines))
+        unlogged = self.arch.file_kernel_unlogged and method == "kexec_file_load"
+        loaded = Loaded(message=message, table=parse_segment_table(lines, unlogged))
         self._say_loaded(loaded)
         return loaded
 
@@ -332,7 +335,7 @@ class Session:
         what was seen so far, and nothing is recorded as a verdict.
         """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
-        watch = ParkWatch(table)
+        watch = ParkWatch(table, self.arch)
         registers = ""
         next_sample = time.monotonic() + REGISTER_SAMPLE_SECONDS
         window_end = None if within is None else time.monotonic() + within
@@ -367,7 +370,7 @@ class Session:
                     if self.machine.exited_within(EXIT_GRACE_SECONDS):  # a reset, mid-sample
                         return self._finish(start, self._reset(start))
                     raise
-                watch.add(parse_registers(registers), parse_halted(registers))
+                watch.add(parse_registers(registers, self.arch), parse_halted(registers))
                 if self.cpus:
                     self.cpus.sample(registers)
                 next_sample = now + REGISTER_SAMPLE_SECONDS

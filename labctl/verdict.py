@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.result import Outcome
+from labctl.arch import HOST, Arch
 from labctl.segments import SegmentTable
 from labctl.smp import cpu_problem
 
@@ -50,29 +51,16 @@ INFRA_ERROR = Outcome.INFRA_ERROR
 CONFIG_ERROR = Outcome.CONFIG_ERROR
 INTERRUPTED = Outcome.INTERRUPTED
 
-# x86 jump-to-self: "jmp ." short (EB FE) or near (E9 FB FF FF FF).
-SELF_JUMPS = (bytes.fromhex("ebfe"), bytes.fromhex("e9fbffffff"))
-
 CPU_HEADER = re.compile(r"^CPU#(\d+)", re.MULTILINE)
-RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
 HLT_STATE = re.compile(r"\bHLT=(\d)")
 RFLAGS = re.compile(r"\bRFL=([0-9a-fA-F]+)")
 RFLAGS_IF = 0x200
 HLT_OPCODE = 0xF4
 
 
-def parse_registers(text: str) -> dict[int, int]:
-    """CPU index -> RIP from the output of HMP `info registers -a`."""
-    rips: dict[int, int] = {}
-    headers = list(CPU_HEADER.finditer(text))
-    if not headers:  # a single-CPU dump has no CPU# header
-        m = RIP.search(text)
-        return {0: int(m[1], 16)} if m else {}
-    for i, header in enumerate(headers):
-        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
-        if m := RIP.search(text, header.end(), end):
-            rips[int(header[1])] = int(m[1], 16)
-    return rips
+def parse_registers(text: str, arch: Arch = HOST) -> dict[int, int]:
+    """CPU index -> program counter (RIP, PC, pc) from HMP `info registers -a`."""
+    return arch.parse_pcs(text)
 
 
 def _per_cpu(text: str) -> dict[int, str]:
@@ -94,15 +82,17 @@ def parse_halted(text: str) -> set[int]:
     return halted
 
 
-def is_self_jump(code: bytes) -> bool:
-    return any(code.startswith(j) for j in SELF_JUMPS)
+def is_self_jump(code: bytes, arch: Arch = HOST) -> bool:
+    """A branch to itself in the architecture's encoding (labctl/arch.py)."""
+    return arch.is_self_branch(code)
 
 
 @dataclass
 class ParkWatch:
-    """Accumulates RIP samples and says when a vCPU is parked in purgatory."""
+    """Accumulates program-counter samples and says when a vCPU is parked in purgatory."""
 
     table: SegmentTable
+    arch: Arch = HOST
     samples: list[dict[int, int]] = field(default_factory=list)
     halted: set[int] = field(default_factory=set)  # at the last sample (parse_halted)
 
@@ -120,7 +110,7 @@ class ParkWatch:
             if previous.get(cpu) != rip or not purgatory.contains(rip):
                 continue
             code = code_at(rip)
-            if is_self_jump(code):
+            if is_self_jump(code, self.arch):
                 return {"cpu": cpu, "rip": hex(rip), "code": code.hex(),
                         "purgatory_offset": hex(rip - purgatory.mem),
                         "samples": len(self.samples), "segment": purgatory.to_json()}
@@ -139,7 +129,7 @@ class ParkWatch:
                     or (purgatory and purgatory.contains(rip)):
                 continue
             code = code_at(rip)
-            if is_self_jump(code):
+            if is_self_jump(code, self.arch):
                 how = "jump-to-self"
             elif cpu in self.halted and code_at(rip - 1)[:1] == bytes([HLT_OPCODE]):
                 how = "hlt with interrupts off"

@@ -2,7 +2,11 @@
  * kexec-lab-helper: the guest half of the lab's control channel.
  *
  * Runs in the lab's initramfs (primary and capture kernel alike) on the
- * control serial port (ttyS1).  It reads one command per text line from the
+ * control port: argv[1], else $labctl_control (the kernel passes unknown
+ * name=value parameters to init's environment), else ttyS1.  Where a guest
+ * architecture has no busybox (riscv64: no Debian 12 port), the helper is
+ * PID 1 itself: it mounts what the guest needs and exits on SIGUSR1 (the
+ * init-exit trigger) like guests/init.  It reads one command per text line from the
  * host and answers with one JSON object per line.  It is static and tiny
  * because the guest has nothing but busybox; it makes the syscalls itself so
  * that the lab tests the kernel, not a userspace tool.
@@ -80,6 +84,7 @@
 #define SAVE_CHUNK (48 * 1024)
 #define SAVE_WINDOW (4 * 1024 * 1024)
 #define SAVE_ERRORS "/tmp/makedumpfile.log"
+#define PORT_WAIT_TRIES 300	/* x 100 ms: a virtio-console port shows up after init starts */
 
 static FILE *out;
 static FILE *in;	/* the host's commands; save-vmcore also reads its acks */
@@ -1016,8 +1021,17 @@ static void dispatch(char *line)
 static int open_port(const char *path)
 {
 	struct termios t;
-	int fd = open(path, O_RDWR | O_NOCTTY);
+	int fd = -1;
 
+	for (int i = 0; i < PORT_WAIT_TRIES && fd < 0; i++) {
+		fd = open(path, O_RDWR | O_NOCTTY);
+		/* not there yet (ENOENT), or its driver not bound yet (ENODEV: a kdump
+		 * kernel's virtio-console port comes up after devtmpfs has the node) */
+		if (fd < 0 && (errno == ENOENT || errno == ENODEV || errno == ENXIO))
+			usleep(100000);
+		else if (fd < 0)
+			break;
+	}
 	if (fd < 0)
 		return -1;
 	if (tcgetattr(fd, &t) == 0) {
@@ -1028,11 +1042,51 @@ static int open_port(const char *path)
 	return fd;
 }
 
+static void exit_on_usr1(int sig)
+{
+	(void)sig;
+	_exit(1);	/* PID 1 exits: "Attempted to kill init!" */
+}
+
+/*
+ * PID 1 without busybox: mount /proc, /sys and /dev, say so on the console,
+ * then stay as init (reaping, exiting on SIGUSR1) while a child runs the helper.
+ */
+static void be_init(const char *port)
+{
+	FILE *console;
+	struct utsname u;
+
+	mount("proc", "/proc", "proc", 0, NULL);
+	mount("sysfs", "/sys", "sysfs", 0, NULL);
+	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+	signal(SIGUSR1, exit_on_usr1);
+	uname(&u);
+	console = fopen("/dev/console", "w");
+	if (console) {
+		fprintf(console, "kexec-lab: guest ready (%s); control channel on %s; "
+			"the helper is init (no shell on this architecture)\n", u.release, port);
+		fclose(console);
+	}
+	if (fork() == 0) {
+		signal(SIGUSR1, SIG_DFL);
+		return;
+	}
+	for (;;)
+		if (wait(NULL) < 0 && errno == ECHILD)
+			pause();
+}
+
 int main(int argc, char **argv)
 {
-	const char *port = argc > 1 ? argv[1] : "/dev/ttyS1";
+	const char *env_port = getenv("labctl_control");
+	const char *port = argc > 1 ? argv[1] : env_port ? env_port : "/dev/ttyS1";
 	char line[LINE_MAX_LEN];
-	int fd = open_port(port);
+	int fd;
+
+	if (getpid() == 1)
+		be_init(port);
+	fd = open_port(port);
 
 	if (fd < 0) {
 		perror(port);

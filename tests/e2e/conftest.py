@@ -50,7 +50,7 @@ def qemu_processes() -> list[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and any(b"kexec-lab-" in a for a in cmd):
+        if cmd and b"qemu-system-" in cmd[0].rsplit(b"/", 1)[-1] and any(b"kexec-lab-" in a for a in cmd):
             found.append(b" ".join(cmd).decode(errors="replace"))
     return found
 

@@ -85,7 +85,13 @@ BAD_SCENARIOS = [
     ("expect: true\n", 1, "key 'expect': must be a mapping"),
     ("expect: {outcome: load-rejected, errno: EWHAT}\n", 1, "'EWHAT' is not one of"),
     ("expect:\n  outcome: hang\n  when:\n    - {outcome: hang, reason: r}\n", 4,
+     "key 'expect.when.0': needs 'kernel', 'config', 'lab_key' or 'arch'"),
+    ("expect:\n  outcome: hang\n  when:\n    - {kernel: k, arch: arm64, outcome: hang, reason: r}\n", 4,
+     "key 'expect.when.0': 'kernel' names one kernel: it takes no 'arch'"),
+    ("expect:\n  outcome: hang\n  when:\n    - {kernel: k, config: CONFIG_X=y, outcome: hang, reason: r}\n", 4,
      "key 'expect.when.0': needs exactly one of 'kernel', 'config' or 'lab_key'"),
+    ("expect:\n  outcome: hang\n  when:\n    - {arch: sparc, outcome: hang, reason: r}\n", 4,
+     "key 'expect.when.0.arch': 'sparc' is not one of"),
     ("expect:\n  outcome: hang\n  when:\n    - {config: HOTPLUG, outcome: hang, reason: r}\n", 4,
      "is not of the form CONFIG_NAME=value"),
     ("expect: hang\ntrigger: none\ncorrupt: {segment: kernel}\n", 2, "'corrupt' would never be judged"),
@@ -191,3 +197,26 @@ def test_every_shipped_scenario_is_valid():
     for name in names:
         scenario = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
         assert scenario.description, name
+
+
+def test_expectation_resolves_per_architecture(tmp_path):
+    """`arch:` alone or beside `config:` (both must hold); first match wins."""
+    path = write(tmp_path, "s.yaml", """\
+corrupt: {segment: kernel}
+expect:
+  outcome: purgatory-refused
+  when:
+    - arch: arm64
+      config: CONFIG_KEXEC_FILE=y
+      outcome: capture-panicked
+      reason: arm64 has no purgatory
+    - arch: riscv64
+      outcome: hang
+      reason: riscv64 answer
+""")
+    expect = load_scenario(path).expect
+    assert expect.resolve("k", {"CONFIG_KEXEC_FILE": "y"}).outcome == "purgatory-refused"
+    arm = expect.resolve("k", {"CONFIG_KEXEC_FILE": "y"}, arch="arm64")
+    assert (arm.outcome, arm.reason) == ("capture-panicked", "arm64 has no purgatory")
+    assert expect.resolve("k", {}, arch="arm64").outcome == "purgatory-refused"  # config does not hold
+    assert expect.resolve("k", {}, arch="riscv64").outcome == "hang"

@@ -1,12 +1,13 @@
 """The coverage table: generated scenarios and how outcomes read as protection."""
 
-from labctl.coverage import PLACEMENTS, ROLES, Cell, cell_text, coverage_scenario, markdown
+from labctl.arch import ARM64, RISCV64, X86_64
+from labctl.coverage import PLACEMENTS, Cell, cell_text, coverage_scenario, markdown
 from labctl.load_coverage import ROWS, LoadCell, load_scenario
 from labctl.load_coverage import markdown as load_markdown
 
 
-def cell(role, placement, outcome, reason="", vmcore_ok=None):
-    return Cell("k", "kexec_file_load", role, placement, outcome, reason, "/x", vmcore_ok)
+def cell(role, placement, outcome, reason="", vmcore_ok=None, arch="x86_64", kernel="k"):
+    return Cell(kernel, "kexec_file_load", role, placement, outcome, reason, "/x", vmcore_ok, arch)
 
 
 def test_generated_scenarios_expect_refusal_and_name_their_placement():
@@ -16,7 +17,15 @@ def test_generated_scenarios_expect_refusal_and_name_their_placement():
     assert (scenario.corrupt.segment, scenario.corrupt.offset, scenario.corrupt.length,
             scenario.corrupt.pattern) == ("backup", "page", 4096, "zero")
     assert scenario.expect.outcome == "purgatory-refused"
-    assert "backup" not in ROLES["kexec_file_load"] and "backup" in ROLES["kexec_load"]
+    assert "backup" not in X86_64.roles("kexec_file_load") and "backup" in X86_64.roles("kexec_load")
+
+
+def test_roles_and_methods_follow_the_architecture():
+    """arm64's kexec_file_load loads no purgatory; riscv64 has only kexec_file_load here
+    (no kexec-tools for riscv64 in Debian 12); the device tree replaces boot_params."""
+    assert "purgatory" not in ARM64.roles("kexec_file_load") and "dtb" in ARM64.roles("kexec_file_load")
+    assert "purgatory" in ARM64.roles("kexec_load")
+    assert RISCV64.methods == ("kexec_file_load",) and RISCV64.roles("kexec_load") == ()
 
 
 def test_outcomes_read_as_protection():
@@ -32,7 +41,7 @@ def test_outcomes_read_as_protection():
 def test_markdown_table_has_a_row_per_role_and_a_column_per_placement():
     text = markdown([cell("kernel", "middle", "purgatory-refused"),
                      cell("purgatory", "middle", "capture-booted")])
-    assert "## k, kexec_file_load" in text
+    assert "## k (x86_64), kexec_file_load" in text
     header = next(line for line in text.splitlines() if line.startswith("| segment"))
     assert header.count("|") == len(PLACEMENTS) + 2
     kernel_row = next(line for line in text.splitlines() if line.startswith("| kernel |"))
@@ -72,3 +81,13 @@ def test_load_table_says_loads_or_the_errno_per_image_and_mode():
     assert rows["garbage"][0] == "**infra-error**"  # never passed off as a refusal
     assert "wrong-key" not in rows  # not measured: no empty row
     assert "KEXEC_SIG_FORCE" not in load_markdown(cells, {"k": False})
+
+
+def test_markdown_table_per_architecture_uses_its_roles():
+    text = markdown([cell("kernel", "middle", "capture-booted", arch="arm64", kernel="a"),
+                     cell("kernel", "middle", "purgatory-refused", arch="riscv64", kernel="r")])
+    arm = text.split("## a (arm64), kexec_file_load")[1].split("## ")[0]
+    assert "| dtb |" in arm and "| purgatory |" not in arm and "| boot_params |" not in arm
+    assert "| kernel | " in arm and "**NOT** (capture-booted)" in arm
+    riscv = text.split("## r (riscv64), kexec_file_load")[1]
+    assert "| purgatory |" in riscv and "| kernel |  | refused |" in riscv
