@@ -135,7 +135,8 @@ X86_64 = Arch(
     pc_register=re.compile(r"\bRIP=([0-9a-fA-F]+)"),
     # jmp . short (EB FE) or near (E9 FB FF FF FF)
     self_branches=(bytes.fromhex("ebfe"), bytes.fromhex("e9fbffffff")),
-    file_purgatory_checks=True, tool_purgatory_checks=True, gdb_architecture="i386:x86-64", pc_name="RIP", elf_machine=62,
+    file_purgatory_checks=True, tool_purgatory_checks=True, gdb_architecture="i386:x86-64",
+    pc_name="RIP", elf_machine=62,
     load_roles=(("kexec_file_load", ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory")),
                 ("kexec_load", ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory",
                                 "backup"))),
@@ -156,7 +157,8 @@ ARM64 = Arch(
     pc_register=re.compile(r"\bPC=([0-9a-fA-F]+)"),
     # b . (imm26 = 0); wfe/wfi loops are b back to them, recognised by the same jump
     self_branches=(bytes.fromhex("00000014"),),
-    file_purgatory_checks=False, tool_purgatory_checks=True, gdb_architecture="aarch64", pc_name="PC", elf_machine=183,
+    file_purgatory_checks=False, tool_purgatory_checks=True, gdb_architecture="aarch64",
+    pc_name="PC", elf_machine=183,
     tcg_slowdown=3.0, blocking_uart=True,
     load_roles=(("kexec_file_load", ("kernel", "initrd", "dtb", "elfcorehdr")),
                 ("kexec_load", ("kernel", "initrd", "dtb", "elfcorehdr", "purgatory"))),
@@ -175,7 +177,8 @@ RISCV64 = Arch(
     pc_register=re.compile(r"^\s*pc\s+([0-9a-fA-F]+)", re.MULTILINE),
     # j . (jal x0, 0) and its compressed form c.j . (0xa001)
     self_branches=(bytes.fromhex("6f000000"), bytes.fromhex("01a0")),
-    file_purgatory_checks=True, tool_purgatory_checks=False, gdb_architecture="riscv:rv64", pc_name="pc", elf_machine=243,
+    file_purgatory_checks=True, tool_purgatory_checks=False, gdb_architecture="riscv:rv64",
+    pc_name="pc", elf_machine=243,
     file_kernel_unlogged=True,
     tcg_slowdown=3.0,
     # no kexec-tools for riscv64 in Debian 12 (and its purgatory checks nothing there)

@@ -62,16 +62,16 @@ CONTROL_PORT_MODULES = (("virtio_ring", "CONFIG_VIRTIO"), ("virtio", "CONFIG_VIR
                         ("virtio_mmio", "CONFIG_VIRTIO_MMIO"), ("virtio_console", "CONFIG_VIRTIO_CONSOLE"))
 
 
-def control_port_modules(kernel: Kernel) -> list[tuple[str, Path]]:
+def control_port_modules(kernel: Kernel) -> tuple[tuple[str, Path], ...]:
     """(guest name, .ko) of the virtio-console stack where a kernel builds it as modules
     (Debian's arm64 cloud kernel: VIRTIO_CONSOLE=m), in load order; guests/init loads
     them before the helper opens hvc0.  Built-in (the recipes): nothing to load."""
     if not get_arch(kernel.arch).virtio_control:
-        return []
+        return ()
     symbols = kernel.config_symbols()
     wanted = [name for name, symbol in CONTROL_PORT_MODULES if symbols.get(symbol) == "m"]
     if not wanted:
-        return []
+        return ()
     if kernel.modules_dir is None:
         raise InfraError(f"{kernel.name} builds {', '.join(wanted)} as modules, but its "
                          "lib/modules directory is missing")
@@ -80,4 +80,4 @@ def control_port_modules(kernel: Kernel) -> list[tuple[str, Path]]:
     if missing:
         raise InfraError(f"{kernel.name}: {', '.join(missing)}.ko not in {kernel.modules_dir} "
                          "(compressed modules are not supported)")
-    return [(f"{i:02d}-{name}.ko", found[name]) for i, name in enumerate(wanted, 1)]
+    return tuple((f"{i:02d}-{name}.ko", found[name]) for i, name in enumerate(wanted, 1))

@@ -182,14 +182,13 @@ def _userland(arch: Arch, cache_dir: Path, dump_tools: bool) -> Userland:
                           "lab does not carry yet")
     if arch.debian_arch is None:
         return Userland(None, [], None, b"", b"")
-    busybox = guest_userland.busybox(arch, cache_dir)
-    tools = guest_userland.kexec_tools(arch, cache_dir)
-    dump = guest_userland.kexec_tools(arch, cache_dir, str(VMCORE_DMESG))
-    return Userland(busybox.read_bytes(), ["sh"], INIT_SCRIPT.read_bytes(), _files_layer(tools),
-                    _files_layer(dump))
+    return Userland(guest_userland.busybox(arch, cache_dir).read_bytes(), ["sh"],
+                    INIT_SCRIPT.read_bytes(),
+                    _files_layer(guest_userland.kexec_tools(arch, cache_dir)),
+                    _files_layer(guest_userland.kexec_tools(arch, cache_dir, str(VMCORE_DMESG))))
 
 
-def modules_layer_bytes(modules: list[tuple[str, Path]]) -> bytes:
+def modules_layer_bytes(modules: tuple[tuple[str, Path], ...]) -> bytes:
     """Kernel modules guests/init loads at boot, in name order (/lib/modules/NN-name.ko)."""
     cpio = CpioWriter()
     for directory in ("lib", "lib/modules"):
@@ -226,7 +225,7 @@ def signed_images_layer_bytes(bzimage: bytes, cache_dir: Path) -> tuple[bytes, d
 def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False,
                  signed_images: bool = False, sign_default: bool = False,
                  dump_tools: bool = False, arch: Arch = HOST,
-                 modules: list[tuple[str, Path]] = ()) -> GuestAssets:
+                 modules: tuple[tuple[str, Path], ...] = ()) -> GuestAssets:
     """Build (or reuse) the helper and both initramfs images for one capture kernel.
 
     The capture initramfs carries vmcore-dmesg (and libc) to read the crashed
@@ -248,7 +247,7 @@ def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False
     helper = build_helper(cache, arch.cc)
     user = _userland(arch, cache_dir, dump_tools)
     helper_bytes = helper.read_bytes()
-    dump_layer = user.dump + (modules_layer_bytes(list(modules)) if modules else b"")
+    dump_layer = user.dump + (modules_layer_bytes(modules) if modules else b"")
     base_key = _digest(user.busybox or b"", helper_bytes, user.init or b"",
                        "\n".join(user.applets).encode(), dump_layer)
     capture = cache / f"capture-{base_key}.cpio"

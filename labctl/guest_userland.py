@@ -20,8 +20,8 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from labctl.arch import Arch
-from labctl.errors import InfraError
 from labctl.debian import download_and_unpack
+from labctl.errors import InfraError
 
 BUSYBOX_PACKAGE = "busybox-static"
 # kexec-tools and the packages holding the libraries its kexec loads (DT_NEEDED closure
@@ -48,7 +48,8 @@ def archive_versions(arch: Arch, packages: tuple[str, ...]) -> dict[str, str]:
     proc = subprocess.run(["apt-cache", "show", "--no-all-versions",
                            *(f"{p}:{arch.debian_arch}" for p in packages)],
                           capture_output=True, text=True)
-    versions, name = {}, None
+    versions: dict[str, str] = {}
+    name = None
     for line in proc.stdout.splitlines():
         if line.startswith("Package: "):
             name = line.split(": ", 1)[1].strip()
@@ -63,6 +64,7 @@ def archive_versions(arch: Arch, packages: tuple[str, ...]) -> dict[str, str]:
 
 def package_tree(arch: Arch, package: str, version: str, cache_dir: Path, progress=print) -> Path:
     """One Debian package of the guest's architecture, unpacked (cached per version)."""
+    assert arch.debian_arch, f"{arch.name} has no Debian port"
     qualified = f"{package}:{arch.debian_arch}"
     dest = cache_dir / "debs" / arch.debian_arch / f"{package}_{version}"
     if not dest.exists():
@@ -119,7 +121,7 @@ def library_closure(trees: list[Path], program: str, libdirs: tuple[str, ...]) -
         return None
 
     files: dict[str, Path] = {}
-    pending = [("/" + program.lstrip("/"), None)]
+    pending: list[tuple[str, str | None]] = [("/" + program.lstrip("/"), None)]
     while pending:
         guest, soname = pending.pop()
         host = find(guest) if soname is None else next(

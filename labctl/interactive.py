@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labctl import lab_prompt, purgatory
-from labctl.arch import HOST, Arch
 from labctl.accel import AccelChooser
+from labctl.arch import HOST, Arch
 from labctl.artifacts import check_writable, new_run_id, pair_dir
 from labctl.config import Corruption, Expected, find_scenario, load_scenario
 from labctl.console import StampedLog

@@ -25,15 +25,17 @@ def _pump(qemu: socket.socket, lab: socket.socket) -> None:
     qemu.setblocking(True)
     lab.setblocking(True)
     sel = selectors.DefaultSelector()
-    sel.register(qemu, selectors.EVENT_READ, lab)
-    sel.register(lab, selectors.EVENT_READ, qemu)
+    peer = {qemu.fileno(): (qemu, lab), lab.fileno(): (lab, qemu)}
+    sel.register(qemu, selectors.EVENT_READ)
+    sel.register(lab, selectors.EVENT_READ)
     try:
         while True:
             for key, _ in sel.select():
-                data = key.fileobj.recv(CHUNK)
+                source, sink = peer[key.fd]
+                data = source.recv(CHUNK)
                 if not data:
                     return
-                key.data.sendall(data)
+                sink.sendall(data)
     except OSError:
         return
     finally:

@@ -30,8 +30,8 @@ import errno
 import re
 from dataclasses import dataclass, field
 
-from labctl.result import Outcome
 from labctl.arch import HOST, Arch
+from labctl.result import Outcome
 from labctl.segments import SegmentTable
 from labctl.smp import cpu_problem
 

@@ -9,16 +9,16 @@ RAM base + 0x200000; CPU 1 was still in the boot ROM / OpenSBI's wait loop.
 from pathlib import Path
 
 import pytest
+from recorded import message, registers, result
 
 from labctl.arch import ARM64, HOST, RISCV64, X86_64, get_arch
+from labctl.config import MachineConfig
 from labctl.errors import ConfigError
 from labctl.guest_memory import GuestMemory
 from labctl.machine import MachineSpec, qemu_argv
 from labctl.runner import capture_cmdline, primary_cmdline
-from labctl.config import MachineConfig
 from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.verdict import ParkWatch, parse_registers
-from recorded import message, registers, result
 
 DATA = Path(__file__).parent.parent / "data" / "arch"
 SOCKS = (Path("/run/x/ram"), Path("/run/x/console.sock"), Path("/run/x/control.sock"),
