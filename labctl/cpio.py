@@ -54,3 +54,23 @@ class CpioWriter:
         """The archive with its trailer, padded to 512 bytes as cpio(1) does."""
         data = b"".join(self._records) + _record(0, TRAILER, 0, b"", (0, 0))
         return data + b"\0" * (-len(data) % 512)
+
+
+def regular_files(archive: bytes) -> dict[str, bytes]:
+    """Name -> data of the regular files in concatenated newc archives (a later entry of
+    the same name wins, as when the kernel unpacks them): what guests/init checks."""
+    files: dict[str, bytes] = {}
+    offset = 0
+    while offset + 110 <= len(archive):
+        if archive[offset:offset + 6] != b"070701":  # padding between archives
+            offset += 4
+            continue
+        fields = [int(archive[offset + 6 + 8 * i:offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_end = offset + 110 + namesize
+        name = archive[offset + 110:name_end - 1].decode()
+        data_start = name_end + (-(110 + namesize) % 4)
+        if name != TRAILER and stat.S_ISREG(mode):
+            files[name] = archive[data_start:data_start + size]
+        offset = data_start + size + (-size % 4)
+    return files

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labctl import guest_userland, signing
 from labctl.arch import HOST, Arch
-from labctl.cpio import CpioWriter
+from labctl.cpio import CpioWriter, regular_files
 from labctl.errors import ConfigError, InfraError
 from labctl.images import BAD_IMAGES, SIGNED_IMAGES, bad_image, guest_path
 from labctl.tools import run_tool
@@ -35,6 +35,7 @@ GUEST_INITRD = "/boot/initrd.img"
 GUEST_HELPER = "/bin/kexec-lab-helper"
 TOOL_SECONDS = 60.0
 COMPILE_SECONDS = 300.0  # gcc -static of the guest helper on a loaded host
+MANIFEST = "etc/kexec-lab.sha256"  # what the capture initramfs holds (manifest_bytes)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,23 @@ def _require_busybox() -> Path:
     if not BUSYBOX.exists() or not os.access(BUSYBOX, os.X_OK):
         raise InfraError(f"{BUSYBOX} not found: install busybox-static (apt-get install busybox-static)")
     return BUSYBOX
+
+
+def manifest_layer_bytes(archive: bytes) -> bytes:
+    """/etc/kexec-lab.sha256 listing every regular file of the capture initramfs."""
+    cpio = CpioWriter()
+    cpio.directory("etc")
+    cpio.file(MANIFEST, manifest_bytes(regular_files(archive)))
+    return cpio.getvalue()
+
+
+def manifest_bytes(files: dict[str, bytes]) -> bytes:
+    """`sha256sum -c` input for the capture initramfs: guests/init checks what the capture
+    kernel unpacked against it and says on the console which files differ (a corrupted
+    initrd that purgatory let through), so the lab need not wait for a helper that may
+    never run."""
+    return "".join(f"{hashlib.sha256(data).hexdigest()}  /{name.lstrip('/')}\n"
+                   for name, data in sorted(files.items())).encode()
 
 
 def _shared_libraries(program: Path) -> list[Path]:
@@ -252,8 +270,9 @@ def build_assets(cache_dir: Path, capture_kernel: Path, bad_images: bool = False
                        "\n".join(user.applets).encode(), dump_layer)
     capture = cache / f"capture-{base_key}.cpio"
     if not capture.exists():
-        _atomic_write(capture, capture_initramfs_bytes(user.busybox, user.applets, helper_bytes,
-                                                       user.init) + dump_layer)
+        archive = capture_initramfs_bytes(user.busybox, user.applets, helper_bytes,
+                                          user.init) + dump_layer
+        _atomic_write(capture, archive + manifest_layer_bytes(archive))
     kernel_bytes = Path(capture_kernel).read_bytes()
     tools = user.tools
     signing_parts = []

@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     HANG = "hang"
     DUMP_MISMATCH = "dump-mismatch"
     CAPTURE_HALTED = "capture-halted"
+    CAPTURE_DAMAGED = "capture-damaged"
     NO_VERDICT = "no-verdict"  # a bounded look (labctl console) ended before any evidence
     INFRA_ERROR = "infra-error"
     CONFIG_ERROR = "config-error"
@@ -41,7 +42,8 @@ class Outcome(StrEnum):
 # What a scenario may expect: the outcomes that are findings about the kernel.
 VERDICTS = (Outcome.CAPTURE_BOOTED, Outcome.PURGATORY_REFUSED, Outcome.LOAD_REJECTED,
             Outcome.LOAD_ACCEPTED, Outcome.PANIC_HALTED, Outcome.CAPTURE_PANICKED,
-            Outcome.GUEST_RESET, Outcome.HANG, Outcome.DUMP_MISMATCH, Outcome.CAPTURE_HALTED)
+            Outcome.GUEST_RESET, Outcome.HANG, Outcome.DUMP_MISMATCH, Outcome.CAPTURE_HALTED,
+            Outcome.CAPTURE_DAMAGED)
 # No verdict was reached: the lab, the input or the person stopped the pair.
 ERRORS = (Outcome.INFRA_ERROR, Outcome.CONFIG_ERROR, Outcome.INTERRUPTED)
 NOT_JSON = {"extra", "directory"}

@@ -35,6 +35,7 @@ from labctl.segments import Segment, SegmentTable, parse_segment_table
 from labctl.smp import CpuWatch
 from labctl.verdict import (
     CAPTURE_BOOTED,
+    CAPTURE_DAMAGED,
     CAPTURE_HALTED,
     CAPTURE_PANICKED,
     DUMP_MISMATCH,
@@ -62,6 +63,8 @@ EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is t
 
 PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
 SYSRQ_LINE = re.compile(r"sysrq: Trigger a crash[^\r\n]*")
+# guests/init's check of the initramfs the capture kernel unpacked (guest_assets.manifest_bytes)
+INITRAMFS_DAMAGED = re.compile(r"kexec-lab: initramfs damaged:[^\r\n]*")
 SAVE_VMCORE_SECONDS = 900.0  # a few MB over the serial line, a few hundred KB/s under TCG
 DUMP_REPLY_SECONDS = 30.0  # the capture helper's page hashes and vmcore-dmesg (about 0.5 s)
 # Printed only once panic() has given up on kexec: no capture kernel will run.
@@ -341,7 +344,7 @@ class Session:
         window_end = None if within is None else time.monotonic() + within
         while True:
             messages, hits = self._events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
-                                           "banner": LINUX_BANNER,
+                                           "banner": LINUX_BANNER, "damaged": INITRAMFS_DAMAGED,
                                            "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
                                            **(CpuWatch.patterns if self.cpus else {})},
                                           strict=False)
@@ -350,6 +353,8 @@ class Session:
                 self.cpus.console(hits)
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
+            if damaged := [line for name, line in hits if name == "damaged"]:
+                return self._finish(start, Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
             if ended := [line for name, line in hits if name == "end"]:
                 # Before a capture kernel's banner, the crashed kernel gave up on kexec;
                 # after it, the capture kernel itself panicked.

@@ -15,6 +15,8 @@ guest.  An outcome is only ever declared on positive evidence:
 - panic-halted: the crashed kernel printed the end of its panic, which panic()
   only reaches when no capture kernel took over;
 - capture-panicked: the capture kernel started (its banner) and then panicked;
+- capture-damaged: the capture kernel booted, but the initramfs it unpacked is not
+  the one the lab loaded (its init's SHA-256 check names the files that differ);
 - capture-halted: after the panic a vCPU sits, the same RIP in two samples,
   inside the crashkernel reservation (not in purgatory) on a jump-to-self or
   just past a `hlt` with interrupts off: purgatory went on into a capture
@@ -46,6 +48,7 @@ PANIC_HALTED = Outcome.PANIC_HALTED
 CAPTURE_PANICKED = Outcome.CAPTURE_PANICKED
 DUMP_MISMATCH = Outcome.DUMP_MISMATCH
 CAPTURE_HALTED = Outcome.CAPTURE_HALTED
+CAPTURE_DAMAGED = Outcome.CAPTURE_DAMAGED
 NO_VERDICT = Outcome.NO_VERDICT
 INFRA_ERROR = Outcome.INFRA_ERROR
 CONFIG_ERROR = Outcome.CONFIG_ERROR

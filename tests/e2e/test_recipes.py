@@ -30,7 +30,7 @@ def serial_run():
 
 @pytest.fixture(scope="module")
 def control_run():
-    return labctl("run", "crash-corrupt", "crash-intact", "--kernel", "tiny-6.12-no-digest",
+    return labctl("run", "crash-corrupt", "crash-intact", "corrupt-initrd", "--kernel", "tiny-6.12-no-digest",
                   timeout=BUILD_TIMEOUT)
 
 
@@ -99,6 +99,10 @@ def test_negative_control_purgatory_is_convicted_as_an_expected_failure(control_
     halted = corrupt["evidence"]["verdict"]["halted"]  # judged on evidence, not at the deadline
     assert halted["segment"] == "kernel" and halted["how"] in ("hlt with interrupts off", "jump-to-self")
     assert corrupt["timings"]["panic_to_verdict"] < 30
+    initrd = run.results["corrupt-initrd"]  # a corrupted initramfs entered: init names the file
+    assert initrd["outcome"] == "capture-damaged" and "expected_failure" in initrd
+    assert initrd["evidence"]["verdict"]["console"].startswith("kexec-lab: initramfs damaged: /")
+    assert ": FAILED" in initrd["evidence"]["verdict"]["console"]
     assert "negative control" in corrupt["expected_failure"]
     assert "tiny-6.12-no-digest x crash-corrupt: " in run.stdout
     assert "-> FAIL (expected failure: negative control" in run.stdout

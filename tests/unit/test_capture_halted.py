@@ -78,3 +78,41 @@ def test_a_self_jump_in_the_capture_kernel_counts_whatever_the_flags(code, how):
     text = (HALTED / "registers.txt").read_text().replace("HLT=1", "HLT=0")
     found = watch_with(text).stopped(lambda a: code if a == RIP else b"", CRASHKERNEL)
     assert found["how"] == how
+
+
+# ------------------------------------------------------------------ capture-damaged
+DAMAGED = DATA / "recipes" / "tiny-6.12-no-digest" / "corrupt-initrd-damaged"
+
+
+def test_a_damaged_capture_initramfs_is_named_by_its_init():
+    """The negative control boots a corrupted initrd: init's SHA-256 check names the file,
+    instead of a helper that never answers (this pair used to end as hang at 90 s)."""
+    from labctl.steps import INITRAMFS_DAMAGED
+    from labctl.verdict import CAPTURE_DAMAGED, judge
+
+    lines = [m[0] for m in INITRAMFS_DAMAGED.finditer((DAMAGED / "serial.log").read_text())]
+    assert lines == ["kexec-lab: initramfs damaged: /bin/kexec-lab-helper: FAILED sha256sum: "
+                     "WARNING: 1 of 6 computed checksums did NOT match "]
+    recorded = json.loads((DAMAGED / "result.json").read_text())
+    assert recorded["outcome"] == CAPTURE_DAMAGED and recorded["timings"]["panic_to_verdict"] < 15
+    passed, reason = judge("purgatory-refused", CAPTURE_DAMAGED, recorded["evidence"]["verdict"])
+    assert not passed and reason.startswith("expected purgatory-refused, got capture-damaged")
+
+
+def test_the_manifest_is_what_busybox_sha256sum_checks(tmp_path):
+    import hashlib
+    import subprocess
+
+    from labctl.guest_assets import manifest_bytes
+
+    init, helper = b"#!/bin/sh\n", b"\x7fELF"
+    text = manifest_bytes({"init": init, "/bin/helper": helper}).decode()
+    assert text == (f"{hashlib.sha256(helper).hexdigest()}  /bin/helper\n"
+                    f"{hashlib.sha256(init).hexdigest()}  /init\n")
+    # the same format, relative to a directory, passes and fails busybox's own check
+    (tmp_path / "init").write_bytes(b"#!/bin/sh\n")
+    (tmp_path / "list").write_text(text.splitlines()[1].replace("  /init", "  init") + "\n")
+    check = ["busybox", "sha256sum", "-c", "-s", "list"]
+    assert subprocess.run(check, cwd=tmp_path).returncode == 0
+    (tmp_path / "init").write_bytes(b"#!/bin/sh\nX")
+    assert subprocess.run(check, cwd=tmp_path).returncode != 0
