@@ -46,3 +46,16 @@ def test_initramfs_layout_and_appended_boot_payload():
     inner = subprocess.run(["cpio", "-it", "--quiet"], input=payload, capture_output=True,
                            check=True).stdout.decode().split()
     assert inner == ["boot/vmlinuz", "boot/initrd.img"]
+
+
+def test_regular_files_read_back_what_was_written_and_later_archives_win():
+    from labctl.cpio import CpioWriter, regular_files
+
+    one, two = CpioWriter(), CpioWriter()
+    one.directory("bin")
+    one.file("bin/a", b"first")
+    one.file("init", b"#!/bin/sh\n" * 3)
+    one.symlink("bin/sh", "busybox")
+    two.file("bin/a", b"second, longer")
+    assert regular_files(one.getvalue() + two.getvalue()) == {"bin/a": b"second, longer",
+                                                              "init": b"#!/bin/sh\n" * 3}
