@@ -1,47 +1,42 @@
 """`labctl console`: a scenario run that stops for a person at the guest's serial console.
 
-The lab runs the scenario's steps up to --stop-at, then hands the terminal
-over: keystrokes go to the guest's ttyS0 and its output comes back, while the
-console still goes to serial.log with host timestamps and the control channel
-(ttyS1) stays with the lab.  Ctrl-] opens the lab prompt (lab_prompt.py),
-whose commands act on the live guest through the same PairRun/Session steps
-`labctl run` uses.  One select loop serves the terminal, the console and the
-control channel: pexpect's interact() would leave the control channel unread
-(and its transcript unstamped) while the person types.  However the session
-ends, the Machine context manager stops QEMU and removes the run directory.
+The lab runs the scenario's steps up to --stop-at (LiveGuest drives the stages
+through the same PairRun/Session steps `labctl run` uses), then hands the
+terminal over (console_terminal.py): keystrokes go to the guest's ttyS0 and its
+output comes back, while the console still goes to serial.log with host
+timestamps and the control channel (ttyS1) stays with the lab.  Ctrl-] opens
+the lab prompt, whose commands (lab_prompt.py) act on the LiveGuest.  However
+the session ends, the Machine context manager stops QEMU and removes the run
+directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
 import signal
 import sys
-import termios
 import time
-import tty
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labctl import lab_prompt, purgatory
 from labctl.accel import AccelChooser
-from labctl.arch import HOST, Arch
 from labctl.artifacts import check_writable, new_run_id, pair_dir
 from labctl.config import Corruption, Expected, find_scenario, load_scenario
 from labctl.console import StampedLog
+from labctl.console_terminal import Speaker, Tee, Terminal, TerminalBridge
 from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.kernel_facts import UnknownFact
 from labctl.kernels import resolve_kernel
-from labctl.lab_prompt import UsageError
+from labctl.lab_prompt import PromptCommands, UsageError
 from labctl.options import add_common_opts, lab_from_args
 from labctl.progress import Progress, say
 from labctl.purgatory import Placement
 from labctl.result import LOGS, PairResult
 from labctl.runner import PairRun
 from labctl.segments import SegmentTable
-from labctl.steps import POLL_SECONDS, REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
+from labctl.steps import REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
 from labctl.verdict import (
     CONFIG_ERROR,
     INFRA_ERROR,
@@ -50,11 +45,9 @@ from labctl.verdict import (
     LOAD_REJECTED,
     NO_VERDICT,
     judge,
-    parse_registers,
 )
 
 STAGES = ("booted", "loaded", "corrupted", "panicked")
-ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
 DEFAULT_GDB_PORT = 1234
 SYMBOLS = "purgatory.ro"  # the kernel's purgatory object, next to the run's other artifacts
 # A `verdict` watches this long: two register samples must agree for purgatory-refused.
@@ -80,72 +73,24 @@ class CtrlC:
         signal.signal(signal.SIGINT, self.previous)
 
 
-class Tee:
-    """Console output to serial.log (stamped) and, as it arrives, to the person's terminal."""
-
-    def __init__(self, log: StampedLog, out):
-        self.log, self.out = log, out
-
-    def write(self, text: str) -> None:
-        self.log.write(text)
-        self.out.write(text)
-        self.out.flush()
-
-    def flush(self) -> None:
-        self.log.flush()
-
-
-class Terminal:
-    """The person's terminal: raw on the guest console, as it was at the lab prompt."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.saved = termios.tcgetattr(fd) if os.isatty(fd) else None
-
-    def raw(self) -> None:
-        if self.saved:
-            tty.setraw(self.fd, termios.TCSADRAIN)
-
-    def restore(self) -> None:
-        if self.saved:
-            try:
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-            except termios.error:  # the terminal is gone: nothing left to restore
-                pass
-
-    def read(self) -> bytes:
-        """What was typed; b'' when the terminal is gone (EOF, or EIO from a closed pty)."""
-        try:
-            return os.read(self.fd, 4096)
-        except OSError:
-            return b""
-
-
 class LiveGuest:
-    """One guest under a person's hands: the stage it reached, and the prompt's commands."""
+    """One guest under a person's hands: the stages it went through (the scenario's steps,
+    by hand or as `labctl run` takes them) and the evidence so far."""
 
-    def __init__(self, pair: "ConsolePair", session: Session, terminal: Terminal, transcript: StampedLog):
-        self.pair, self.session, self.terminal, self.transcript = pair, session, terminal, transcript
+    def __init__(self, pair: ConsolePair, session: Session, speaker: Speaker):
+        self.pair, self.session, self.speaker = pair, session, speaker
+        self.say = speaker.say
         self.stage: str | None = None
         self.loaded: Loaded | None = None
         self.finding: Finding | None = None
         self.snapshot: dict = {}  # the last `verdict` that found no evidence yet
         self.placement: Placement | None = None
         self.placement_searched = False
-        self.on_console = False
 
-    # ------------------------------------------------------------ output
-    def say(self, text: str) -> None:
-        """Lab output: to the terminal and to lab.log."""
-        if self.on_console:
-            text = text.replace("\n", "\r\n")
-        print(text, flush=True)
-        self.transcript.write(text.replace("\r\n", "\n") + "\n")
-
-    def _table(self) -> SegmentTable:
+    def table(self) -> SegmentTable:
         return self.loaded.table if self.loaded else SegmentTable(())
 
-    def _reached(self, stage: str) -> bool:
+    def reached(self, stage: str) -> bool:
         return self.stage is not None and STAGES.index(self.stage) >= STAGES.index(stage)
 
     # ------------------------------------------------------------ steps
@@ -162,7 +107,7 @@ class LiveGuest:
         if loaded.rejected:
             self.finding = self._load_finding(LOAD_REJECTED)
         elif self.pair.scenario.hotplug:
-            self.loaded = self.pair.step_hotplug(self.session, self.loaded)
+            loaded = self.loaded = self.pair.step_hotplug(self.session, loaded)
         self.show_gdb()
         return loaded
 
@@ -173,7 +118,7 @@ class LiveGuest:
     def corrupt(self, corruption: Corruption) -> dict:
         if not self.loaded or self.loaded.rejected:
             raise UsageError("nothing is loaded to corrupt; `load` first")
-        if self._reached("panicked"):
+        if self.reached("panicked"):
             raise UsageError("the guest has panicked already; purgatory has run its check")
         evidence = self.session.corrupt(self.loaded.table, corruption)
         self.pair.evidence.setdefault("corruptions", []).append(evidence)
@@ -181,7 +126,7 @@ class LiveGuest:
         return evidence
 
     def panic(self, trigger: str | None) -> None:
-        if self._reached("panicked"):
+        if self.reached("panicked"):
             raise UsageError("the guest has panicked already; `verdict` says what came of it")
         if trigger is None and self.pair.scenario.trigger != "none":
             self.pair.step_trigger(self.session)  # the scenario's own, on its CPU if it names one
@@ -205,7 +150,7 @@ class LiveGuest:
         for stage, step in plan:
             if self.finding:
                 return
-            if step and not self._reached(stage):
+            if step and not self.reached(stage):
                 step()
             if stage == until:
                 return
@@ -222,12 +167,12 @@ class LiveGuest:
         self.session.control.pump(strict=False)
         if hello := self._capture_hello():
             return self.session._capture_booted(hello, self.pair.kernel.release)
-        return self.session.observe(self._table(), self.pair.kernel.release, within)
+        return self.session.observe(self.table(), self.pair.kernel.release, within)
 
     def verdict_now(self) -> Finding | None:
         """The outcome `labctl run` would declare: waits for the evidence up to the verdict
         timeout (as `labctl run` does), with a live line; Ctrl-C goes back to the prompt."""
-        if self.finding or not self._reached("panicked"):
+        if self.finding or not self.reached("panicked"):
             return self.finding
         with CtrlC() as ctrl_c:
             while not ctrl_c.pressed:
@@ -250,7 +195,7 @@ class LiveGuest:
     def run_rest(self) -> None:
         """`continue`: the remaining steps, then wait for the verdict as `labctl run` does."""
         self.advance(None)
-        if self.finding is None and not self._reached("panicked"):  # trigger: none
+        if self.finding is None and not self.reached("panicked"):  # trigger: none
             self.finding = self._load_finding(LOAD_ACCEPTED)
         if self.finding is None:
             self.finding = self.observe()
@@ -261,10 +206,10 @@ class LiveGuest:
     def report(self, finding: Finding | None) -> None:
         if finding is None:
             since = time.monotonic() - self.session.marks.get("trigger", time.monotonic())
-            where = "the guest has not panicked" if not self._reached("panicked") else \
+            where = "the guest has not panicked" if not self.reached("panicked") else \
                 f"{since:.1f} s since the panic, no evidence yet"
             self.say(f"no verdict yet ({where}; stage {self.stage})")
-            for vcpu in self.snapshot.get("vcpus", []) if self._reached("panicked") else []:
+            for vcpu in self.snapshot.get("vcpus", []) if self.reached("panicked") else []:
                 self.say(f"  CPU#{vcpu['cpu']} {self.session.arch.pc_name}={vcpu['rip']} in "
                          f"{vcpu['segment'] or 'no segment'}")
             return
@@ -273,6 +218,11 @@ class LiveGuest:
         self.say(f"verdict: {finding.outcome} (scenario expects {self.pair.expected.outcome}: "
                  f"{'PASS' if passed else 'FAIL' if passed is False else 'UNKNOWN'}: {reason})")
         self.say("evidence: " + json.dumps(finding.evidence, indent=2))
+
+    def after_exit(self) -> None:
+        """QEMU exited: after the panic that is evidence (guest-reset), say what it means."""
+        if self.reached("panicked") and not self.finding:
+            self.report(self.observe())
 
     # ------------------------------------------------------------ purgatory and gdb
     def purgatory(self) -> Placement | None:
@@ -295,187 +245,6 @@ class LiveGuest:
         self.say(purgatory.gdb_hint(self.pair.gdb_port, self.purgatory(),
                                     symbols.resolve() if symbols.exists() else None,
                                     loaded=self.loaded is not None, arch=self.session.arch))
-
-    # ------------------------------------------------------------ the terminal
-    def serve(self) -> None:
-        """Hand the terminal over until the person quits, the terminal closes or QEMU exits."""
-        self.to_console()
-        pending = b""
-        fds = [self.terminal.fd, self.session.console.spawn.child_fd, self.session.control.fileno()]
-        while True:
-            ready, _, _ = select.select(fds, [], [], POLL_SECONDS)
-            if fds[1] in ready:
-                self.session.console.poll({})
-            if fds[2] in ready:
-                self.session.control.pump(strict=False)
-            if not self.session.machine.alive():
-                return self.guest_gone()
-            if fds[0] not in ready:
-                continue
-            data = self.terminal.read()
-            if not data:
-                return self.say("the terminal closed: ending the session")
-            rest = self.route(pending + data)
-            if rest is None:
-                return None
-            pending = rest
-
-    def route(self, pending: bytes) -> bytes | None:
-        """Input goes to the guest on the console and line by line to the prompt; returns
-        an unfinished prompt line, or None after `quit`."""
-        while pending:
-            if self.on_console:
-                pending = self.keystrokes(pending)
-                continue
-            line, newline, rest = pending.partition(b"\n")
-            if not newline:
-                return pending
-            pending = rest
-            if self.run_line(line.decode(errors="replace")) == "quit":
-                return None
-        return b""
-
-    def guest_gone(self) -> None:
-        self.terminal.restore()
-        self.on_console = False
-        self.say(f"the guest is gone: {self.session.machine.death_reason()}")
-        if self._reached("panicked") and not self.finding:
-            self.report(self.observe())  # QEMU exited after the panic: guest-reset
-
-    def keystrokes(self, data: bytes) -> bytes:
-        """Send what was typed to the guest up to Ctrl-]; return what came after it."""
-        typed, escape, rest = data.partition(ESCAPE)
-        if typed:
-            send_all(self.session.machine.console, typed)
-        if escape:
-            self.to_prompt()
-        return rest
-
-    def to_console(self) -> None:
-        self.say(f"\n--- on the guest console (ttyS0); {lab_prompt.ESCAPE_NAME} for the lab prompt ---")
-        self.terminal.raw()
-        self.on_console = True
-
-    def to_prompt(self) -> None:
-        self.terminal.restore()
-        self.on_console = False
-        self.say(f"\n--- lab prompt (stage {self.stage}); `help` lists the commands ---")
-        self.prompt()
-
-    def prompt(self) -> None:
-        print("lab> ", end="", flush=True)
-
-    def run_line(self, line: str) -> str | None:
-        """Run one prompt line; any mistake ends in a message and the prompt again."""
-        self.transcript.write(f"lab> {line}\n")
-        try:
-            command = lab_prompt.parse(line)
-            after = getattr(self, f"do_{command.name}")(**command.args) if command else None
-        except (UsageError, ConfigError) as exc:
-            self.say(str(exc))
-            after = None
-        if after == "console":
-            self.to_console()
-        elif after != "quit":
-            self.prompt()
-        return after
-
-    # ------------------------------------------------------------ prompt commands
-    def do_help(self) -> None:
-        self.say(lab_prompt.help_text())
-
-    def do_segments(self) -> None:
-        if not self.loaded:
-            raise UsageError(f"nothing loaded yet (stage {self.stage}); `load` runs the load step")
-        if self.loaded.rejected:
-            m = self.loaded.message
-            raise UsageError(f"the load was rejected (rc {m.get('rc')}, errno {m.get('errno')} "
-                             f"{m.get('strerror') or ''}): no segments")
-        self.say(format_segments(self.loaded.table, self.purgatory()))
-
-    def do_load(self) -> None:
-        loaded = self.load()
-        if not loaded.rejected:
-            self.say(format_segments(loaded.table, self.purgatory()))
-
-    def do_corrupt(self, corruption: Corruption) -> None:
-        e = self.corrupt(corruption)
-        self.say(f"corrupted {e['length']} bytes of {e['segment']['role']} at {e['address']} "
-                 f"(+{e['offset']}): before {e['before']} after {e['after']}")
-
-    def do_peek(self, address: int, length: int) -> None:
-        try:
-            data = self.session.memory.read(address, length)
-        except ValueError as exc:
-            raise UsageError(f"peek: {exc}") from None
-        segment = self._table().containing(address)
-        self.say((f"in {segment.role or f'segment {segment.index}'} +{address - segment.mem:#x}\n"
-                  if segment else "") + lab_prompt.hexdump(address, data))
-
-    def do_regs(self) -> None:
-        text = self.session.machine.hmp("info registers -a")
-        self.say(format_registers(text, self._table(), self.session.arch))
-
-    def do_panic(self, trigger: str | None) -> None:
-        self.panic(trigger)
-        self.say("panic sent; `verdict` says what the lab sees, `console` shows the guest")
-
-    def do_verdict(self) -> None:
-        self.report(self.verdict_now())
-
-    def do_gdb(self) -> None:
-        if self.pair.gdb_port is None:
-            raise UsageError("gdb: QEMU's gdbstub is off; start the session with --gdb [PORT]")
-        self.show_gdb()
-
-    def do_continue(self) -> str:
-        self.run_rest()
-        return "console"
-
-    def do_console(self) -> str:
-        return "console"
-
-    def do_quit(self) -> str:
-        return "quit"
-
-
-def send_all(sock, data: bytes) -> None:
-    """sendall for the console's non-blocking socket: a long paste waits, it never fails."""
-    view = memoryview(data)
-    while view:
-        select.select([], [sock], [], POLL_SECONDS)
-        try:
-            view = view[sock.send(view):]
-        except BlockingIOError:
-            continue
-
-
-def format_segments(table: SegmentTable, placement: Placement | None) -> str:
-    lines = [f"{'#':>2} {'role':12} {'mem':>12} {'memsz':>10} {'bufsz':>10}"]
-    for s in table.segments:
-        lines.append(f"{s.index:>2} {s.role or '?':12} {s.mem:#12x} {s.memsz:#10x} {s.bufsz:#10x}")
-    if placement is None:
-        lines.append("entry: unknown (not in this kernel's log, no kernel purgatory object in RAM)")
-    else:
-        how = "from the load's log" if table.entry is not None else \
-            "computed from the kernel's purgatory object; this kernel does not log it"
-        name = f" {placement.entry_symbol}" if placement.entry_symbol else ""
-        lines.append(f"entry: {placement.entry:#x}{name} ({how})")
-    return "\n".join(lines)
-
-
-def format_registers(text: str, table: SegmentTable, arch: Arch = HOST) -> str:
-    """Each vCPU's general registers (and x86's control registers), then where its
-    program counter is."""
-    lines = [line for line in text.splitlines()
-             if arch is not HOST or line.startswith(("CPU#", "R", "CR0="))]
-    for cpu, rip in sorted(parse_registers(text, arch).items()):
-        segment = table.containing(rip)
-        where = f"{segment.role or f'segment {segment.index}'} +{rip - segment.mem:#x}" if segment \
-            else "no loaded segment"
-        lines.append(f"CPU#{cpu} {arch.pc_name}={rip:#x} is in {where}")
-    return "\n".join(lines)
-
 
 @dataclass
 class ConsolePair(PairRun):
@@ -517,11 +286,12 @@ class ConsolePair(PairRun):
         terminal = Terminal(sys.stdin.fileno())
         session.console.spawn.logfile_read = Tee(session.console.log, sys.stdout)
         transcript = StampedLog(self.out / "lab.log", self.t0)  # same clock as serial.log
-        self.live = LiveGuest(self, session, terminal, transcript)
+        speaker = Speaker(transcript)
+        self.live = live = LiveGuest(self, session, speaker)
         try:
-            self.live.advance(self.stop_at)
-            self.live.serve()
-            return self.live.finding
+            live.advance(self.stop_at)
+            TerminalBridge(live, PromptCommands(live, speaker), terminal, speaker).serve()
+            return live.finding
         finally:
             terminal.restore()
             transcript.close()

@@ -1,17 +1,27 @@
-"""The lab prompt of `labctl console`: its commands, their arguments, and their help.
+"""The lab prompt of `labctl console`: its commands, their arguments, their help, and
+what each one does to the live guest (PromptCommands).
 
-Parsing is kept apart from the live guest so that every message a typo can
-produce is unit-tested, and the session only ever acts on a valid Command:
-a bad line costs the person one error message, never the guest.
+Parsing is a pure function so that every message a typo can produce is
+unit-tested, and the session only ever acts on a valid Command: a bad line
+costs the person one error message, never the guest.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from labctl.arch import HOST, Arch
 from labctl.config import PATTERNS, PLACEMENTS, SEGMENT_ROLES, TRIGGERS, Corruption
+from labctl.errors import ConfigError
+from labctl.purgatory import Placement
+from labctl.segments import SegmentTable
+from labctl.verdict import parse_registers
+
+if TYPE_CHECKING:  # the objects the commands act on; they import this module
+    from labctl.console_terminal import Speaker
+    from labctl.interactive import LiveGuest
 
 MAX_PEEK = 4096          # bytes one `peek` may dump
 MAX_CORRUPT = 1 << 20    # bytes one `corrupt` may overwrite
@@ -143,3 +153,107 @@ def hexdump(address: int, data: bytes, width: int = 16) -> str:
         text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
         lines.append(f"{address + start:#018x}: {chunk.hex(' '):<{width * 3 - 1}}  |{text}|")
     return "\n".join(lines)
+
+
+def format_segments(table: SegmentTable, placement: Placement | None) -> str:
+    lines = [f"{'#':>2} {'role':12} {'mem':>12} {'memsz':>10} {'bufsz':>10}"]
+    for s in table.segments:
+        lines.append(f"{s.index:>2} {s.role or '?':12} {s.mem:#12x} {s.memsz:#10x} {s.bufsz:#10x}")
+    if placement is None:
+        lines.append("entry: unknown (not in this kernel's log, no kernel purgatory object in RAM)")
+    else:
+        how = "from the load's log" if table.entry is not None else \
+            "computed from the kernel's purgatory object; this kernel does not log it"
+        name = f" {placement.entry_symbol}" if placement.entry_symbol else ""
+        lines.append(f"entry: {placement.entry:#x}{name} ({how})")
+    return "\n".join(lines)
+
+
+def format_registers(text: str, table: SegmentTable, arch: Arch = HOST) -> str:
+    """Each vCPU's general registers (and x86's control registers), then where its
+    program counter is."""
+    lines = [line for line in text.splitlines()
+             if arch is not HOST or line.startswith(("CPU#", "R", "CR0="))]
+    for cpu, rip in sorted(parse_registers(text, arch).items()):
+        segment = table.containing(rip)
+        where = f"{segment.role or f'segment {segment.index}'} +{rip - segment.mem:#x}" if segment \
+            else "no loaded segment"
+        lines.append(f"CPU#{cpu} {arch.pc_name}={rip:#x} is in {where}")
+    return "\n".join(lines)
+
+
+class PromptCommands:
+    """What each command does to the live guest.  run() returns what the terminal does
+    next: "console", "quit", or None (the prompt again)."""
+
+    def __init__(self, guest: LiveGuest, speaker: Speaker):
+        self.guest, self.speaker = guest, speaker
+        self.say = speaker.say
+
+    def run(self, line: str) -> str | None:
+        """Run one prompt line; any mistake ends in a message and the prompt again."""
+        self.speaker.typed(line)
+        try:
+            command = parse(line)
+            return getattr(self, f"do_{command.name}")(**command.args) if command else None
+        except (UsageError, ConfigError) as exc:
+            self.say(str(exc))
+            return None
+
+    def do_help(self) -> None:
+        self.say(help_text())
+
+    def do_segments(self) -> None:
+        loaded = self.guest.loaded
+        if not loaded:
+            raise UsageError(f"nothing loaded yet (stage {self.guest.stage}); `load` runs the load step")
+        if loaded.rejected:
+            m = loaded.message
+            raise UsageError(f"the load was rejected (rc {m.get('rc')}, errno {m.get('errno')} "
+                             f"{m.get('strerror') or ''}): no segments")
+        self.say(format_segments(loaded.table, self.guest.purgatory()))
+
+    def do_load(self) -> None:
+        loaded = self.guest.load()
+        if not loaded.rejected:
+            self.say(format_segments(loaded.table, self.guest.purgatory()))
+
+    def do_corrupt(self, corruption: Corruption) -> None:
+        e = self.guest.corrupt(corruption)
+        self.say(f"corrupted {e['length']} bytes of {e['segment']['role']} at {e['address']} "
+                 f"(+{e['offset']}): before {e['before']} after {e['after']}")
+
+    def do_peek(self, address: int, length: int) -> None:
+        try:
+            data = self.guest.session.memory.read(address, length)
+        except ValueError as exc:
+            raise UsageError(f"peek: {exc}") from None
+        segment = self.guest.table().containing(address)
+        self.say((f"in {segment.role or f'segment {segment.index}'} +{address - segment.mem:#x}\n"
+                  if segment else "") + hexdump(address, data))
+
+    def do_regs(self) -> None:
+        text = self.guest.session.machine.hmp("info registers -a")
+        self.say(format_registers(text, self.guest.table(), self.guest.session.arch))
+
+    def do_panic(self, trigger: str | None) -> None:
+        self.guest.panic(trigger)
+        self.say("panic sent; `verdict` says what the lab sees, `console` shows the guest")
+
+    def do_verdict(self) -> None:
+        self.guest.report(self.guest.verdict_now())
+
+    def do_gdb(self) -> None:
+        if self.guest.pair.gdb_port is None:
+            raise UsageError("gdb: QEMU's gdbstub is off; start the session with --gdb [PORT]")
+        self.guest.show_gdb()
+
+    def do_continue(self) -> str:
+        self.guest.run_rest()
+        return "console"
+
+    def do_console(self) -> str:
+        return "console"
+
+    def do_quit(self) -> str:
+        return "quit"

@@ -8,6 +8,18 @@ from pathlib import Path
 LABCTL = Path(__file__).resolve().parents[2] / "labctl"
 
 
+def runtime_imports(tree: ast.AST):
+    """Every `from ... import` node, wherever it sits, except under `if TYPE_CHECKING:`
+    (annotations only: never executed, so never part of a cycle)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from (n for child in node.orelse for n in runtime_imports(child))
+            continue
+        if isinstance(node, ast.ImportFrom):
+            yield node
+        yield from runtime_imports(node)
+
+
 def imports() -> dict[str, list[tuple[str, str]]]:
     """module -> (imported labctl module, name) for every `from labctl... import name`,
     wherever it sits (function-level imports included)."""
@@ -15,8 +27,8 @@ def imports() -> dict[str, list[tuple[str, str]]]:
     found: dict[str, list[tuple[str, str]]] = {}
     for path in LABCTL.glob("*.py"):
         edges = found.setdefault(path.stem, [])
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("labctl"):
+        for node in runtime_imports(ast.parse(path.read_text())):
+            if not (node.module or "").startswith("labctl"):
                 continue
             for alias in node.names:
                 if node.module != "labctl":

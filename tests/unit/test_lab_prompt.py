@@ -4,8 +4,17 @@ import pytest
 from recorded import DATA, message, registers
 
 from labctl.config import Corruption
-from labctl.interactive import format_registers, format_segments
-from labctl.lab_prompt import COMMANDS, MAX_PEEK, Command, UsageError, help_text, hexdump, parse
+from labctl.lab_prompt import (
+    COMMANDS,
+    MAX_PEEK,
+    Command,
+    UsageError,
+    format_registers,
+    format_segments,
+    help_text,
+    hexdump,
+    parse,
+)
 from labctl.purgatory import locate
 from labctl.segments import parse_segment_table
 
