@@ -14,6 +14,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 KVM_FAILURE_MARKERS = ("KVM internal error", "kvm run failed", "failed to initialize kvm",
                        "Could not access KVM kernel module", "failed to set MSR",
@@ -31,6 +32,19 @@ class Accel:
 
 class KvmUnusable(Exception):
     """KVM was tried and cannot run this guest; the message says how it failed."""
+
+
+def kvm_unusable(accel: str, qemu_output: str,
+                 status: Callable[[], str] | None = None) -> KvmUnusable | None:
+    """The one rule for "KVM cannot run this guest": the guest ran under KVM and QEMU's
+    output shows KVM failing or, asked only then, QMP's run state is internal-error."""
+    if accel != "kvm":
+        return None
+    if line := kvm_failure(qemu_output):
+        return KvmUnusable(line)
+    if status is not None and status() == "internal-error":
+        return KvmUnusable("QMP status internal-error")
+    return None
 
 
 def kvm_failure(qemu_output: str) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_failure
+from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
 from labctl.arch import HOST, Arch, get_arch
 from labctl.arch_kernels import control_port_modules
 from labctl.artifacts import pair_dir
@@ -146,8 +146,8 @@ class PairRun:
         except InfraError:
             log = out / "qemu.log"
             text = log.read_text(errors="replace") if log.exists() else ""
-            if spec.accel == "kvm" and (line := kvm_failure(text)):
-                raise KvmUnusable(line) from None
+            if unusable := kvm_unusable(spec.accel, text):
+                raise unusable from None
             raise
 
     def _attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl import dump_check
-from labctl.accel import KvmUnusable, kvm_failure
+from labctl.accel import KvmUnusable, kvm_unusable
 from labctl.arch import get_arch
 from labctl.config import Corruption, Timeouts
 from labctl.console import Console
@@ -164,19 +164,15 @@ class Session:
             raise InfraError(f"lost the guest's serial ports while {self.phase}: {exc}") from None
 
     def _guest_gone(self) -> InfraError | KvmUnusable:
-        output = self.machine.qemu_output()
-        if self.machine.spec.accel == "kvm" and (line := kvm_failure(output)):
-            return KvmUnusable(line)
-        return InfraError(f"{self.machine.death_reason()} while {self.phase}")
+        return kvm_unusable(self.machine.spec.accel, self.machine.qemu_output()) or \
+            InfraError(f"{self.machine.death_reason()} while {self.phase}")
 
     def _check_kvm(self) -> None:
         """KVM failures leave QEMU alive: look at its log and its run state."""
         if self.machine.spec.accel != "kvm":
             return
-        if line := kvm_failure(self.machine.qemu_output()):
-            raise KvmUnusable(line)
-        if self.machine.status() == "internal-error":
-            raise KvmUnusable("QMP status internal-error")
+        if unusable := kvm_unusable("kvm", self.machine.qemu_output(), self.machine.status):
+            raise unusable
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = round(time.monotonic() - start, 3)
