@@ -17,6 +17,7 @@ import select
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from labctl import dump_check
 from labctl.accel import KvmUnusable, kvm_unusable
@@ -53,6 +54,7 @@ from labctl.verdict import (
 from labctl.vmcore import check_vmcore
 from labctl.vmcore_save import DumpReceiver
 
+T = TypeVar("T")
 KEXEC_FILE_ON_CRASH = 0x2
 KEXEC_FILE_DEBUG = 0x8
 
@@ -182,28 +184,24 @@ class Session:
         """Wait for the primary kernel's helper to say hello."""
         self.phase, start = "booting", time.monotonic()
         self.progress.say(f"booting the primary kernel ({self.machine.spec.accel})")
-        next_status = start + STATUS_SAMPLE_SECONDS
-        while True:
-            messages, hits = self._events({"panic": PANIC_LINE})
-            for message in messages:
-                if message["type"] == "hello" and message.get("role") == "primary":
-                    self.primary = message
-                    self._timed("boot", start)
-                    self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")
-                    return message
+
+        def hello(messages: list[dict], hits: list[tuple[str, str]]) -> dict | None:
+            if found := next((m for m in messages
+                              if m["type"] == "hello" and m.get("role") == "primary"), None):
+                return found
             if hits:
                 raise InfraError(f"the guest kernel panicked while booting: {hits[0][1]!r} "
                                  "(see serial.log)")
-            if not self.machine.alive():
-                raise self._guest_gone()
-            now = time.monotonic()
-            if now >= next_status:
-                self._check_kvm()
-                next_status = now + STATUS_SAMPLE_SECONDS
-            if now - start > self.timeouts.boot:
-                raise InfraError(f"the guest did not reach init within {self.timeouts.boot:g} s "
-                                 "(no hello on the control port); see serial.log")
-            self.progress.tick("the guest to boot", start)
+            return None
+
+        message = self._wait(hello, self.timeouts.boot, "the guest to boot",
+                             f"the guest did not reach init within {self.timeouts.boot:g} s "
+                             "(no hello on the control port); see serial.log",
+                             patterns={"panic": PANIC_LINE}, every=self._check_kvm)
+        self.primary = message
+        self._timed("boot", start)
+        self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")
+        return message
 
     def kernel_config(self) -> dict[str, str] | None:
         """The running kernel's /proc/config.gz, parsed (None if it cannot be read)."""
@@ -269,16 +267,31 @@ class Session:
         return self._await_message(types, self.timeouts.load, what)
 
     def _await_message(self, types: tuple[str, ...], timeout: float, what: str) -> dict:
+        return self._wait(lambda messages, _: next((m for m in messages if m["type"] in types), None),
+                          timeout, what, f"timed out after {timeout:g} s waiting for {what}")
+
+    def _wait(self, found: Callable[[list[dict], list[tuple[str, str]]], T | None], timeout: float,
+              what: str, timed_out: str, patterns: dict | None = None,
+              every: Callable[[], None] | None = None) -> T:
+        """The wait before a verdict: pump the control channel and the console until
+        found(messages, console hits) returns something.  A guest that dies is the
+        guest-gone error, the deadline an InfraError saying `timed_out`; `every` runs
+        each STATUS_SAMPLE_SECONDS.  (observe has its own loop: there a reset or the
+        deadline is a finding, not an error.)"""
         start = time.monotonic()
+        next_status = start + STATUS_SAMPLE_SECONDS
         while True:
-            messages, _ = self._events({})
-            for message in messages:
-                if message["type"] in types:
-                    return message
+            messages, hits = self._events(patterns or {})
+            if (value := found(messages, hits)) is not None:
+                return value
             if not self.machine.alive():
                 raise self._guest_gone()
-            if time.monotonic() - start > timeout:
-                raise InfraError(f"timed out after {timeout:g} s waiting for {what}")
+            now = time.monotonic()
+            if every and now >= next_status:
+                every()
+                next_status = now + STATUS_SAMPLE_SECONDS
+            if now - start > timeout:
+                raise InfraError(timed_out)
             self.progress.tick(what, start)
 
     def corrupt(self, table: SegmentTable, corruption: Corruption) -> dict:
