@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     codes = []
     for scenario in scenarios:
         outcome = run_pair(lab, kernel, scenario, run_id, chooser, quiet=args.quiet,
-                           save_vmcore=args.save_vmcore)
+                           save_vmcore=args.save_vmcore, fresh=args.fresh)
         print(outcome.summary)
         print(f"  artifacts: {outcome.directory}")
         codes.append(outcome.exit_code)
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-vmcore", action="store_true",
                      help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "
                           "in the pair's artifacts as 'vmcore' (streamed over the serial line: slow)")
+    run.add_argument("--fresh", action="store_true", help="boot every pair cold instead of "
+                     "forking it from a snapshot of the loaded guest")
     run.add_argument("--run-id", type=matrix.run_id_arg,
                      help="run directory name (default: time + random); pairs must not exist yet")
     run.set_defaults(func=cmd_run)

@@ -17,6 +17,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from labctl.ramcopy import data_extents
+
 
 @dataclass(frozen=True)
 class Write:
@@ -92,14 +94,8 @@ class GuestMemory:
         """(start, end) guest physical addresses of the RAM the guest has touched: the rest
         of the file is holes, and reading a hole through the mapping would only allocate
         pages of zeros."""
-        offset = 0
-        while offset < self.size:
-            try:
-                start = os.lseek(self._fd, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after offset
-                return
-            offset = os.lseek(self._fd, start, os.SEEK_HOLE)
-            yield start + self.base, offset + self.base
+        for start, end in data_extents(self._fd, self.size):
+            yield start + self.base, end + self.base
 
     def write(self, address: int, data: bytes) -> None:
         offset = self._check(address, len(data))

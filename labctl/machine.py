@@ -27,6 +27,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from labctl.arch import HOST, get_arch
 from labctl.errors import InfraError, Interrupted
 from labctl.relay import relay
+from labctl.ramcopy import sparse_copy
 
 PR_SET_PDEATHSIG = 1
 OWNER_FILE = "owner"  # in a run directory: the pid of the labctl that made it
@@ -106,7 +107,7 @@ def _control_port(virtio: bool) -> list[str]:
 
 
 def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: Path,
-              binary: str | None = None) -> list[str]:
+              binary: str | None = None, incoming: bool = False) -> list[str]:
     """The QEMU command line for a spec; pure, so a golden test can pin it."""
     target = get_arch(spec.arch)
     if spec.accel == "kvm":
@@ -134,6 +135,8 @@ def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: P
     ]
     if spec.gdb_port is not None:
         argv += ["-gdb", f"tcp:127.0.0.1:{spec.gdb_port}"]
+    if incoming:  # a snapshot's device state comes later, through QMP migrate-incoming
+        argv += ["-incoming", "defer"]
     return argv
 
 
@@ -174,8 +177,10 @@ def _listen(path: Path) -> socket.socket:
 class Machine:
     """One running guest.  Use as a context manager; exit always cleans up."""
 
-    def __init__(self, spec: MachineSpec, qemu_log: Path, binary: str | None = None):
+    def __init__(self, spec: MachineSpec, qemu_log: Path, binary: str | None = None,
+                 ram_source: Path | None = None):
         self.spec = spec
+        self.ram_source = ram_source  # a snapshot's RAM: copied, and QEMU waits for its state
         self.qemu_log = qemu_log
         self.arch = get_arch(spec.arch)
         self.binary = binary or self.arch.qemu_binary
@@ -186,6 +191,7 @@ class Machine:
         self.qmp: QEMUMonitorProtocol | None = None
         self.ram_path: Path | None = None
         self.started = 0.0
+        self.ram_copy_seconds: float | None = None
 
     # -------------------------------------------------------------- launch
     def __enter__(self) -> "Machine":
@@ -202,6 +208,11 @@ class Machine:
     def _make_ram_file(self) -> Path:
         assert self.rundir is not None, "the run dir comes first"
         path = self.rundir / "guest-ram"
+        if self.ram_source is not None:
+            start = time.monotonic()
+            sparse_copy(self.ram_source, path)
+            self.ram_copy_seconds = round(time.monotonic() - start, 3)
+            return path
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, self.spec.memory_mib << 20)
@@ -221,7 +232,7 @@ class Machine:
         listeners = {name: _listen(paths[name]) for name in ("console", "control")}
         self.qmp = QEMUMonitorProtocol(str(paths["qmp"]), server=True)
         argv = qemu_argv(self.spec, self.ram_path, paths["console"], paths["control"],
-                         paths["qmp"], binary)
+                         paths["qmp"], binary, incoming=self.ram_source is not None)
         self.argv = argv
         with open(self.qemu_log, "wb") as log:
             # Its own process group: a Ctrl-C typed at the terminal is the lab's to handle
@@ -313,6 +324,10 @@ class Machine:
 
     def status(self) -> str:
         return self._qmp_cmd("query-status")["status"]
+
+    def qmp_command(self, command: str, **args):
+        """Any QMP command (snapshot.py saves and restores through these)."""
+        return self._qmp_cmd(command, **args)
 
     def _qmp_cmd(self, command: str, **args):
         """A QMP command; a QEMU that does not answer (frozen, stopped) is an InfraError."""

@@ -35,11 +35,13 @@ from labctl.images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernel_facts import KernelFacts, UnknownFact, from_sysfs, needed_symbols
 from labctl.kernel_facts import resolve as resolve_expectation
 from labctl.kernels import Kernel
-from labctl.machine import Machine, MachineSpec
+from labctl.machine import MachineSpec
 from labctl.progress import Progress
 from labctl.result import Outcome, PairResult
 from labctl.signing import trusted_lab_keys
 from labctl.smp import cpu_watch, resolve_cpus
+from labctl.snapshot import (RestoreFailed, Snapshot, SnapshotUnavailable, fresh_reason, launched,
+                             obtain, restore_pair)
 from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import CAPTURE_BOOTED, CAPTURE_PANICKED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 
@@ -92,6 +94,7 @@ class PairRun:
         needed = needed_symbols(self.scenario.expect)
         if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
             self.facts.config_gz = session.kernel_config()
+    snapshots: bool = False  # fork from a snapshot of the loaded guest where the scenario can
 
     @property
     def arch(self) -> Arch:
@@ -151,7 +154,18 @@ class PairRun:
             raise
 
     def _attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
-        with Machine(spec, out / "qemu.log") as machine:
+        snap = self._snapshot(spec, out, t0)
+        if snap is not None:
+            try:
+                return self._guest(spec, out, t0, snap)
+            except RestoreFailed as exc:
+                self._fresh_after(str(exc), out)
+        return self._guest(spec, out, t0, None)
+
+    def _guest(self, spec: MachineSpec, out: Path, t0: float, snap: Snapshot | None) -> Finding:
+        """One QEMU: booted fresh, or restored from a snapshot of the loaded guest."""
+        started = time.monotonic()
+        with launched(spec, out / "qemu.log", snap) as machine:
             assert machine.console and machine.control and machine.ram_path, "launched"
             console = Console(machine.console.fileno(), StampedLog(out / "serial.log", t0))
             control = ControlChannel(machine.control, out / "control.log", t0)
@@ -160,11 +174,39 @@ class PairRun:
                                    scaled_timeouts(self.lab.timeouts, self.arch), self.progress)
             self.session.save_vmcore_to = out if self.save_vmcore else None
             try:
-                return self._steps(self.session)
+                if snap is None:
+                    return self._steps(self.session)
+                loaded = restore_pair(self, self.session, snap, started, out)
+                return self._after_load(self.session, loaded)
             finally:
                 memory.close()
                 console.close()
                 control.close()
+
+    def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
+        """The snapshot this pair forks from, made now if needed; None: boot fresh."""
+        why = fresh_reason(self.scenario) if self.snapshots else "--fresh (or a caller that boots fresh)"
+        if why:
+            self.evidence["snapshot"] = {"fresh_boot": why}
+            return None
+        load = self.scenario.load
+        inputs = {"method": load.method, "image": load.kernel,
+                  "capture_cmdline": capture_cmdline(self.lab.machine, load)}
+        try:
+            return obtain(self, spec, inputs, t0)
+        except (RestoreFailed, SnapshotUnavailable) as exc:
+            self._fresh_after(str(exc), out)
+            return None
+
+    def _fresh_after(self, reason: str, out: Path) -> None:
+        """A snapshot that could not be made or restored: say so, keep its logs, boot fresh."""
+        for name in ("serial.log", "control.log", "qemu.log"):
+            if (out / name).exists():
+                (out / name).rename(out / f"restore-attempt-{name}")
+        self.attempts.append({"snapshot": reason})
+        self.evidence["snapshot"] = {"fresh_boot": f"fell back to a fresh boot: {reason}"}
+        self.progress.say(f"{reason}; falling back to a fresh boot")
+        self.session = None
 
     # step_boot and step_load are shared with `labctl console` (interactive.py).
     def step_boot(self, session: Session) -> dict:
@@ -240,7 +282,9 @@ class PairRun:
 
     def _steps(self, session: Session) -> Finding:
         self.step_boot(session)
-        loaded = self.step_load(session)
+        return self._after_load(session, self.step_load(session))
+
+    def _after_load(self, session: Session, loaded: Loaded) -> Finding:
         if loaded.rejected or self.scenario.trigger == "none":
             message = loaded.message
             finding = Finding(LOAD_REJECTED if loaded.rejected else LOAD_ACCEPTED,
@@ -319,11 +363,14 @@ def known_failure(lab: LabConfig, kernel: Kernel, scenario: Scenario) -> str | N
 
 
 def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
-             chooser: AccelChooser, quiet: bool = False, save_vmcore: bool = False) -> PairResult:
-    """Run one pair and always leave a result.json behind."""
+             chooser: AccelChooser, quiet: bool = False, save_vmcore: bool = False,
+             fresh: bool = False) -> PairResult:
+    """Run one pair and always leave a result.json behind.  Unless `fresh`, a scenario
+    that can fork from a snapshot of the loaded guest does (snapshot.py)."""
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     progress = Progress(f"{kernel.name}/{scenario.name}", quiet=quiet)
-    pair = PairRun(lab, kernel, scenario, chooser, progress, save_vmcore=save_vmcore)
+    pair = PairRun(lab, kernel, scenario, chooser, progress, save_vmcore=save_vmcore,
+                   snapshots=not fresh)
     t0 = time.monotonic()
     try:
         expected = pair.expected
