@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from labctl import coverage, interactive, matrix, report_cli
+from labctl import coverage, fuzz, interactive, matrix, report_cli
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
 from labctl.config import ARCH_NAMES, find_scenario, load_scenario
@@ -31,7 +31,8 @@ from labctl.runner import run_pair
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
-COMMAND_MODULES: list = [matrix.register, report_cli.register, interactive.register, coverage.register]
+COMMAND_MODULES: list = [matrix.register, report_cli.register, interactive.register, coverage.register,
+                         fuzz.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 

@@ -44,6 +44,27 @@ METHODS = ("kexec_file_load", "kexec_load")
 ALL_ROLES = tuple(dict.fromkeys(r for a in ARCHES.values() for m in a.methods for r in a.roles(m)))
 
 
+def digest_model(kernel: Kernel, method: str) -> dict[str, tuple[bool | None, str]]:
+    """role -> (does purgatory hash it?, why): what the sources say, before any run.
+
+    kexec_file_load: kexec_calculate_store_digests() (kernel/kexec_file.c) hashes every
+    segment's bufsz bytes plus memsz - bufsz zeros, skipping the purgatory segment (it is
+    patched with the digest afterwards) and, under CONFIG_CRASH_HOTPLUG, the ELF core
+    headers.  kexec_load: kexec-tools' purgatory checks every segment but its own.
+    None: not known for this kernel (no config file to read CRASH_HOTPLUG from)."""
+    model: dict[str, tuple[bool | None, str]] = {
+        role: (True, f"{method} hashes the {role} segment (bufsz bytes + zeros to memsz)")
+        for role in ROLES[method]}
+    model["purgatory"] = (False, "purgatory is never hashed: it holds the digest it checks")
+    if method == "kexec_file_load":
+        if not kernel.config:
+            model["elfcorehdr"] = (None, "unknown: no kernel config to read CONFIG_CRASH_HOTPLUG from")
+        elif kernel.config_symbols().get("CONFIG_CRASH_HOTPLUG") == "y":
+            model["elfcorehdr"] = (False, "CONFIG_CRASH_HOTPLUG=y: kexec_calculate_store_digests() "
+                                          "skips the ELF core headers so hotplug can rewrite them")
+    return model
+
+
 @dataclass(frozen=True)
 class Cell:
     kernel: str
@@ -77,11 +98,12 @@ def coverage_scenario(method: str, role: str, placement: str) -> Scenario:
 
 
 def _run_cell(lab: LabConfig, kernel: Kernel, method: str, role: str, placement: str,
-              run_id: str) -> Cell:
-    """One corruption on a fresh guest (runs in a worker process)."""
+              run_id: str, fresh: bool = False) -> Cell:
+    """One corruption, forked from the snapshot of the loaded guest unless fresh
+    (runs in a worker process)."""
     chooser = AccelChooser(lab.cache_dir)
     result = run_pair(lab, kernel, coverage_scenario(method, role, placement), run_id,
-                      chooser, quiet=True)
+                      chooser, quiet=True, fresh=fresh)
     vmcore = ((result.evidence.get("verdict") or {}).get("vmcore") or {})
     return Cell(kernel.name, method, role, placement, result.outcome, result.reason or "",
                 str(result.directory), vmcore.get("ok"), kernel.arch)
@@ -186,7 +208,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     cells, loads = [], []
     context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        futures: list[Future] = [pool.submit(_run_cell, lab, *item, run_id) for item in work]
+        futures: list[Future] = [pool.submit(_run_cell, lab, *item, run_id, args.fresh) for item in work]
         futures += [pool.submit(load_coverage.run_load_cell, lab, *item, run_id) for item in load_work]
         for done, (future, item) in enumerate(_completed(futures, work + load_work), 1):
             if len(item) == 4 and item[2] in KERNEL_IMAGES:  # (kernel, method, image, mode)
@@ -244,6 +266,8 @@ def register(sub) -> None:
                         help="load table: only these modes (repeatable)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="guests at a time (default 1)")
     add_common_opts(parser)
+    parser.add_argument("--fresh", action="store_true", help="boot every corruption cold instead "
+                        "of forking it from a snapshot of the loaded guest")
     parser.set_defaults(func=_with_defaults)
 
 

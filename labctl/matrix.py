@@ -169,6 +169,7 @@ class MatrixRun:
     shard: str = "1/1"
     pins: dict[str, list[str]] = field(default_factory=dict)
     pair_timeout: float | None = None
+    fresh: bool = False  # every pair boots cold (no snapshots)
     stream: TextIO = sys.stderr
     t0: float = field(default_factory=time.monotonic)
     running: list[Running] = field(default_factory=list)
@@ -197,7 +198,7 @@ class MatrixRun:
         argv = [sys.executable, "-m", "labctl", "--lab", str(self.lab.path.resolve()), "run",
                 str(pair.path), "--kernel", pair.kernel, "--artifacts", str(self.lab.artifacts_dir),
                 "--run-id", self.run_id]
-        return argv + (["--accel", self.accel] if self.accel else [])
+        return argv + (["--accel", self.accel] if self.accel else []) + (["--fresh"] if self.fresh else [])
 
     def start(self, pair: Pair, attempt: int) -> None:
         log_path = self.run_dir / f".{safe_component(pair.kernel)}.{safe_component(pair.scenario)}.{attempt}.log"
@@ -377,7 +378,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     check_writable(lab.artifacts_dir)
     run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard,
                     pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})),
-                    pair_timeout=args.pair_timeout)
+                    pair_timeout=args.pair_timeout, fresh=args.fresh)
     if run.run_dir.exists():
         raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
     say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")
@@ -419,6 +420,8 @@ def register(subparsers) -> None:
     matrix.add_argument("--pair-timeout", type=float, default=None,
                         help="stop a pair after this many seconds as an infra error (default: "
                              f"lab.yaml's boot + load + verdict timeouts + {WATCHDOG_MARGIN_SECONDS:.0f})")
+    matrix.add_argument("--fresh", action="store_true", help="boot every pair cold instead of "
+                        "forking shareable scenarios from a snapshot of the loaded guest")
     matrix.add_argument("--run-id", type=run_id_arg, help="name of the run directory (default: time + random)")
     matrix.add_argument("--baseline", help="an earlier run (directory or matrix.json) to diff "
                                            "against: diff.md, badges in report.html")

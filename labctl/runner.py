@@ -189,14 +189,30 @@ class PairRun:
         if why:
             self.evidence["snapshot"] = {"fresh_boot": why}
             return None
-        load = self.scenario.load
-        inputs = {"method": load.method, "image": load.kernel,
-                  "capture_cmdline": capture_cmdline(self.lab.machine, load)}
         try:
-            return obtain(self, spec, inputs, t0)
+            return obtain(self, spec, self.load_inputs(), t0)
         except (RestoreFailed, SnapshotUnavailable) as exc:
             self._fresh_after(str(exc), out)
             return None
+
+    def load_inputs(self) -> dict:
+        """The load step as it shapes a snapshot (part of its key)."""
+        load = self.scenario.load
+        return {"method": load.method, "image": load.kernel,
+                "capture_cmdline": capture_cmdline(self.lab.machine, load)}
+
+    def prepare_snapshot(self) -> Snapshot:
+        """The snapshot this pair would fork from, made now if needed, without running the
+        pair (labctl fuzz draws its corruptions from the snapshot's segment table)."""
+        assets = build_assets(self.lab.cache_dir, self.kernel.bzimage, bad_images=False)
+        accel = self.chooser.choose(self.lab.accel)
+        try:
+            return obtain(self, self.machine_spec(accel, assets), self.load_inputs(), time.monotonic())
+        except KvmUnusable as exc:
+            if self.lab.accel != "auto":
+                raise LabError(f"KVM cannot run this guest ({exc}); set accel: tcg or auto") from None
+            accel = self.chooser.record_failure(str(exc))
+            return obtain(self, self.machine_spec(accel, assets), self.load_inputs(), time.monotonic())
 
     def _fresh_after(self, reason: str, out: Path) -> None:
         """A snapshot that could not be made or restored: say so, keep its logs, boot fresh."""

@@ -1,0 +1,177 @@
+"""Snapshots: the sparse RAM copy, the key, which scenarios share, the store's staleness."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+
+from labctl.config import load_scenario
+from labctl.machine import MachineSpec, qemu_argv
+from labctl.ramcopy import allocated_bytes, sparse_copy
+from labctl.segments import parse_segment_table
+from labctl.snapshot import (META, RAM, STATE, RestoreFailed, SnapshotStore, fresh_reason,
+                             snapshot_inputs, snapshot_key)
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+
+
+def sparse_file(path: Path, size: int, chunks: dict[int, bytes]) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in chunks.items():
+            f.seek(offset)
+            f.write(data)
+
+
+def test_sparse_copy_copies_the_data_and_keeps_the_holes(tmp_path):
+    src, dst = tmp_path / "ram", tmp_path / "copy"
+    sparse_file(src, 64 * MIB, {0: b"a" * 4096, 10 * MIB: os.urandom(3 * MIB), 63 * MIB: b"z"})
+    written = sparse_copy(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert os.path.getsize(dst) == 64 * MIB
+    assert written < 8 * MIB and allocated_bytes(dst) < 8 * MIB
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o600
+
+
+def test_sparse_copy_can_leave_out_allocated_zeros(tmp_path):
+    src, dst = tmp_path / "ram", tmp_path / "copy"
+    sparse_file(src, 16 * MIB, {0: bytes(4 * MIB), 4 * MIB: b"x" * 100})
+    assert 100 <= sparse_copy(src, dst, skip_zeros=True) <= MIB  # only the chunk with the x's
+    assert dst.read_bytes() == src.read_bytes()
+    assert allocated_bytes(dst) <= 2 * MIB
+
+
+def test_sparse_copy_never_overwrites(tmp_path):
+    src, dst = tmp_path / "ram", tmp_path / "copy"
+    sparse_file(src, MIB, {0: b"x"})
+    dst.write_text("mine")
+    with pytest.raises(FileExistsError):
+        sparse_copy(src, dst)
+
+
+def spec(tmp_path, **changes) -> MachineSpec:
+    for name in ("vmlinuz", "initrd"):
+        if not (tmp_path / name).exists():
+            (tmp_path / name).write_bytes(b"x")
+    base = MachineSpec(kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd", cmdline="console=ttyS0")
+    return replace(base, **changes)
+
+
+LOAD = {"method": "kexec_file_load", "image": "default", "capture_cmdline": "console=ttyS0"}
+KERNEL = {"name": "k", "package": "linux-image-x", "version": "1"}
+
+
+def key(tmp_path, machine=None, load=LOAD, kernel=KERNEL) -> str:
+    return snapshot_key(snapshot_inputs(machine or spec(tmp_path), kernel, load, "true"))
+
+
+def test_every_machine_option_kernel_and_load_field_is_in_the_key(tmp_path):
+    base = key(tmp_path)
+    assert key(tmp_path) == base
+    changed = {"cmdline": "console=ttyS0 quiet", "accel": "kvm", "machine_type": "q35",
+               "memory_mib": 2048, "smp": 2, "tcg_threads": "single"}
+    assert {f.name for f in fields(MachineSpec)} - {"kernel", "initrd", "gdb_port"} <= set(changed)
+    for name, value in changed.items():
+        assert key(tmp_path, spec(tmp_path, **{name: value})) != base, name
+    for name, value in {"method": "kexec_load", "image": "garbage", "capture_cmdline": "x"}.items():
+        assert key(tmp_path, load={**LOAD, name: value}) != base, name
+    assert key(tmp_path, kernel={**KERNEL, "version": "2"}) != base
+    os.utime(tmp_path / "vmlinuz", ns=(1, 1))  # the bzImage was rebuilt in place
+    assert key(tmp_path) != base
+
+
+def test_the_debug_port_does_not_change_the_guest_nor_the_key(tmp_path):
+    assert key(tmp_path, spec(tmp_path, gdb_port=1234)) == key(tmp_path)
+
+
+def test_a_restoring_qemu_waits_for_its_state():
+    paths = [Path(p) for p in ("ram", "c", "k", "q")]
+    plain = qemu_argv(MachineSpec(Path("k"), Path("i"), "x"), *paths)
+    incoming = qemu_argv(MachineSpec(Path("k"), Path("i"), "x"), *paths, incoming=True)
+    assert incoming == plain + ["-incoming", "defer"]
+
+
+def test_which_catalogue_scenarios_share_a_snapshot():
+    scenarios = [load_scenario(p) for p in sorted((ROOT / "scenarios").glob("*.yaml"))]
+    fresh = {s.name for s in scenarios if fresh_reason(s)}
+    assert fresh == {"load-cmdline-too-long", "load-elf-vmlinux", "load-empty", "load-garbage",
+                     "load-no-crashkernel", "load-truncated"}
+    assert "stops after the load" in fresh_reason(load_scenario(ROOT / "scenarios/load-no-crashkernel.yaml"))
+    assert "garbage" in fresh_reason(load_scenario(ROOT / "scenarios/load-garbage.yaml"))
+    assert len(scenarios) - len(fresh) == 18
+
+
+TABLE_LINES = ["kexec_file: segment[0]: buf=0x0 bufsz=0x1000 mem=0x2e000000 memsz=0xe1000",
+               "kexec_file: segment[1]: buf=0x0 bufsz=0x4000 mem=0x3dffb000 memsz=0x5000",
+               "Loaded ELF headers at 0x2e000000", "Loaded purgatory at 0x3dffb000",
+               "kexec_file_load: type:1, start:0x3dffb160"]
+
+
+def commit(store: SnapshotStore, key_: str, slot: str = "s", state: bytes = b"state") -> Path:
+    tmp = store.new_dir(key_)
+    (tmp / STATE).write_bytes(state)
+    sparse_file(tmp / RAM, 4 * MIB, {MIB: b"ram"})
+    table = parse_segment_table(TABLE_LINES)
+    meta = {"inputs": {"format": 1}, "slot": slot, "load": {"table": table.to_json()}}
+    return store.commit(key_, tmp, meta).path
+
+
+def test_a_committed_snapshot_is_private_and_gives_back_its_segment_table(tmp_path):
+    store = SnapshotStore(tmp_path)
+    path = commit(store, "k1")
+    assert stat.S_IMODE(os.stat(store.root).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in path.iterdir()} == {0o600}
+    snap = store.lookup("k1")
+    assert snap.table == parse_segment_table(TABLE_LINES)
+    assert snap.note() == "restored from snapshot k1"
+    assert store.lookup("other") is None
+
+
+def test_a_corrupt_state_file_is_dropped_with_a_reason(tmp_path):
+    store = SnapshotStore(tmp_path)
+    path = commit(store, "k1")
+    (path / STATE).write_bytes(b"garbage")
+    with pytest.raises(RestoreFailed, match="device state file does not match its recorded digest"):
+        store.lookup("k1")
+    assert not path.exists()
+
+
+def test_a_snapshot_of_another_lab_version_or_truncated_ram_is_dropped(tmp_path):
+    store = SnapshotStore(tmp_path)
+    path = commit(store, "k1")
+    os.truncate(path / RAM, MIB)
+    with pytest.raises(RestoreFailed, match="RAM file has the wrong size"):
+        store.lookup("k1")
+    path = commit(store, "k2")
+    meta = json.loads((path / META).read_text())
+    (path / META).write_text(json.dumps({**meta, "inputs": {"format": 0}}))
+    with pytest.raises(RestoreFailed, match="another version"):
+        store.lookup("k2")
+
+
+def test_a_new_snapshot_for_the_same_slot_makes_the_old_one_stale(tmp_path):
+    store = SnapshotStore(tmp_path)
+    old = commit(store, "old", slot="debian-6.12 file_load")
+    other = commit(store, "other", slot="debian-6.1 file_load")
+    new = commit(store, "new", slot="debian-6.12 file_load")
+    assert not old.exists() and other.exists() and new.exists()
+
+
+def test_unused_snapshots_and_half_built_ones_of_a_dead_labctl_are_swept(tmp_path):
+    store = SnapshotStore(tmp_path)
+    unused = commit(store, "unused", slot="a")
+    os.utime(unused / META, (0, 0))
+    dead = store.root / ".tmp-k-999999999"
+    dead.mkdir()
+    (dead / "owner").write_text("999999999")
+    mine = store.new_dir("building")
+    dropped = store.sweep()
+    assert set(dropped) == {"unused", ".tmp-k-999999999"}
+    assert mine.exists()
