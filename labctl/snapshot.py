@@ -2,12 +2,13 @@
 
 A snapshot is the guest stopped right after a successful load, saved with QEMU's
 migration: with the capability x-ignore-shared the device state (a few hundred KB)
-goes to a file through `migrate "exec:cat > F"` and the RAM stays in the
-memory-backend-file, which the lab copies into the cache.  Restoring copies that
-RAM file into the run's private directory (only its allocated extents: the file
-is sparse), starts QEMU with `-incoming defer` and the same options, sets the same
-capability, `migrate-incoming "exec:cat F"`, and `cont`s the guest once the lab is
-connected to every socket (Machine.launch has accepted them all before this).
+goes to a file and the RAM stays in the memory-backend-file, which the lab copies
+into the cache.  Restoring copies that RAM file into the run's private directory
+(only its allocated extents: the file is sparse), starts QEMU with `-incoming
+defer` and the same options, sets the same capability, migrates the state in, and
+`cont`s the guest once the lab is connected to every socket (Machine.launch has
+accepted them all before this).  The state file travels as a descriptor passed
+over QMP (`fd:` URI), not through `exec:cat`, so no shell is involved.
 
 A snapshot lives in <cache>/snapshots/<key>/ (0700, files 0600); the key is a hash of
 everything that shapes the guest at that point: the kernel (package, version or
@@ -25,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import time
@@ -51,6 +51,7 @@ UNUSED_DAYS = 14  # a snapshot nobody restored for this long is dropped
 MIGRATE_SECONDS = 30.0
 MIGRATE_POLL = 0.005
 CHUNK = 1 << 20
+FD_NAME = "snapshot-state"
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
 
 
@@ -275,6 +276,21 @@ def _wait_migration(machine, what: str) -> dict:
         time.sleep(MIGRATE_POLL)
 
 
+def _hand_fd(machine, path: Path, flags: int) -> str:
+    """Open path and hand the descriptor to QEMU over the QMP socket (SCM_RIGHTS +
+    getfd): the migration reads or writes it as `fd:NAME`, with no shell and no
+    path on QEMU's side (QEMU 7.2 has no file: URI)."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        machine.qmp.send_fd_scm(fd)
+    except OSError as exc:
+        raise InfraError(f"could not pass {path.name} to QEMU: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    machine.qmp_command("getfd", fdname=FD_NAME)
+    return f"fd:{FD_NAME}"
+
+
 def save(machine, directory: Path) -> dict:
     """Stop the guest and save it into directory (device state + a copy of its RAM);
     return timings and sizes.  The guest stays stopped."""
@@ -282,7 +298,7 @@ def save(machine, directory: Path) -> dict:
     machine.qmp_command("stop")
     machine.qmp_command("migrate-set-capabilities", capabilities=IGNORE_SHARED)
     state = directory / STATE
-    machine.qmp_command("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+    machine.qmp_command("migrate", uri=_hand_fd(machine, state, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     _wait_migration(machine, "saving the guest (migrate)")
     saved = time.monotonic()
     written = sparse_copy(machine.ram_path, directory / RAM, skip_zeros=True)
@@ -298,7 +314,7 @@ def restore(machine, snapshot: Snapshot) -> dict:
     start = time.monotonic()
     try:
         machine.qmp_command("migrate-set-capabilities", capabilities=IGNORE_SHARED)
-        machine.qmp_command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snapshot.state))}")
+        machine.qmp_command("migrate-incoming", uri=_hand_fd(machine, snapshot.state, os.O_RDONLY))
         _wait_migration(machine, "restoring the guest (migrate-incoming)")
         status = machine.status()
         if status not in ("paused", "running"):
@@ -393,6 +409,7 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float) 
                          "evidence": pair.evidence["load"]},
                 "timings": dict(session.timings), "save": figures}
         snap = store.commit(key, tmp, meta)
+        pair.session = None  # the pair's own run starts a session of its own
         pair.progress.say(f"snapshot {key} saved: state {figures['state_bytes'] >> 10} KiB in "
                           f"{figures['save_state_seconds']:.2f} s, RAM {figures['ram_bytes_written'] >> 20} MiB "
                           f"in {figures['copy_ram_seconds']:.2f} s")
@@ -401,8 +418,7 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float) 
         if isinstance(exc, SnapshotUnavailable):
             raise
         raise SnapshotUnavailable(f"creating snapshot {key} failed: {exc}") from None
-    finally:
-        pair.session = None
+    finally:  # an interruption keeps pair.session: its phase says where it stopped
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed
 
 

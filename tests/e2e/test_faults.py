@@ -66,11 +66,13 @@ def running(pid: int) -> bool:
 class LiveRun:
     """A real `labctl run` in the background; its stderr is read as it comes to time a fault."""
 
-    def __init__(self, *args: str, group: bool = False):
+    def __init__(self, *args: str, group: bool = False, fresh: bool = True, lab: Path | None = None):
         # SIGINT back to the default, so Python installs its handler even when this
         # suite itself was started in the background (where SIGINT is ignored).
+        # fresh: boot cold, so that every phase of a boot and load is there to hit.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labctl", "run", *args], cwd=ROOT, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "labctl", *(["--lab", str(lab)] if lab else []), "run", *args,
+             *(["--fresh"] if fresh else [])], cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=group,
             preexec_fn=None if group else lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.stderr = ""

@@ -16,8 +16,9 @@ STAMPED = re.compile(r"^\[\s*\d+\.\d{3}\] ")
 
 @pytest.fixture(scope="module", params=KERNELS)
 def both_scenarios(request):
-    """One labctl invocation per kernel running both core scenarios."""
-    run = labctl("run", "crash-corrupt", "crash-intact", "--kernel", request.param)
+    """One labctl invocation per kernel running both core scenarios from a cold boot
+    (forked runs: test_snapshot.py)."""
+    run = labctl("run", "crash-corrupt", "crash-intact", "--kernel", request.param, "--fresh")
     return request.param, run
 
 
