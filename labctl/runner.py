@@ -190,7 +190,7 @@ class PairRun:
             self.evidence["snapshot"] = {"fresh_boot": why}
             return None
         try:
-            return obtain(self, spec, self.load_inputs(), t0)
+            return obtain(self, spec, self.load_inputs(), t0, out)
         except (RestoreFailed, SnapshotUnavailable) as exc:
             self._fresh_after(str(exc), out)
             return None
@@ -218,7 +218,7 @@ class PairRun:
         """A snapshot that could not be made or restored: say so, keep its logs, boot fresh."""
         for name in ("serial.log", "control.log", "qemu.log"):
             if (out / name).exists():
-                (out / name).rename(out / f"restore-attempt-{name}")
+                (out / name).rename(out / f"snapshot-attempt-{name}")
         self.attempts.append({"snapshot": reason})
         self.evidence["snapshot"] = {"fresh_boot": f"fell back to a fresh boot: {reason}"}
         self.progress.say(f"{reason}; falling back to a fresh boot")

@@ -364,7 +364,7 @@ def launched(spec, qemu_log: Path, snap: Snapshot | None):
         machine.shutdown()
 
 
-def obtain(pair, spec, load: dict, t0: float) -> Snapshot:
+def obtain(pair, spec, load: dict, t0: float, out: Path | None = None) -> Snapshot:
     """The snapshot for this pair's kernel, machine and load step, created if missing
     (one creator per key; parallel runs wait for it).  A broken one is RestoreFailed."""
     store = SnapshotStore(pair.lab.cache_dir)
@@ -373,12 +373,17 @@ def obtain(pair, spec, load: dict, t0: float) -> Snapshot:
     with store.lock(key):
         snap = store.lookup(key)
         if snap is None:
-            snap = create(pair, store, key, inputs, spec, t0)
+            snap = create(pair, store, key, inputs, spec, t0, out)
     return snap
 
 
-def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float) -> Snapshot:
-    """Boot and load once (the pair's own steps), save the stopped guest, publish it."""
+def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
+           out: Path | None = None) -> Snapshot:
+    """Boot and load once (the pair's own steps), save the stopped guest, publish it.
+
+    A boot or load that fails here is the pair's own infrastructure error (a fresh boot
+    would only repeat it), with the logs in `out`; a rejected load is SnapshotUnavailable:
+    the scenario's answer then comes from a fresh boot."""
     tmp = store.new_dir(key)
     pair.progress.say(f"creating snapshot {key}: boot and load once, then save")
     try:
@@ -414,10 +419,12 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float) 
                           f"{figures['save_state_seconds']:.2f} s, RAM {figures['ram_bytes_written'] >> 20} MiB "
                           f"in {figures['copy_ram_seconds']:.2f} s")
         return snap
-    except InfraError as exc:
-        if isinstance(exc, SnapshotUnavailable):
-            raise
-        raise SnapshotUnavailable(f"creating snapshot {key} failed: {exc}") from None
+    except BaseException:
+        if out is not None:  # this boot is the pair's evidence: keep its logs
+            for name in EVIDENCE_LOGS:
+                if (tmp / name).exists():
+                    shutil.copyfile(tmp / name, out / name)
+        raise
     finally:  # an interruption keeps pair.session: its phase says where it stopped
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed
 

@@ -136,7 +136,7 @@ def test_a_state_qemu_rejects_falls_back_to_a_fresh_boot(no_leaks, private_lab):
     assert result["outcome"] == "purgatory-refused"
     assert result["evidence"]["snapshot"]["fresh_boot"].startswith("fell back to a fresh boot: snapshot ")
     assert result["attempts"] and "snapshot" in result["attempts"][0]
-    assert (result["_dir"] / "restore-attempt-qemu.log").exists()
+    assert (result["_dir"] / "snapshot-attempt-qemu.log").exists()
 
 
 @pytest.mark.parametrize("text,phases", [
