@@ -42,7 +42,7 @@ RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run-setup run test unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp
+.PHONY: setup run-setup run test unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot
 MATRIX_ARGS ?= --jobs 2
 
 # What `make run` needs: the lab's Debian packages, the lab's Python packages, the default kernel.
@@ -147,6 +147,10 @@ bench-repeat: setup
 # crash-intact at smp 1 and smp 2 on both Debian kernels: spurious oopses, time-to-verdict.
 bench-smp: setup
 	$(VENV)/bin/python bench/smp_repeatability.py
+
+# forked vs fresh runs, coverage, matrix and fuzz at -j 2, with peak RSS and /dev/shm per job.
+bench-snapshot: setup
+	$(VENV)/bin/python bench/snapshot.py
 
 clean:  # artifacts/README.md is part of the repository
 	[ ! -d artifacts ] || find artifacts -mindepth 1 ! -name README.md -exec rm -rf {} +

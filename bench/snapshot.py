@@ -8,6 +8,7 @@ Parts (all by default, or --only PART ...):
   matrix    `labctl matrix` on both Debian kernels x the catalogue, -j 2, snapshot creation
             included (a cache of the bench's own, with the shared kernels linked in)
   fuzz      `labctl fuzz --runs 100 -j 2` on debian-6.12
+  compare   the matrix above --fresh and forked: every pair's outcome must be the same
 While each part runs, a sampler reads every process the bench started (they carry a mark
 in their environment): peak RSS (VmHWM) per QEMU and per labctl process, and the /dev/shm
 each guest's RAM file holds; the load average is printed with every figure, since the
@@ -167,10 +168,32 @@ def private_lab(tmp: Path) -> Path:
     return tmp / "lab.yaml"
 
 
+def outcomes(run_dir: Path) -> dict[str, str]:
+    """kernel/scenario -> outcome of a matrix run."""
+    return {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())["outcome"]
+            for p in run_dir.glob("*/*/result.json")}
+
+
+def compare(tmp: Path) -> None:
+    lab = private_lab(tmp / "compare-lab")
+    runs = {}
+    for mode in ("fresh", "forked"):
+        run_id = f"compare-{mode}-{secrets.token_hex(3)}"
+        measured(f"matrix {mode}, 2 Debian kernels x catalogue, -j 2",
+                 ["matrix", "--kernels", *KERNELS, "-j", "2", "--run-id", run_id]
+                 + (["--fresh"] if mode == "fresh" else []), lab)
+        runs[mode] = outcomes(tmp / "compare-lab" / "artifacts" / run_id)
+    differ = {k: (runs["fresh"].get(k), runs["forked"].get(k))
+              for k in sorted(set(runs["fresh"]) | set(runs["forked"]))
+              if runs["fresh"].get(k) != runs["forked"].get(k)}
+    print(f"fresh vs forked: {len(runs['fresh'])} and {len(runs['forked'])} pairs, "
+          f"{len(differ)} differ" + "".join(f"\n  {k}: fresh {a}, forked {b}" for k, (a, b) in differ.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5, help="repetitions of each labctl run")
-    parser.add_argument("--only", nargs="+", choices=("run", "coverage", "matrix", "fuzz"),
+    parser.add_argument("--only", nargs="+", choices=("run", "coverage", "matrix", "fuzz", "compare"),
                         default=["run", "coverage", "matrix", "fuzz"])
     parser.add_argument("--fuzz-runs", type=int, default=100)
     args = parser.parse_args()
@@ -193,6 +216,8 @@ def main() -> int:
                             ["fuzz", "--kernel", "debian-6.12", "--runs", str(args.fuzz_runs),
                              "--seed", "1", "-j", "2", "--artifacts", str(artifacts)])
             print("  " + (proc.stdout.strip().splitlines() or ["(no output)"])[0])
+        if "compare" in args.only:
+            compare(tmp)
     return 0
 
 
