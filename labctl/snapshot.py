@@ -204,13 +204,14 @@ class SnapshotStore:
             json.dump(meta, f, indent=2)
         self.drop(key)
         os.rename(tmp, self._dir(key))
-        self.sweep(keep=key, slot=meta.get("slot"))
+        self.sweep(keep=key)
         return Snapshot(key, self._dir(key), meta)
 
-    def sweep(self, keep: str | None = None, slot: str | None = None) -> list[str]:
-        """Drop what is stale: half-built snapshots of a labctl that is gone, snapshots
-        replaced by a newer one for the same kernel and load (slot), and snapshots
-        nobody restored for UNUSED_DAYS."""
+    def sweep(self, keep: str | None = None) -> list[str]:
+        """Drop what is stale: half-built snapshots of a labctl that is gone, snapshots whose
+        kernel or initramfs file is gone or was rebuilt (their key can never match again),
+        and snapshots nobody restored for UNUSED_DAYS.  Never one that can still be hit:
+        several worktrees (other helper builds) share one cache without evicting each other."""
         dropped = []
         now = time.time()
         for path in self.root.iterdir():
@@ -227,10 +228,24 @@ class SnapshotStore:
                 age = now - os.stat(path / META).st_mtime
             except (OSError, ValueError):
                 continue  # being written or broken: lookup drops broken ones
-            if (slot and meta.get("slot") == slot) or age > UNUSED_DAYS * 86400:
+            if _inputs_gone(meta) or age > UNUSED_DAYS * 86400:
                 shutil.rmtree(path, ignore_errors=True)
                 dropped.append(name)
         return dropped
+
+
+def _inputs_gone(meta: dict) -> bool:
+    """Whether the files a snapshot was made from are gone or changed."""
+    inputs = meta.get("inputs") or {}
+    for identity in (inputs.get("kernel_file"), inputs.get("initrd_file")):
+        if not identity:
+            continue
+        try:
+            if _file_identity(Path(identity[0])) != identity:
+                return True
+        except OSError:
+            return True
+    return False
 
 
 def _owner_gone(path: Path) -> bool:
@@ -407,7 +422,7 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
                 memory.close()
                 console.close()
                 control.close()
-        meta = {"inputs": inputs, "slot": _slot(inputs),
+        meta = {"inputs": inputs,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "primary": pair.evidence["primary"],
                 "load": {"message": loaded.message, "table": loaded.table.to_json(),
@@ -427,14 +442,6 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
         raise
     finally:  # an interruption keeps pair.session: its phase says where it stopped
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed
-
-
-def _slot(inputs: dict) -> str:
-    """What a snapshot is for, without the versions: a newer snapshot for the same slot
-    makes the older one stale."""
-    kernel = inputs["kernel"].get("name")
-    machine = {k: v for k, v in inputs["machine"].items() if k not in ("kernel", "initrd")}
-    return json.dumps([kernel, machine, inputs["load"]], sort_keys=True)
 
 
 def restore_pair(pair, session, snap: Snapshot, started: float, out: Path):

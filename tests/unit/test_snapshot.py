@@ -113,12 +113,12 @@ TABLE_LINES = ["kexec_file: segment[0]: buf=0x0 bufsz=0x1000 mem=0x2e000000 mems
                "kexec_file_load: type:1, start:0x3dffb160"]
 
 
-def commit(store: SnapshotStore, key_: str, slot: str = "s", state: bytes = b"state") -> Path:
+def commit(store: SnapshotStore, key_: str, inputs: dict | None = None) -> Path:
     tmp = store.new_dir(key_)
-    (tmp / STATE).write_bytes(state)
+    (tmp / STATE).write_bytes(b"state")
     sparse_file(tmp / RAM, 4 * MIB, {MIB: b"ram"})
     table = parse_segment_table(TABLE_LINES)
-    meta = {"inputs": {"format": 1}, "slot": slot, "load": {"table": table.to_json()}}
+    meta = {"inputs": inputs or {"format": 1}, "load": {"table": table.to_json()}}
     return store.commit(key_, tmp, meta).path
 
 
@@ -156,17 +156,22 @@ def test_a_snapshot_of_another_lab_version_or_truncated_ram_is_dropped(tmp_path)
         store.lookup("k2")
 
 
-def test_a_new_snapshot_for_the_same_slot_makes_the_old_one_stale(tmp_path):
-    store = SnapshotStore(tmp_path)
-    old = commit(store, "old", slot="debian-6.12 file_load")
-    other = commit(store, "other", slot="debian-6.1 file_load")
-    new = commit(store, "new", slot="debian-6.12 file_load")
-    assert not old.exists() and other.exists() and new.exists()
+def test_a_snapshot_whose_kernel_was_rebuilt_or_removed_is_stale_and_others_are_kept(tmp_path):
+    store = SnapshotStore(tmp_path / "cache")
+    inputs = snapshot_inputs(spec(tmp_path), KERNEL, LOAD, "true")
+    first = commit(store, "first", inputs)
+    second = commit(store, "second", {**inputs, "load": {**LOAD, "method": "kexec_load"}})
+    assert first.exists() and second.exists()  # both can still be hit: both kept
+    os.utime(tmp_path / "vmlinuz", ns=(1, 1))  # the bzImage was rebuilt in place
+    current = commit(store, "current", snapshot_inputs(spec(tmp_path), KERNEL, LOAD, "true"))
+    assert not first.exists() and not second.exists() and current.exists()
+    (tmp_path / "initrd").unlink()
+    assert store.sweep() == ["current"]
 
 
 def test_unused_snapshots_and_half_built_ones_of_a_dead_labctl_are_swept(tmp_path):
     store = SnapshotStore(tmp_path)
-    unused = commit(store, "unused", slot="a")
+    unused = commit(store, "unused")
     os.utime(unused / META, (0, 0))
     dead = store.root / ".tmp-k-999999999"
     dead.mkdir()
