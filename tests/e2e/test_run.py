@@ -17,7 +17,7 @@ STAMPED = re.compile(r"^\[\s*\d+\.\d{3}\] ")
 @pytest.fixture(scope="module", params=KERNELS)
 def both_scenarios(request):
     """One labctl invocation per kernel running both core scenarios from a cold boot
-    (forked runs: test_snapshot.py)."""
+    (forked runs: test_forked.py)."""
     run = labctl("run", "crash-corrupt", "crash-intact", "--kernel", request.param, "--fresh")
     return request.param, run
 
