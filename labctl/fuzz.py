@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
-import sys
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -25,7 +25,7 @@ from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, write_json
 from labctl.config import OUTCOMES, PATTERNS, Corruption, Expectation, LabConfig, LoadStep, Scenario
 from labctl.coverage import ROLES, digest_model
-from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError
+from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted
 from labctl.kernels import Kernel, resolve_kernel
 from labctl.progress import Progress
 from labctl.runner import PairRun, run_pair
@@ -133,14 +133,6 @@ def scenario_yaml(kernel: str, method: str, draw: Draw, verdict: dict, directory
     return yaml.safe_dump(doc, sort_keys=False, width=100)
 
 
-def _run_one(lab: LabConfig, kernel: Kernel, method: str, draw: Draw, model: dict,
-             run_id: str) -> dict:
-    """One corruption forked from the snapshot (runs in a worker process)."""
-    outcome = run_pair(lab, kernel, fuzz_scenario(method, draw, model), run_id,
-                       AccelChooser(lab.cache_dir), quiet=True)
-    return {"result": outcome.result, "directory": str(outcome.directory)}
-
-
 def summary_markdown(kernel: str, method: str, seed: int, snapshot: str, rows: list[dict]) -> str:
     counts = {k: sum(r["verdict"]["kind"] == k for r in rows) for k in ("refused", "booted", "other")}
     status = {k: sum(r["verdict"]["status"] == k for r in rows)
@@ -159,61 +151,145 @@ def summary_markdown(kernel: str, method: str, seed: int, snapshot: str, rows: l
     return "\n".join(lines) + "\n"
 
 
-def cmd_fuzz(args: argparse.Namespace) -> int:
-    from labctl.cli import _load_lab, _say  # cli imports this module
-    lab = _load_lab(args)
-    check_writable(lab.artifacts_dir)
-    kernel = resolve_kernel(lab, args.kernel, progress=_say)
-    run_id = args.run_id or new_run_id()
-    model = digest_model(kernel, args.method)
+_WORKER = {"stopping": False, "active": False}  # per worker process
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_SECONDS = 30.0
+
+
+def _worker_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """A stop signal in a worker: its running pair stops cleanly (guest gone, result says
+    interrupted), and a run it has not started yet is never started."""
+    _WORKER["stopping"] = True
+    if _WORKER["active"]:
+        _WORKER["active"] = False  # a second signal must not cut the pair's cleanup short
+        raise Interrupted(f"received {signal.Signals(signum).name}")
+
+
+def _worker_init() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _worker_stop)
+
+
+def _run_one(lab: LabConfig, kernel: Kernel, method: str, draw: Draw, model: dict,
+             run_id: str) -> dict:
+    """One corruption forked from the snapshot (runs in a worker process)."""
+    if _WORKER["stopping"]:
+        raise Interrupted("the fuzz run is stopping")
+    _WORKER["active"] = True
+    try:
+        outcome = run_pair(lab, kernel, fuzz_scenario(method, draw, model), run_id,
+                           AccelChooser(lab.cache_dir), quiet=True)
+    finally:
+        _WORKER["active"] = False
+    return {"result": outcome.result, "directory": str(outcome.directory)}
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker (each stops its guest), cancel what has not started, wait."""
+    processes = list((pool._processes or {}).values())  # noqa: SLF001 - no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(STOP_GRACE_SECONDS)
+        if process.is_alive():
+            process.kill()
+
+
+@dataclass
+class FuzzRun:
+    """One `labctl fuzz`: the draws, the runs as they finish, the report."""
+
+    lab: LabConfig
+    kernel: Kernel
+    method: str
+    model: dict
+    run_id: str
+    out: Path
+    rows: list = field(default_factory=list)
+
+    def record(self, draw: Draw, ran: dict) -> dict:
+        verdict = judge_run(self.model, draw, ran["result"])
+        row = {"draw": asdict(draw), "verdict": verdict, "directory": ran["directory"]}
+        if verdict["status"] == "surprise":
+            path = self.out / "surprises" / f"{draw.name}.yaml"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(scenario_yaml(self.kernel.name, self.method, draw, verdict, ran["directory"]))
+            row["scenario"] = str(path)
+        self.rows.append(row)
+        return verdict
+
+    def run(self, draws: list[Draw], jobs: int, say) -> None:
+        """Every draw in a pool of `jobs` worker processes; an interruption stops them all
+        (SIGTERM: each cleans up its guest) and cancels what has not started."""
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init)
+        try:
+            futures = {pool.submit(_run_one, self.lab, self.kernel, self.method, d, self.model,
+                                   self.run_id): d for d in draws}
+            for done, future in enumerate(as_completed(futures), 1):
+                draw = futures[future]
+                try:
+                    ran = future.result()
+                except Exception as exc:  # noqa: BLE001 - one broken worker is one no-verdict row
+                    ran = {"result": {"outcome": "infra-error", "reason": f"worker failed: {exc}"},
+                           "directory": str(self.lab.artifacts_dir / self.run_id / self.kernel.name / draw.name)}
+                verdict = self.record(draw, ran)
+                say(f"[{done}/{len(draws)}] {draw.role}+{draw.offset:#x} {draw.length} B "
+                    f"{draw.pattern}: {verdict['outcome']} ({verdict['status']})")
+        except (KeyboardInterrupt, Interrupted):
+            _stop_pool(pool)
+            raise Interrupted(f"fuzz interrupted after {len(self.rows)} of {len(draws)} runs; "
+                              f"partial summary in {self.out}") from None
+        pool.shutdown()
+
+    def report(self, seed: int, runs: int, snapshot: str) -> str:
+        self.rows.sort(key=lambda r: r["draw"]["index"])
+        text = summary_markdown(self.kernel.name, self.method, seed, snapshot, self.rows)
+        (self.out / "summary.md").write_text(text)
+        write_json(self.out / "fuzz.json", {
+            "run_id": self.run_id, "kernel": self.kernel.describe(), "method": self.method,
+            "seed": seed, "runs": runs, "snapshot": snapshot,
+            "model": {k: list(v) for k, v in self.model.items()}, "rows": self.rows})
+        return text
+
+
+def _draws(lab: LabConfig, kernel: Kernel, method: str, runs: int, seed: int):
+    """The snapshot to fork from (made now if needed) and the corruptions drawn from its table."""
     base = Scenario(name="fuzz-snapshot", path=Path("<fuzz>"), description="", corrupt=None,
-                    load=LoadStep(method=args.method), trigger="sysrq",
-                    expect=Expectation(PURGATORY_REFUSED))
+                    load=LoadStep(method=method), trigger="sysrq", expect=Expectation(PURGATORY_REFUSED))
     snap = PairRun(lab, kernel, base, AccelChooser(lab.cache_dir), Progress(kernel.name),
                    snapshots=True).prepare_snapshot()
     with open(snap.ram, "rb") as ram:
         def read(address: int, length: int) -> bytes:
             ram.seek(address)
             return ram.read(length)
-        draws = draw_corruptions(snap.table, args.runs, args.seed, read)
+        return snap, draw_corruptions(snap.table, runs, seed, read)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from labctl.cli import _load_lab, _say  # cli imports this module
+    lab = _load_lab(args)
+    check_writable(lab.artifacts_dir)
+    kernel = resolve_kernel(lab, args.kernel, progress=_say)
+    run_id = args.run_id or new_run_id()
+    snap, draws = _draws(lab, kernel, args.method, args.runs, args.seed)
     _say(f"fuzz {run_id}: {args.runs} corruptions on {kernel.name} ({args.method}), seed {args.seed}, "
          f"{args.jobs} at a time, from snapshot {snap.key}")
     out = lab.artifacts_dir / run_id / "fuzz"
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding sockets
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(_run_one, lab, kernel, args.method, d, model, run_id): d for d in draws}
-        for done, future in enumerate(as_completed(futures), 1):
-            draw = futures[future]
-            try:
-                ran = future.result()
-            except Exception as exc:  # noqa: BLE001 - one broken worker is one no-verdict row
-                ran = {"result": {"outcome": "infra-error", "reason": f"worker failed: {exc}"},
-                       "directory": str(lab.artifacts_dir / run_id / kernel.name / draw.name)}
-            verdict = judge_run(model, draw, ran["result"])
-            row = {"draw": asdict(draw), "verdict": verdict, "directory": ran["directory"]}
-            if verdict["status"] == "surprise":
-                path = out / "surprises" / f"{draw.name}.yaml"
-                path.parent.mkdir(exist_ok=True)
-                path.write_text(scenario_yaml(kernel.name, args.method, draw, verdict, ran["directory"]))
-                row["scenario"] = str(path)
-            rows.append(row)
-            _say(f"[{done}/{len(draws)}] {draw.role}+{draw.offset:#x} {draw.length} B {draw.pattern}: "
-                 f"{verdict['outcome']} ({verdict['status']})")
-    rows.sort(key=lambda r: r["draw"]["index"])
-    text = summary_markdown(kernel.name, args.method, args.seed, snap.key, rows)
-    (out / "summary.md").write_text(text)
-    write_json(out / "fuzz.json", {"run_id": run_id, "kernel": kernel.describe(), "method": args.method,
-                                   "seed": args.seed, "runs": args.runs, "snapshot": snap.key,
-                                   "model": {k: list(v) for k, v in model.items()}, "rows": rows})
+    fuzz = FuzzRun(lab, kernel, args.method, digest_model(kernel, args.method), run_id, out)
+    try:
+        fuzz.run(draws, args.jobs, _say)
+    finally:  # an interrupted fuzz still reports the runs it finished
+        text = fuzz.report(args.seed, args.runs, snap.key)
     print(text.split("\n\n")[1])
-    for row in rows:
+    for row in fuzz.rows:
         if "scenario" in row:
             print(f"  surprise {row['draw']['index']}: {row['verdict']['explanation']}\n"
                   f"    replay: labctl run {row['scenario']} --kernel {kernel.name}")
     print(f"written: {out / 'summary.md'} and fuzz.json")
-    statuses = {r["verdict"]["status"] for r in rows}
+    statuses = {r["verdict"]["status"] for r in fuzz.rows}
     return EXIT_FAILED if "surprise" in statuses else EXIT_INFRA if "no-verdict" in statuses else EXIT_PASSED
 
 

@@ -219,3 +219,22 @@ def test_fuzz_on_the_negative_control_saves_surprises_that_replay(no_leaks, tmp_
     assert replay.returncode == 1, replay.stdout + replay.stderr
     result = next(iter(replay.results.values()))
     assert result["expected"] == "purgatory-refused" and result["outcome"] != "purgatory-refused"
+
+
+def test_fuzz_stopped_midway_stops_every_guest_and_keeps_a_partial_summary(no_leaks, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "fuzz", "--kernel", KERNEL, "--runs", "20",
+                             "--seed", "4", "-j", "2", "--artifacts", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "[1/20]" not in seen:  # the first run finished, the next two are running
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, seen + stderr
+    assert "fuzz interrupted after" in stderr
+    report = json.loads(next(tmp_path.glob("*/fuzz/fuzz.json")).read_text())
+    assert 1 <= len(report["rows"]) < 20
+    interrupted = [json.loads(p.read_text()) for p in tmp_path.glob(f"*/{KERNEL}/fuzz-*/result.json")]
+    assert len(interrupted) <= len(report["rows"]) + 2  # at most the two that were running
