@@ -37,7 +37,7 @@ from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.errors import InfraError
 from labctl.guest_memory import GuestMemory
-from labctl.machine import Machine
+from labctl.machine import OWNER_FILE, Machine, _owner_gone
 from labctl.ramcopy import allocated_bytes, sparse_copy
 from labctl.segments import Segment, SegmentTable
 from labctl.steps import Loaded, Session
@@ -45,7 +45,6 @@ from labctl.steps import Loaded, Session
 FORMAT = 1  # bump when what a snapshot holds or means changes: old ones become stale
 RAM, STATE, META = "ram", "state", "snapshot.json"
 EVIDENCE_LOGS = ("serial.log", "control.log", "qemu.log")
-OWNER_FILE = "owner"
 TMP_PREFIX = ".tmp-"
 UNUSED_DAYS = 14  # a snapshot nobody restored for this long is dropped
 MIGRATE_SECONDS = 30.0
@@ -60,7 +59,8 @@ class RestoreFailed(InfraError):
 
 
 class SnapshotUnavailable(InfraError):
-    """No snapshot could be made (the load was rejected, the guest died); run fresh."""
+    """No snapshot can be made because the load was rejected: the scenario's answer
+    comes from a fresh boot."""
 
 
 # ---------------------------------------------------------------- the key
@@ -246,14 +246,6 @@ def _inputs_gone(meta: dict) -> bool:
         except OSError:
             return True
     return False
-
-
-def _owner_gone(path: Path) -> bool:
-    try:
-        pid = int((path / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return not Path(f"/proc/{pid}").exists()
 
 
 class _FileLock:
