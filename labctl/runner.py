@@ -176,7 +176,7 @@ class PairRun:
             try:
                 if snap is None:
                     return self._steps(self.session)
-                loaded = restore_pair(self, self.session, snap, started, out)
+                self.cpu_facts, loaded = restore_pair(self, self.session, snap, started, out)
                 return self._after_load(self.session, loaded)
             finally:
                 memory.close()

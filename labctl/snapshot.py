@@ -340,12 +340,15 @@ def fresh_reason(scenario) -> str | None:
 
     Shared: every scenario that loads the default capture kernel and then crashes
     (corrupt or not, any trigger, unload first or not); they differ only after the
-    load.  Fresh: a bad image or a load that is the question itself (trigger none,
-    then_intact), whose answer is the load on this very boot."""
+    load.  Fresh: another image (bad or signed kinds) or a load that is the question
+    itself (trigger none, then_intact), whose answer is the load on this very boot, and
+    CPU hotplug, which is not verified on a restored guest."""
     if scenario.load.kernel != "default":
-        return f"loads the {scenario.load.kernel} image: the load itself is under test"
+        return f"loads the {scenario.load.kernel} image, not the default one snapshots hold"
     if scenario.trigger == "none" or scenario.then_intact:
         return "stops after the load: the load itself is under test"
+    if getattr(scenario, "hotplug", None):
+        return "hot-adds CPUs: CPU hotplug into a restored guest is not verified"
     return None
 
 
@@ -401,7 +404,7 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
             session = pair.session = Session(machine, console, control, memory,
                                              pair.lab.timeouts, pair.progress)
             try:
-                pair.step_boot(session)
+                hello = pair.step_boot(session)
                 loaded = pair.step_load(session)
                 if loaded.rejected:
                     raise SnapshotUnavailable(f"no snapshot: the load was rejected "
@@ -416,7 +419,7 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
                 control.close()
         meta = {"inputs": inputs,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "primary": pair.evidence["primary"],
+                "primary": pair.evidence["primary"], "hello": hello,
                 "load": {"message": loaded.message, "table": loaded.table.to_json(),
                          "evidence": pair.evidence["load"]},
                 "timings": dict(session.timings), "save": figures}
@@ -436,9 +439,10 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed
 
 
-def restore_pair(pair, session, snap: Snapshot, started: float, out: Path):
+def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tuple[dict, Loaded]:
     """Run a restored guest and give the pair the boot and load evidence of its snapshot,
-    marked as such; return the Loaded the scenario goes on from."""
+    marked as such; return the helper's hello from that boot and the Loaded the scenario
+    goes on from."""
     session.phase = "restoring"
     pair.progress.say(f"restoring snapshot {snap.key}")
     figures = restore(session.machine, snap)
@@ -459,4 +463,4 @@ def restore_pair(pair, session, snap: Snapshot, started: float, out: Path):
             shutil.copyfile(snap.path / name, out / f"snapshot-{name}")
             pair.evidence["snapshot"]["logs"][name] = f"snapshot-{name}"
     pair.progress.say(f"restored in {session.timings['restore']:.2f} s ({note})")
-    return Loaded(message=meta["load"]["message"], table=snap.table)
+    return meta["hello"], Loaded(message=meta["load"]["message"], table=snap.table)
