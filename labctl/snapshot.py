@@ -42,7 +42,7 @@ from labctl.ramcopy import allocated_bytes, sparse_copy
 from labctl.segments import Segment, SegmentTable
 from labctl.steps import Loaded, Session
 
-FORMAT = 1  # bump when what a snapshot holds or means changes: old ones become stale
+FORMAT = 2  # bump when what a snapshot holds or means changes: old ones become stale
 RAM, STATE, META = "ram", "state", "snapshot.json"
 EVIDENCE_LOGS = ("serial.log", "control.log", "qemu.log")
 TMP_PREFIX = ".tmp-"

@@ -14,7 +14,7 @@ from labctl.config import load_scenario
 from labctl.machine import MachineSpec, qemu_argv
 from labctl.ramcopy import allocated_bytes, sparse_copy
 from labctl.segments import parse_segment_table
-from labctl.snapshot import (META, RAM, STATE, RestoreFailed, SnapshotStore, fresh_reason,
+from labctl.snapshot import (FORMAT, META, RAM, STATE, RestoreFailed, SnapshotStore, fresh_reason,
                              snapshot_inputs, snapshot_key)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ def commit(store: SnapshotStore, key_: str, inputs: dict | None = None) -> Path:
     (tmp / STATE).write_bytes(b"state")
     sparse_file(tmp / RAM, 4 * MIB, {MIB: b"ram"})
     table = parse_segment_table(TABLE_LINES)
-    meta = {"inputs": inputs or {"format": 1}, "load": {"table": table.to_json()}}
+    meta = {"inputs": inputs or {"format": FORMAT}, "load": {"table": table.to_json()}}
     return store.commit(key_, tmp, meta).path
 
 
