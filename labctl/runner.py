@@ -186,6 +186,9 @@ class PairRun:
     def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
         """The snapshot this pair forks from, made now if needed; None: boot fresh."""
         why = fresh_reason(self.scenario) if self.snapshots else "--fresh (or a caller that boots fresh)"
+        if not why and (self.expected.outcome == LOAD_REJECTED or self.then_intact):
+            why = (f"on this kernel the load itself is under test (expected {self.expected.outcome}"
+                   + (", then an intact crash)" if self.then_intact else ")"))
         if why:
             self.evidence["snapshot"] = {"fresh_boot": why}
             return None
