@@ -176,7 +176,9 @@ class PairRun:
             try:
                 if snap is None:
                     return self._steps(self.session)
-                self.cpu_facts, loaded = restore_pair(self, self.session, snap, started, out)
+                hello, loaded = restore_pair(self, self.session, snap, started, out)
+                self.learn_facts(self.session, hello)  # the running kernel's word, as on a boot
+                self.cpu_facts = hello
                 return self._after_load(self.session, loaded)
             finally:
                 memory.close()
@@ -186,8 +188,8 @@ class PairRun:
     def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
         """The snapshot this pair forks from, made now if needed; None: boot fresh."""
         why = fresh_reason(self.scenario) if self.snapshots else "--fresh (or a caller that boots fresh)"
-        if not why and (self.expected.outcome == LOAD_REJECTED or self.then_intact):
-            why = (f"on this kernel the load itself is under test (expected {self.expected.outcome}"
+        if not why and (self._expected_outcome() == LOAD_REJECTED or self.then_intact):
+            why = (f"on this kernel the load itself is under test (expected {self._expected_outcome()}"
                    + (", then an intact crash)" if self.then_intact else ")"))
         if why:
             self.evidence["snapshot"] = {"fresh_boot": why}
@@ -196,6 +198,13 @@ class PairRun:
             return obtain(self, spec, self.load_inputs(), t0, out)
         except (RestoreFailed, SnapshotUnavailable) as exc:
             self._fresh_after(str(exc), out)
+            return None
+
+    def _expected_outcome(self) -> str | None:
+        """The expected outcome as far as it is known before any boot."""
+        try:
+            return self.expected.outcome
+        except UnknownFact:  # the running kernel will tell; the snapshot's boot is that kernel
             return None
 
     def load_inputs(self) -> dict:
