@@ -446,6 +446,7 @@ def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tu
     session.phase = "restoring"
     pair.progress.say(f"restoring snapshot {snap.key}")
     figures = restore(session.machine, snap)
+    session.primary = meta_hello = snap.meta["hello"]  # what Session.boot keeps of the boot
     session.timings["restore"] = round(time.monotonic() - started, 3)
     note = snap.note()
     meta = snap.meta
@@ -463,4 +464,4 @@ def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tu
             shutil.copyfile(snap.path / name, out / f"snapshot-{name}")
             pair.evidence["snapshot"]["logs"][name] = f"snapshot-{name}"
     pair.progress.say(f"restored in {session.timings['restore']:.2f} s ({note})")
-    return meta["hello"], Loaded(message=meta["load"]["message"], table=snap.table)
+    return meta_hello, Loaded(message=meta["load"]["message"], table=snap.table)

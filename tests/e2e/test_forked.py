@@ -43,6 +43,9 @@ def test_forked_runs_reach_the_same_outcomes_as_fresh_ones(fresh_and_forked):
     assert outcomes[0] == outcomes[1] and set(outcomes[0]) == set(COMPARED)
     assert {r["evidence"]["snapshot"]["fresh_boot"] for r in fresh.results.values()} == \
         {"--fresh (or a caller that boots fresh)"}
+    for name in COMPARED:  # the same kinds of evidence back each verdict (dump check, CPUs...)
+        verdicts = [set(run.results[name]["evidence"]["verdict"]) for run in (fresh, forked)]
+        assert verdicts[0] == verdicts[1], name
 
 
 def test_forked_results_carry_the_snapshots_boot_and_load_evidence(fresh_and_forked):
