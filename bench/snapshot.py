@@ -174,13 +174,14 @@ def outcomes(run_dir: Path) -> dict[str, str]:
             for p in run_dir.glob("*/*/result.json")}
 
 
-def compare(tmp: Path) -> None:
+def compare(tmp: Path, scenarios: list[str] | None) -> None:
     lab = private_lab(tmp / "compare-lab")
     runs = {}
     for mode in ("fresh", "forked"):
         run_id = f"compare-{mode}-{secrets.token_hex(3)}"
         measured(f"matrix {mode}, 2 Debian kernels x catalogue, -j 2",
                  ["matrix", "--kernels", *KERNELS, "-j", "2", "--run-id", run_id]
+                 + (["--scenarios", *scenarios] if scenarios else [])
                  + (["--fresh"] if mode == "fresh" else []), lab)
         runs[mode] = outcomes(tmp / "compare-lab" / "artifacts" / run_id)
     differ = {k: (runs["fresh"].get(k), runs["forked"].get(k))
@@ -196,6 +197,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=("run", "coverage", "matrix", "fuzz", "compare"),
                         default=["run", "coverage", "matrix", "fuzz"])
     parser.add_argument("--fuzz-runs", type=int, default=100)
+    parser.add_argument("--scenarios", nargs="+", help="the matrix's scenarios (default: all)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; {load()}")
     with tempfile.TemporaryDirectory(prefix="kexec-lab-bench-") as tmp:
@@ -205,19 +207,20 @@ def main() -> int:
             bench_run(args.n, artifacts)
         if "coverage" in args.only:
             measured("coverage, 2 Debian kernels x both methods, -j 2",
-                     ["coverage", *[a for k in KERNELS for a in ("--kernel", k)], "-j", "2",
+                     ["coverage", "--table", "digest", *[a for k in KERNELS for a in ("--kernel", k)], "-j", "2",
                       "--artifacts", str(artifacts)])
         if "matrix" in args.only:
             lab = private_lab(tmp / "matrix-lab")
             measured("matrix, 2 Debian kernels x catalogue, -j 2, snapshots created in the run",
-                     ["matrix", "--kernels", *KERNELS, "-j", "2"], lab)
+                     ["matrix", "--kernels", *KERNELS, "-j", "2",
+                      *(["--scenarios", *args.scenarios] if args.scenarios else [])], lab)
         if "fuzz" in args.only:
             proc = measured(f"fuzz --runs {args.fuzz_runs} -j 2 on debian-6.12",
                             ["fuzz", "--kernel", "debian-6.12", "--runs", str(args.fuzz_runs),
                              "--seed", "1", "-j", "2", "--artifacts", str(artifacts)])
             print("  " + (proc.stdout.strip().splitlines() or ["(no output)"])[0])
         if "compare" in args.only:
-            compare(tmp)
+            compare(tmp, args.scenarios)
     return 0
 
 
