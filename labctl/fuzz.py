@@ -27,7 +27,9 @@ from labctl.config import OUTCOMES, PATTERNS, Corruption, Expectation, LabConfig
 from labctl.coverage import ROLES, digest_model
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted
 from labctl.kernels import Kernel, resolve_kernel
-from labctl.progress import Progress
+from labctl.matrix import run_id_arg
+from labctl.options import add_common_opts, lab_from_args
+from labctl.progress import Progress, say
 from labctl.runner import PairRun, run_pair
 from labctl.segments import SegmentTable
 from labctl.verdict import CAPTURE_BOOTED, PURGATORY_REFUSED
@@ -60,20 +62,20 @@ def draw_corruptions(table: SegmentTable, count: int, seed: int,
     proportional to its memsz, a length of 1-4096 bytes that fits it, an offset in
     [0, memsz - length], a pattern.  read(address, length) -> bytes, when given,
     redraws a 'zero' pattern over bytes that are zeros already (it would change nothing)."""
-    segments = [s for s in table.segments if s.role]
+    segments = [(s, s.role) for s in table.segments if s.role]
     if not segments:
         raise ConfigError("the snapshot's segment table names no segment role: nothing to fuzz")
     rng = random.Random(seed)
-    draws = []
+    draws: list[Draw] = []
     while len(draws) < count:
-        segment = rng.choices(segments, weights=[s.memsz for s in segments])[0]
+        segment, role = rng.choices(segments, weights=[s.memsz for s, _ in segments])[0]
         length = rng.randint(1, min(MAX_LENGTH, segment.memsz))
         offset = rng.randrange(0, segment.memsz - length + 1)
         pattern = rng.choice(PATTERNS)
         item_seed = rng.getrandbits(32)
         if pattern == "zero" and read is not None and not any(read(segment.mem + offset, length)):
             continue
-        draws.append(Draw(len(draws) + 1, segment.role, offset, length, pattern, item_seed))
+        draws.append(Draw(len(draws) + 1, role, offset, length, pattern, item_seed))
     return draws
 
 
@@ -82,12 +84,12 @@ def prediction(model: dict, role: str) -> tuple[str | None, str]:
     outcome is explained, e.g. purgatory's own bytes)."""
     hashed, why = model.get(role, (None, f"the model does not know the {role} segment"))
     if hashed:
-        return PURGATORY_REFUSED, why
+        return str(PURGATORY_REFUSED), why
     if hashed is None:
         return None, why
     if role == "purgatory":
         return None, why + "; the bytes may be its code, its data or the digest, so any outcome is explained"
-    return CAPTURE_BOOTED, why
+    return str(CAPTURE_BOOTED), why
 
 
 def judge_run(model: dict, draw: Draw, result: dict) -> dict:
@@ -181,7 +183,7 @@ def _run_one(lab: LabConfig, kernel: Kernel, method: str, draw: Draw, model: dic
                            AccelChooser(lab.cache_dir), quiet=True)
     finally:
         _WORKER["active"] = False
-    return {"result": outcome.result, "directory": str(outcome.directory)}
+    return {"result": outcome.to_json(), "directory": str(outcome.directory)}
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -268,19 +270,18 @@ def _draws(lab: LabConfig, kernel: Kernel, method: str, runs: int, seed: int):
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from labctl.cli import _load_lab, _say  # cli imports this module
-    lab = _load_lab(args)
+    lab = lab_from_args(args)
     check_writable(lab.artifacts_dir)
-    kernel = resolve_kernel(lab, args.kernel, progress=_say)
+    kernel = resolve_kernel(lab, args.kernel, progress=say)
     run_id = args.run_id or new_run_id()
     snap, draws = _draws(lab, kernel, args.method, args.runs, args.seed)
-    _say(f"fuzz {run_id}: {args.runs} corruptions on {kernel.name} ({args.method}), seed {args.seed}, "
+    say(f"fuzz {run_id}: {args.runs} corruptions on {kernel.name} ({args.method}), seed {args.seed}, "
          f"{args.jobs} at a time, from snapshot {snap.key}")
     out = lab.artifacts_dir / run_id / "fuzz"
     out.mkdir(parents=True, exist_ok=True)
     fuzz = FuzzRun(lab, kernel, args.method, digest_model(kernel, args.method), run_id, out)
     try:
-        fuzz.run(draws, args.jobs, _say)
+        fuzz.run(draws, args.jobs, say)
     finally:  # an interrupted fuzz still reports the runs it finished
         text = fuzz.report(args.seed, args.runs, snap.key)
     print(text.split("\n\n")[1])
@@ -301,7 +302,6 @@ def _positive(text: str) -> int:
 
 
 def register(sub) -> None:
-    from labctl.matrix import run_id_arg
     parser = sub.add_parser("fuzz", help="random corruptions of the loaded segments, judged "
                                          "against the digest model; surprises saved as scenarios")
     parser.add_argument("--kernel", help="catalogue name or bzImage (default: lab.yaml's)")
@@ -310,6 +310,6 @@ def register(sub) -> None:
     parser.add_argument("--runs", type=_positive, default=20, help="corruptions to try (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     parser.add_argument("-j", "--jobs", type=_positive, default=1, help="guests at a time (default 1)")
-    parser.add_argument("--artifacts", help="override lab.yaml's artifacts directory")
+    add_common_opts(parser)
     parser.add_argument("--run-id", type=run_id_arg, help="run directory name (default: time + random)")
     parser.set_defaults(func=cmd_fuzz)

@@ -73,7 +73,7 @@ class RunDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _owner_gone(directory: Path) -> bool:
+def owner_gone(directory: Path) -> bool:
     """Whether the labctl that made a run directory no longer runs.  No owner file (being
     created right now, or made by another tool) and a live pid both mean: keep it."""
     try:
@@ -92,7 +92,7 @@ def sweep_stale_run_dirs(base: Path) -> list[Path]:
             mine = directory.is_dir() and directory.stat().st_uid == os.getuid()
         except OSError:
             continue
-        if mine and _owner_gone(directory):
+        if mine and owner_gone(directory):
             shutil.rmtree(directory, ignore_errors=True)
             swept.append(directory)
     return swept

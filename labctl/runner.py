@@ -40,8 +40,7 @@ from labctl.progress import Progress
 from labctl.result import Outcome, PairResult
 from labctl.signing import trusted_lab_keys
 from labctl.smp import cpu_watch, resolve_cpus
-from labctl.snapshot import (RestoreFailed, Snapshot, SnapshotUnavailable, fresh_reason, launched,
-                             obtain, restore_pair)
+from labctl.snapshot import RestoreFailed, Snapshot, SnapshotUnavailable, fresh_reason, launched, obtain, restore_pair
 from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import CAPTURE_BOOTED, CAPTURE_PANICKED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 

@@ -37,7 +37,7 @@ from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.errors import InfraError
 from labctl.guest_memory import GuestMemory
-from labctl.machine import OWNER_FILE, Machine, _owner_gone
+from labctl.machine import OWNER_FILE, Machine, owner_gone
 from labctl.ramcopy import allocated_bytes, sparse_copy
 from labctl.segments import Segment, SegmentTable
 from labctl.steps import Loaded, Session
@@ -217,7 +217,7 @@ class SnapshotStore:
         for path in self.root.iterdir():
             name = path.name
             if name.startswith(TMP_PREFIX):
-                if _owner_gone(path):
+                if owner_gone(path):
                     shutil.rmtree(path, ignore_errors=True)
                     dropped.append(name)
                 continue
@@ -263,7 +263,8 @@ class _FileLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        os.close(self.fd)  # closing releases the lock
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
 
 
 # ---------------------------------------------------------------- save and restore
@@ -398,6 +399,7 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
     pair.progress.say(f"creating snapshot {key}: boot and load once, then save")
     try:
         with Machine(spec, tmp / "qemu.log") as machine:
+            assert machine.console and machine.control and machine.ram_path, "launched"
             console = Console(machine.console.fileno(), StampedLog(tmp / "serial.log", t0))
             control = ControlChannel(machine.control, tmp / "control.log", t0)
             memory = GuestMemory(machine.ram_path)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_faults import PROMPT_EXIT, LiveRun, assert_gone
 
 from conftest import ROOT, labctl
-from test_faults import PROMPT_EXIT, LiveRun, assert_gone
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,17 @@ from labctl.config import load_scenario
 from labctl.machine import MachineSpec, qemu_argv
 from labctl.ramcopy import allocated_bytes, sparse_copy
 from labctl.segments import parse_segment_table
-from labctl.snapshot import (FORMAT, META, RAM, STATE, RestoreFailed, SnapshotStore, fresh_reason,
-                             snapshot_inputs, snapshot_key)
+from labctl.snapshot import (
+    FORMAT,
+    META,
+    RAM,
+    STATE,
+    RestoreFailed,
+    SnapshotStore,
+    fresh_reason,
+    snapshot_inputs,
+    snapshot_key,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
