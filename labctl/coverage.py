@@ -54,7 +54,7 @@ def digest_model(kernel: Kernel, method: str) -> dict[str, tuple[bool | None, st
     None: not known for this kernel (no config file to read CRASH_HOTPLUG from)."""
     model: dict[str, tuple[bool | None, str]] = {
         role: (True, f"{method} hashes the {role} segment (bufsz bytes + zeros to memsz)")
-        for role in ROLES[method]}
+        for role in get_arch(kernel.arch).roles(method)}
     model["purgatory"] = (False, "purgatory is never hashed: it holds the digest it checks")
     if method == "kexec_file_load":
         if not kernel.config:

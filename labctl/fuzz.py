@@ -22,9 +22,10 @@ from pathlib import Path
 import yaml
 
 from labctl.accel import AccelChooser
+from labctl.arch import HOST
 from labctl.artifacts import check_writable, new_run_id, write_json
-from labctl.config import OUTCOMES, PATTERNS, Corruption, Expectation, LabConfig, LoadStep, Scenario
-from labctl.coverage import ROLES, digest_model
+from labctl.config import LOAD_METHODS, OUTCOMES, PATTERNS, Corruption, Expectation, LabConfig, LoadStep, Scenario
+from labctl.coverage import digest_model
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted
 from labctl.kernels import Kernel, resolve_kernel
 from labctl.matrix import run_id_arg
@@ -273,6 +274,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     lab = lab_from_args(args)
     check_writable(lab.artifacts_dir)
     kernel = resolve_kernel(lab, args.kernel, progress=say)
+    if kernel.arch != HOST.name:
+        raise ConfigError(f"labctl fuzz forks every run from a snapshot, and snapshots are verified "
+                          f"on {HOST.name} guests only ({kernel.name} is {kernel.arch})")
     run_id = args.run_id or new_run_id()
     snap, draws = _draws(lab, kernel, args.method, args.runs, args.seed)
     say(f"fuzz {run_id}: {args.runs} corruptions on {kernel.name} ({args.method}), seed {args.seed}, "
@@ -305,7 +309,7 @@ def register(sub) -> None:
     parser = sub.add_parser("fuzz", help="random corruptions of the loaded segments, judged "
                                          "against the digest model; surprises saved as scenarios")
     parser.add_argument("--kernel", help="catalogue name or bzImage (default: lab.yaml's)")
-    parser.add_argument("--method", choices=tuple(ROLES), default="kexec_file_load",
+    parser.add_argument("--method", choices=LOAD_METHODS, default="kexec_file_load",
                         help="load method (default kexec_file_load)")
     parser.add_argument("--runs", type=_positive, default=20, help="corruptions to try (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")

@@ -26,8 +26,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from labctl.arch import HOST, get_arch
 from labctl.errors import InfraError, Interrupted
-from labctl.relay import relay
 from labctl.ramcopy import sparse_copy
+from labctl.relay import relay
 
 PR_SET_PDEATHSIG = 1
 OWNER_FILE = "owner"  # in a run directory: the pid of the labctl that made it

@@ -40,7 +40,16 @@ from labctl.progress import Progress
 from labctl.result import Outcome, PairResult
 from labctl.signing import trusted_lab_keys
 from labctl.smp import cpu_watch, resolve_cpus
-from labctl.snapshot import RestoreFailed, Snapshot, SnapshotUnavailable, fresh_reason, launched, obtain, restore_pair
+from labctl.snapshot import (
+    RestoreFailed,
+    Snapshot,
+    SnapshotUnavailable,
+    fresh_reason,
+    launched,
+    machine_fresh_reason,
+    obtain,
+    restore_pair,
+)
 from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import CAPTURE_BOOTED, CAPTURE_PANICKED, LOAD_ACCEPTED, LOAD_REJECTED, judge
 
@@ -186,7 +195,8 @@ class PairRun:
 
     def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
         """The snapshot this pair forks from, made now if needed; None: boot fresh."""
-        why = fresh_reason(self.scenario) if self.snapshots else "--fresh (or a caller that boots fresh)"
+        why = (fresh_reason(self.scenario) or machine_fresh_reason(spec) if self.snapshots
+               else "--fresh (or a caller that boots fresh)")
         if not why and (self._expected_outcome() == LOAD_REJECTED or self.then_intact):
             why = (f"on this kernel the load itself is under test (expected {self._expected_outcome()}"
                    + (", then an intact crash)" if self.then_intact else ")"))

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from labctl.arch import HOST, get_arch
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
 from labctl.errors import InfraError
@@ -336,6 +337,14 @@ def restore(machine, snapshot: Snapshot) -> dict:
 
 # ---------------------------------------------------------------- forking pairs
 
+def machine_fresh_reason(spec) -> str | None:
+    """Why this machine boots fresh whatever the scenario: snapshots are verified on the
+    x86_64 guests only (arm64's console relay and virtio control port are not)."""
+    if spec.arch != HOST.name:
+        return f"snapshots are verified on {HOST.name} guests only, not {spec.arch}"
+    return None
+
+
 def fresh_reason(scenario) -> str | None:
     """Why a scenario cannot fork from the shared snapshot of a loaded guest, or None.
 
@@ -379,7 +388,7 @@ def obtain(pair, spec, load: dict, t0: float, out: Path | None = None) -> Snapsh
     """The snapshot for this pair's kernel, machine and load step, created if missing
     (one creator per key; parallel runs wait for it).  A broken one is RestoreFailed."""
     store = SnapshotStore(pair.lab.cache_dir)
-    inputs = snapshot_inputs(spec, pair.kernel.describe(), load, "qemu-system-x86_64")
+    inputs = snapshot_inputs(spec, pair.kernel.describe(), load, get_arch(spec.arch).qemu_binary)
     key = snapshot_key(inputs)
     with store.lock(key):
         snap = store.lookup(key)
