@@ -267,6 +267,18 @@ def test_the_lab_fragment_holds_in_a_real_tiny_build():
     check_fragments((KERNELS / "kexec-lab.config",), BUILT_CONFIG.read_text())
 
 
+def test_the_signature_fragment_holds_in_a_real_sig_build():
+    """tiny-6.12-sig's .config (recorded): every line of both fragments, the generated
+    CONFIG_SYSTEM_TRUSTED_KEYS among them, landed; it is not the forced variant."""
+    config = (RECORDED / "tiny-6.12-sig" / "config").read_text()
+    check_fragments((KERNELS / "kexec-lab.config", KERNELS / "kexec-sig.config"), config)
+    assert 'CONFIG_SYSTEM_TRUSTED_KEYS="' in config and "signing/lab/cert.pem" in config
+    with pytest.raises(ConfigError, match="CONFIG_KEXEC_SIG_FORCE=y did not survive"):
+        check_fragments((KERNELS / "kexec-sig-force.config",), config)
+    shipped = load_recipe(KERNELS / "tiny-6.12-sig-force.yaml")
+    assert shipped.trusted_keys == ("lab",) and shipped.fragments[-1].name == "kexec-sig-force.config"
+
+
 def test_a_fragment_line_lost_in_olddefconfig_names_file_line_and_symbol(tmp_path):
     fragment = KERNELS / "kexec-lab.config"
     line = next(n for n, text in enumerate(fragment.read_text().splitlines(), 1)
