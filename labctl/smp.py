@@ -131,7 +131,7 @@ class CpuWatch:
         self.samples.append(parse_vcpu_states(registers))
         self.last_registers = registers
 
-    def evidence(self, outcome: str, verdict: dict) -> dict:
+    def evidence(self, verdict: dict) -> dict:
         """Facts and the problems they show (judge fails a run that has any)."""
         facts: dict = {"online": self.online, "requested": self.requested, "pinned": self.pinned,
                        "panic_cpu_line": self.panic_line, "apicids": self.apicids,
@@ -140,10 +140,10 @@ class CpuWatch:
         vcpu = None  # the vCPU that panicked: parked in purgatory or running the capture kernel
         if parked := verdict.get("parked"):
             vcpu = facts["parked_vcpu"] = parked["cpu"]
-        if outcome == "capture-booted":
+        if "capture_cpus" in verdict:  # the capture kernel booted, even if its dump then mismatched
             vcpu = self._capture_cpu(facts, verdict.get("capture_cpus"))
             self._dump_notes(facts, verdict.get("vmcore") or {})
-        self._headers(facts, (verdict.get("vmcore") or {}) if outcome == "capture-booted" else None)
+        self._headers(facts, (verdict.get("vmcore") or {}) if "capture_cpus" in verdict else None)
         panic, facts["panic_cpu_from"] = self._panic_cpu(vcpu)
         facts["panic_cpu"] = panic
         if self.requested is not None and panic != self.requested:

@@ -517,7 +517,7 @@ class Session:
         if self.purgatory_line:
             finding.evidence["purgatory_console"] = purgatory_report(self.purgatory_line)
         if self.cpus:
-            finding.evidence["cpus"] = self.cpus.evidence(finding.outcome, finding.evidence)
+            finding.evidence["cpus"] = self.cpus.evidence(finding.evidence)
             finding.attachments.setdefault("registers.txt", self.cpus.last_registers)
         self.phase = "judged"
         self.progress.say(f"{finding.outcome} after {self.timings['panic_to_verdict']:.1f} s")

@@ -101,10 +101,10 @@ def test_recorded_hotplug_dumps_against_each_kernels_expectation():
         assert verdict["vmcore"]["prstatus_notes"] == notes
         hotplug = json.loads((DATA / kernel / "cpu-hotplug" / "result.json").read_text())["evidence"]["hotplug"]
         expected = scenario.expect.resolve(kernel, symbols)
-        facts = cpu_watch(online, None, expected, hotplug).evidence("capture-booted", verdict)
+        facts = cpu_watch(online, None, expected, hotplug).evidence(verdict)
         assert [p for p in facts["problems"] if "PRSTATUS" in p or "ELF core" in p] == []
         assert facts["capture_apicid"] == 1 and facts["elfcorehdr_after_hotplug"] == "unchanged"
-        default = cpu_watch(online, None, None, hotplug).evidence("capture-booted", verdict)
+        default = cpu_watch(online, None, None, hotplug).evidence(verdict)
         assert any("PRSTATUS" in p for p in default["problems"]) == (notes == 1)
 
 
@@ -129,7 +129,7 @@ def test_a_dimm_in_the_dump_must_match_what_the_headers_describe():
                                      (False, covering, True), (True, missing, True)):
         watch = CpuWatch(online=[0], apicids=[[0, 0]],
                          hotplug={"elfcorehdr_changed": changed, "memory": {"dimm": dimm}})
-        facts = watch.evidence("capture-booted", {"capture_cpus": [[0, 0]], "vmcore": vmcore})
+        facts = watch.evidence({"capture_cpus": [[0, 0]], "vmcore": vmcore})
         assert facts["dump_covers_hot_memory"] == (vmcore is covering)
         assert any("hot-added DIMM" in p for p in facts["problems"]) == problem, facts["problems"]
 
@@ -162,7 +162,7 @@ def test_recorded_memory_hotplug_of_both_kernels():
         assert (dimm in hotplug["elfcorehdr_after"]["load_ranges"]) is rewritten
         expected = scenario.expect.resolve(kernel, symbols)
         watch = CpuWatch(online=[0], apicids=[[0, 0]], hotplug=hotplug, expected_elfcorehdr=expected.elfcorehdr)
-        facts = watch.evidence("capture-booted", {"capture_cpus": capture["cpus"], "vmcore": vmcore})
+        facts = watch.evidence({"capture_cpus": capture["cpus"], "vmcore": vmcore})
         assert facts["problems"] == [] and facts["dump_covers_hot_memory"] is rewritten
     assert json.loads((DATA / "debian-6.12" / "memory-hotplug" / "result.json").read_text())[
         "evidence"]["hotplug"]["elfcorehdr_bytes_changed"] == {"count": 11, "first": "0x38", "last": "0x183"}

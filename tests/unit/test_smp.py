@@ -86,8 +86,7 @@ def test_an_idle_cpu_is_not_a_stopped_one():
 @pytest.mark.parametrize("kernel,scenario", RUNS)
 def test_recorded_cpu1_runs_have_consistent_evidence(kernel, scenario):
     dump = registers(kernel, scenario)  # the last sample, twice: CPU 0 stopped in both
-    facts = replay(kernel, scenario, [dump, dump]).evidence(result(kernel, scenario)["outcome"],
-                                                             verdict_of(kernel, scenario))
+    facts = replay(kernel, scenario, [dump, dump]).evidence(verdict_of(kernel, scenario))
     assert facts["problems"] == []
     assert facts["panic_cpu"] == 1 and facts["panic_cpu_from"] == "console"
     assert facts["panic_cpu_line"].startswith("CPU: 1 ")
@@ -105,7 +104,7 @@ def test_capture_kernel_on_the_wrong_cpu_fails_the_run():
     kernel, scenario = "debian-6.1", "crash-intact-cpu1"
     dump = registers(kernel, scenario)
     verdict = {**verdict_of(kernel, scenario), "capture_cpus": [[0, 0]]}
-    facts = replay(kernel, scenario, [dump, dump]).evidence("capture-booted", verdict)
+    facts = replay(kernel, scenario, [dump, dump]).evidence(verdict)
     assert any("APIC id 1" in p for p in facts["problems"]), facts["problems"]
     passed, reason = judge("capture-booted", "capture-booted", {**verdict, "cpus": facts})
     assert not passed and "the CPUs disagree" in reason
@@ -115,7 +114,7 @@ def test_panic_on_another_cpu_than_asked_fails():
     kernel, scenario = "debian-6.12", "crash-corrupt-cpu1"
     watch = replay(kernel, scenario, [registers(kernel, scenario)] * 2)
     watch.panic_cpu = 0  # as if the console had said CPU: 0
-    facts = watch.evidence("purgatory-refused", verdict_of(kernel, scenario))
+    facts = watch.evidence(verdict_of(kernel, scenario))
     assert "the panic was to start on CPU 1, it ran on CPU 0" in facts["problems"]
 
 
@@ -123,8 +122,7 @@ def test_another_cpu_still_running_fails():
     kernel, scenario = "debian-6.12", "crash-corrupt-cpu1"
     running = registers(kernel, scenario).replace("RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1",
                                                   "RFL=00000246 [---Z-P-] CPL=3 II=0 A20=1 SMM=0 HLT=0")
-    facts = replay(kernel, scenario, [running, running]).evidence("purgatory-refused",
-                                                                  verdict_of(kernel, scenario))
+    facts = replay(kernel, scenario, [running, running]).evidence(verdict_of(kernel, scenario))
     assert any(p.startswith("vCPU 0 was not stopped") for p in facts["problems"])
 
 
@@ -132,8 +130,7 @@ def test_a_missing_note_fails_and_one_sample_is_not_enough():
     kernel, scenario = "debian-6.12", "crash-intact-cpu1"
     verdict = verdict_of(kernel, scenario)
     verdict["vmcore"] = {**verdict["vmcore"], "prstatus_notes": 1}
-    facts = replay(kernel, scenario, [registers(kernel, scenario)]).evidence(
-        "capture-booted", verdict)
+    facts = replay(kernel, scenario, [registers(kernel, scenario)]).evidence(verdict)
     assert "the dump has 1 PRSTATUS note(s), expected 2 (2 CPU(s) online at the crash)" in facts["problems"]
     assert any("cannot tell whether the other CPUs stopped" in p for p in facts["problems"])
 
@@ -144,7 +141,7 @@ def test_nmi_panic_names_its_cpu_by_the_capture_kernels_apic_id():
     kernel, scenario = "debian-6.1", "crash-intact-nmi-smp2"
     primary, capture = hellos(kernel, scenario)
     watch = cpu_watch(primary, requested=None)
-    facts = watch.evidence("capture-booted", verdict_of(kernel, scenario))
+    facts = watch.evidence(verdict_of(kernel, scenario))
     assert facts["panic_cpu_line"] is None and facts["panic_cpu_from"] == "APIC id of the CPU that went on"
     assert facts["panic_cpu"] == [cpu for cpu, apic in primary["cpus"] if apic == capture["cpus"][0][1]][0]
     assert facts["dump_prstatus_notes"] == 2
@@ -228,6 +225,6 @@ def test_bad_dump_expectations_name_file_line_and_key(tmp_path, text, line, mess
 def test_hotplug_expectation_on_the_headers_is_checked():
     watch = CpuWatch(online=[0, 1], apicids=[[0, 0], [1, 1]], expected_elfcorehdr="changed",
                      hotplug={"elfcorehdr_changed": False})
-    facts = watch.evidence("purgatory-refused", {})
+    facts = watch.evidence({})
     assert facts["elfcorehdr_after_hotplug"] == "unchanged"
     assert "the ELF core headers in guest RAM are unchanged, expected changed" in facts["problems"][0]
