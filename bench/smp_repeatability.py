@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+KEPT = ROOT / "artifacts" / "smp-repeatability-kept"  # runs that did not pass
 SPURIOUS = re.compile(r"Oops|BUG:|WARNING:|general protection fault|Kernel panic")
 TRIGGER = "sysrq: Trigger a crash"
 SCENARIO = """description: crash-intact at smp {smp} (bench/smp_repeatability.py)
@@ -49,6 +51,8 @@ def run_once(scenario: Path, kernel: str, artifacts: Path) -> dict:
                 "spurious": [proc.stderr.strip()[-200:]]}
     out = Path(line.split(": ", 1)[1])
     result = json.loads((out / "result.json").read_text())
+    if not result["passed"]:  # keep its registers and logs past the temporary directory
+        shutil.copytree(out, KEPT / f"{out.parent.name}-{out.name}-{out.parent.parent.name}")
     console = (out / "serial.log").read_text(errors="replace") if (out / "serial.log").exists() else ""
     before = console.split(TRIGGER, 1)[0]
     spurious = [s.strip() for s in before.splitlines() if SPURIOUS.search(s)]
@@ -67,7 +71,7 @@ def report(kernel: str, smp: int, runs: list[dict]) -> None:
     oopsed = [r for r in runs if r["spurious"]]
     failed = [r for r in runs if not r["passed"]]
     print(f"{kernel} smp {smp}: {len(runs)} boots, {len(oopsed)} with a spurious oops or no trigger, "
-          f"{len(failed)} not passed")
+          f"{len(failed)} not passed" + (f" (kept in {KEPT})" if failed else ""))
     for r in oopsed:
         print(f"  spurious: {r['spurious'][0][:160]}")
     for r in failed:

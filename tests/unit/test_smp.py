@@ -228,3 +228,22 @@ def test_hotplug_expectation_on_the_headers_is_checked():
     facts = watch.evidence({})
     assert facts["elfcorehdr_after_hotplug"] == "unchanged"
     assert "the ELF core headers in guest RAM are unchanged, expected changed" in facts["problems"][0]
+
+
+def test_a_cpu_spinning_with_interrupts_off_is_stopped_one_with_interrupts_on_is_not():
+    """A CPU woken from crash_nmi_callback's halt spins in its cpu_relax loop: not halted,
+    RIP moving between two instructions, interrupts off.  Interrupts on is a running CPU."""
+    def sample(rip: int, rfl: str, hlt: int) -> str:
+        return (f"CPU#0\nRIP={rip:016x} RFL={rfl} [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT={hlt}\n"
+                "CPU#1\nRIP=000000003dffb12f RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n")
+    for rfl, role in (("00000046", "stopped (spinning)"), ("00000246", "not stopped")):
+        watch = CpuWatch(online=[0, 1], apicids=[[0, 0], [1, 1]], requested=1, pinned=1)
+        watch.sample(sample(0xFFFFFFFF8106058D, rfl, 0))
+        watch.sample(sample(0xFFFFFFFF8106058F, rfl, 0))
+        facts = watch.evidence({"parked": {"cpu": 1}})
+        assert facts["others"]["0"]["role"] == role
+        assert any(p.startswith("vCPU 0 was not stopped") for p in facts["problems"]) == (role == "not stopped")
+    far = CpuWatch(online=[0, 1], apicids=[[0, 0], [1, 1]], requested=1, pinned=1)
+    far.sample(sample(0xFFFFFFFF81000000, "00000046", 0))
+    far.sample(sample(0xFFFFFFFF81060000, "00000046", 0))
+    assert far.evidence({"parked": {"cpu": 1}})["others"]["0"]["role"] == "not stopped"
