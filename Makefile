@@ -37,7 +37,7 @@ APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gn
 # Debian's arm64 archive: apt-get download needs the foreign architecture's lists.
 FOREIGN_ARCHES := arm64
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
-RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64 tiny-6.12-sig tiny-6.12-sig-force
+RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64 tiny-6.12-riscv64 tiny-6.12-sig tiny-6.12-sig-force
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=

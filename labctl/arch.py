@@ -61,6 +61,8 @@ class Arch:
     # QEMU's model of the console UART blocks the vCPU (and the monitor) until each byte is
     # written: the console goes through labctl/relay.py (PL011 on aarch64 virt)
     blocking_uart: bool = False
+    # kernel parameters every guest of the architecture needs (primary and capture)
+    extra_params: tuple[str, ...] = ()
     # load method -> the segment roles it loads (what `labctl coverage` corrupts)
     load_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
@@ -83,7 +85,7 @@ class Arch:
         kernel hands unknown name=value parameters to init's environment, except names
         starting with "kexec", which init/main.c's unknown_bootoption() drops as a
         bootloader's mark)."""
-        params = [f"console={self.console},115200"]
+        params = [f"console={self.console},115200", *self.extra_params]
         if self.control_device != "/dev/ttyS1":
             params.append(f"labctl_control={self.control_device}")
         return params
@@ -180,6 +182,10 @@ RISCV64 = Arch(
     file_purgatory_checks=True, tool_purgatory_checks=False, gdb_architecture="riscv:rv64",
     pc_name="pc", elf_machine=243,
     file_kernel_unlogged=True,
+    # QEMU 7.2 describes the harts with "riscv,isa" only; a kernel without
+    # RISCV_ISA_FALLBACK (tinyconfig) then finds no F/D extension, leaves user FP off, and
+    # glibc's first FP instruction is SIGILL for init (arch/riscv/kernel/cpufeature.c)
+    extra_params=("riscv_isa_fallback",),
     tcg_slowdown=3.0,
     # no kexec-tools for riscv64 in Debian 12 (and its purgatory checks nothing there)
     load_roles=(("kexec_file_load", ("kernel", "initrd", "dtb", "elfcorehdr", "purgatory")),),

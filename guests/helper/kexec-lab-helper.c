@@ -1080,7 +1080,8 @@ static void be_init(const char *port)
 int main(int argc, char **argv)
 {
 	const char *env_port = getenv("labctl_control");
-	const char *port = argc > 1 ? argv[1] : env_port ? env_port : "/dev/ttyS1";
+	/* As PID 1, argv holds the kernel's unknown parameters (no_timer_check), not a port. */
+	const char *port = argc > 1 && getpid() != 1 ? argv[1] : env_port ? env_port : "/dev/ttyS1";
 	char line[LINE_MAX_LEN];
 	int fd;
 

@@ -57,3 +57,24 @@ def test_arm64_both_methods_intact_and_corrupt(no_leaks):
     assert parked["segment"]["role"] == "purgatory" and parked["code"].startswith("00000014")
     assert parked["samples"] >= 2
     assert (results["crash-corrupt-kexec-load"]["_dir"] / "registers.txt").read_text().count("PC=") >= 1
+
+
+def test_riscv64_intact_and_corrupt(no_leaks):
+    """riscv64: the helper is PID 1 (no busybox), purgatory checks the digest and parks on
+    c.j; the intact dump trips over OpenSBI's region (the scenario says why)."""
+    run = labctl("run", "crash-intact", "crash-corrupt", "--kernel", "tiny-6.12-riscv64",
+                 timeout=RUN_TIMEOUT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for result in run.results.values():
+        check_common(result, "riscv64")
+        assert result["passed"], result["reason"]
+    parked = run.results["crash-corrupt"]["evidence"]["verdict"]["parked"]
+    assert parked["segment"]["role"] == "purgatory" and parked["code"].startswith("01a0")  # c.j .
+    intact = run.results["crash-intact"]
+    verdict = intact["evidence"]["verdict"]
+    assert intact["outcome"] == "dump-mismatch" and verdict["helper_role"] == "capture"
+    assert verdict["vmcore"]["ok"] and verdict["vmcore"]["osrelease"] == intact["kernel"]["release"]
+    assert any("paddr 0x80000000" in p and "errno 14" in p for p in verdict["dump"]["problems"])
+    assert verdict["dump"]["pages"]["compared"] > 0
+    assert verdict["dump"]["log"] == {"checked": False, "why": "the guest carries no /sbin/vmcore-dmesg",
+                                      "problems": []}

@@ -113,7 +113,8 @@ def test_kernel_command_lines_name_console_and_control_port():
     assert "labctl_control" not in primary_cmdline(m)  # x86_64: ttyS1, init's default
     arm = primary_cmdline(m, arch=ARM64)
     assert arm.startswith("console=ttyAMA0,115200 labctl_control=/dev/hvc0 crashkernel=256M")
-    assert capture_cmdline(m, arch=RISCV64).startswith("console=ttyS0,115200 labctl_control=/dev/hvc0 ")
+    assert capture_cmdline(m, arch=RISCV64).startswith(
+        "console=ttyS0,115200 riscv_isa_fallback labctl_control=/dev/hvc0 ")
 
 
 def test_unknown_architecture_is_a_config_error():
@@ -172,3 +173,30 @@ def test_arm64_corrupted_kernel_was_entered_and_booted():
     assert corruption["verified"] and corruption["still_corrupted"]
     assert corruption["at_verdict"] == corruption["written"] != corruption["before"]
     assert "no purgatory" in recorded["expectation_reason"]
+
+
+# ------------------------------------------------------------ recorded riscv64 runs
+
+def test_riscv64_kernel_segments_are_named_by_position():
+    """kexec_elf.c logs nothing about the kernel's PT_LOAD segments: the unnamed segments
+    before the first named one are the kernel; purgatory and the rest are logged."""
+    log = message("tiny-6.12-riscv64", "crash-corrupt", "loaded")["log"]
+    named = parse_segment_table(log, unlogged_kernel=True)
+    assert [s.role for s in named.segments] == ["kernel", "kernel", "kernel", "elfcorehdr",
+                                                 "purgatory", "initrd", "dtb"]
+    assert [s.role for s in parse_segment_table(log).segments][:3] == [None, None, None]
+    assert named.by_role("purgatory").contains(named.entry)
+
+
+def test_riscv64_recorded_parked_hart_sits_on_a_compressed_self_jump():
+    recorded = result("tiny-6.12-riscv64", "crash-corrupt")
+    parked = recorded["evidence"]["verdict"]["parked"]
+    pcs = parse_registers(registers("tiny-6.12-riscv64", "crash-corrupt"), RISCV64)
+    assert pcs[parked["cpu"]] == int(parked["rip"], 16)
+    table = parse_segment_table(message("tiny-6.12-riscv64", "crash-corrupt", "loaded")["log"], True)
+    watch = ParkWatch(table, RISCV64)
+    watch.add(pcs)
+    watch.add(pcs)
+    code = bytes.fromhex(parked["code"])
+    assert code[:2] == bytes.fromhex("01a0")
+    assert watch.parked(lambda _: code)["purgatory_offset"] == parked["purgatory_offset"]
