@@ -27,7 +27,6 @@ evidence with a "problems" list (add a check by appending to CHECKS):
 from __future__ import annotations
 
 import errno
-
 import hashlib
 import io
 import random
