@@ -157,7 +157,7 @@ def private_lab(tmp: Path) -> Path:
     that snapshot creation is part of what is measured."""
     shared = Path.home() / ".cache" / "kexec-lab"
     cache = tmp / "cache"
-    cache.mkdir()
+    cache.mkdir(parents=True)
     (cache / "kernels").symlink_to(shared / "kernels")
     if (shared / "accel.json").exists():
         shutil.copy(shared / "accel.json", cache / "accel.json")
