@@ -16,7 +16,7 @@ import io
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from labctl.errors import InfraError
+from labctl.errors import ConfigError, InfraError
 from labctl.guest_memory import GuestMemory
 from labctl.segments import SegmentTable
 
@@ -107,7 +107,11 @@ def hot_add_memory(session, mib: int) -> dict:
     before = session.ask("memory-online 0", ("memory",), "the memory block count")
     block = int(before.get("block_size_bytes") or "0", 16)
     if not block:
-        raise InfraError("the guest reports no memory block size (CONFIG_MEMORY_HOTPLUG?)")
+        # drivers/base/Makefile: memory.o (/sys/devices/system/memory) is CONFIG_MEMORY_HOTPLUG's
+        raise ConfigError("the scenario hot-adds memory, but this kernel has no "
+                          "/sys/devices/system/memory/block_size_bytes (built without "
+                          "CONFIG_MEMORY_HOTPLUG): it does not apply to this kernel",
+                          key=("hotplug", "memory_mib"))
     backend, device = dimm_device("hotmem0", mib)
     session.progress.say(f"hot-adding a {mib} MiB DIMM through QMP")
     session.machine.command("object-add", **backend)

@@ -106,6 +106,8 @@ class PairResult:
     def summary(self) -> str:
         """The one line `labctl run` prints for the pair."""
         verdict = "PASS" if self.passed else "FAIL"
+        if self.outcome in ERRORS:  # no verdict on the kernel: the lab, the input or a person stopped it
+            verdict = "NO VERDICT"
         if why := self.extra.get("expected_failure"):
             verdict += f" (expected failure: {why})"
         elif why := self.extra.get("unexpected_pass"):

@@ -39,7 +39,7 @@ from labctl.machine import MachineSpec
 from labctl.progress import Progress
 from labctl.result import Outcome, PairResult
 from labctl.signing import trusted_lab_keys
-from labctl.smp import cpu_watch, resolve_cpus
+from labctl.smp import cpu_watch, cpus_do_not_apply, resolve_cpus
 from labctl.snapshot import (
     RestoreFailed,
     Snapshot,
@@ -186,7 +186,7 @@ class PairRun:
                     return self._steps(self.session)
                 hello, loaded = restore_pair(self, self.session, snap, started, out)
                 self.learn_facts(self.session, hello)  # the running kernel's word, as on a boot
-                self.cpu_facts = hello
+                self.take_cpu_facts(hello, spec)
                 return self._after_load(self.session, loaded)
             finally:
                 memory.close()
@@ -251,8 +251,14 @@ class PairRun:
         self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline",
                                                               "system_ram", "sysfs")}
         self.learn_facts(session, hello)
-        self.cpu_facts = hello
+        self.take_cpu_facts(hello, session.machine.spec)
         return hello
+
+    def take_cpu_facts(self, hello: dict, spec: MachineSpec) -> None:
+        """The booted kernel's CPUs; a scenario needing CPUs it cannot use stops here."""
+        self.cpu_facts = hello
+        if problem := cpus_do_not_apply(hello, spec.smp, spec.maxcpus or spec.smp):
+            raise problem
 
     def step_trigger(self, session: Session) -> None:
         """Panic as the scenario says; with several CPUs, watch where and what the others do."""

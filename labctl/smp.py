@@ -262,6 +262,25 @@ def parse_cpulist(text: str | None) -> list[int]:
     return cpus
 
 
+def cpus_do_not_apply(facts: dict, smp: int, maxcpus: int) -> ConfigError | None:
+    """A scenario that needs more CPUs than the booted kernel can use does not apply to it:
+    a configuration-class result, never a verdict and never an infra error.  Evidence: the
+    kernel's own online and possible masks (a kernel without CONFIG_SMP has nr_cpu_ids 1, so
+    it brings up CPU 0 whatever -smp says, and has no room for a hot-added CPU)."""
+    online, possible = parse_cpulist(facts.get("cpus_online")), parse_cpulist(facts.get("cpus_possible"))
+    if smp > 1 and online and len(online) < smp:
+        return ConfigError(f"the scenario runs {smp} CPUs, but this kernel brought up only CPU(s) "
+                           f"{facts.get('cpus_online')!r} of the {smp} QEMU offered "
+                           "(/sys/devices/system/cpu/online): it does not apply to this kernel",
+                           key=("machine", "smp"))
+    if maxcpus > smp and possible and len(possible) < maxcpus:
+        return ConfigError(f"the scenario hot-adds CPUs up to {maxcpus}, but this kernel can use "
+                           f"only CPU(s) {facts.get('cpus_possible')!r} "
+                           "(/sys/devices/system/cpu/possible): it does not apply to this kernel",
+                           key=("machine", "maxcpus"))
+    return None
+
+
 def cpu_watch(facts: dict, requested: int | None, expected: Expected | None = None,
               hotplug: dict | None = None) -> CpuWatch:
     """A watch for the CPUs the helper last reported (its hello or a `cpus` reply)."""

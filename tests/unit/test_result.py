@@ -47,3 +47,12 @@ def test_the_fields_some_runs_add_come_after_the_common_ones():
     result = PairResult("r", {"name": "s"}, {"name": "k"}, extra={"mode": "console"})
     keys = list(result.to_json())
     assert keys[0] == "run_id" and keys[-1] == "mode" and "directory" not in keys
+
+
+def test_a_pair_without_a_verdict_never_reads_as_a_failed_kernel():
+    """config-error, infra-error and interrupted say NO VERDICT, not FAIL: FAIL is a claim
+    about the kernel, and none was made."""
+    for outcome in (Outcome.CONFIG_ERROR, Outcome.INFRA_ERROR, Outcome.INTERRUPTED):
+        line = PairResult(run_id="r", kernel={"name": "k"}, scenario={"name": "s"}, outcome=outcome,
+                          expected="capture-booted", passed=False, reason="why").summary
+        assert line == f"k x s: {outcome} (expected capture-booted) -> NO VERDICT: why"

@@ -247,3 +247,24 @@ def test_a_cpu_spinning_with_interrupts_off_is_stopped_one_with_interrupts_on_is
     far.sample(sample(0xFFFFFFFF81000000, "00000046", 0))
     far.sample(sample(0xFFFFFFFF81060000, "00000046", 0))
     assert far.evidence({"parked": {"cpu": 1}})["others"]["0"]["role"] == "not stopped"
+
+
+def test_a_scenario_needing_cpus_the_kernel_cannot_use_does_not_apply():
+    """The booted kernel's own masks decide: 2 CPUs online on 6.1 -> the cpu1 scenario
+    applies; the same hello asked for 4 CPUs, or a 1-CPU kernel (no CONFIG_SMP brings up
+    CPU 0 only) asked for 2, is a configuration-class result naming the scenario key."""
+    from labctl.smp import cpus_do_not_apply
+    two = message("debian-6.1", "crash-intact-cpu1", "hello", role="primary")
+    assert two["cpus_online"] == "0-1"
+    assert cpus_do_not_apply(two, 2, 2) is None
+    too_many = cpus_do_not_apply(two, 4, 4)
+    assert isinstance(too_many, ConfigError) and too_many.key == ("machine", "smp")
+    assert "brought up only CPU(s) '0-1' of the 4" in str(too_many)
+    hotplug = message("debian-6.1", "cpu-hotplug", "hello", role="primary")
+    assert (hotplug["cpus_online"], hotplug["cpus_possible"]) == ("0", "0-1")
+    assert cpus_do_not_apply(hotplug, 1, 2) is None
+    no_room = cpus_do_not_apply(hotplug, 1, 3)
+    assert isinstance(no_room, ConfigError) and no_room.key == ("machine", "maxcpus")
+    one_cpu = {**two, "cpus_online": "0", "cpus_possible": "0"}
+    assert "does not apply to this kernel" in str(cpus_do_not_apply(one_cpu, 2, 2))
+    assert cpus_do_not_apply({**two, "cpus_online": "garbage"}, 2, 2) is None  # unparsable: no claim
