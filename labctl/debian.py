@@ -5,10 +5,13 @@ Used by both kernel providers: Debian kernels (kernels.py) and recipe sources
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
+from labctl.config import default_cache_dir
 from labctl.errors import InfraError
 from labctl.tools import run_tool
 
@@ -17,8 +20,51 @@ DOWNLOAD_SECONDS = 1800.0  # linux-source is ~150 MB
 UNPACK_SECONDS = 600.0
 
 
-def apt_show(package: str) -> dict[str, str]:
-    """The archive's control fields for the candidate version of `package`."""
+# What apt-cache answers from: the package lists, dpkg's status and architectures, apt's
+# sources, preferences and configuration.  Same files, same sizes and mtimes: same answer.
+APT_STATE_GLOBS = ("/var/lib/apt/lists/*_Packages*", "/var/lib/apt/lists/*Release",
+                   "/var/lib/dpkg/status", "/var/lib/dpkg/arch", "/etc/apt/sources.list",
+                   "/etc/apt/sources.list.d/*", "/etc/apt/preferences", "/etc/apt/preferences.d/*",
+                   "/etc/apt/apt.conf.d/*")
+
+
+def archive_state() -> str:
+    """A fingerprint of the files apt-cache reads (name, size, mtime)."""
+    digest = hashlib.sha256()
+    for pattern in APT_STATE_GLOBS:
+        for path in sorted(Path("/").glob(pattern.lstrip("/"))):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def apt_show(package: str, memo_dir: Path | None = None) -> dict[str, str]:
+    """The archive's control fields for the candidate version of `package`, remembered per
+    archive state: apt-cache takes 1-2 s a call on a host without apt's binary cache
+    (Debian's container images set Dir::Cache::pkgcache ""), and `labctl run` asks twice."""
+    memo = (memo_dir or default_cache_dir()) / "apt-show" / f"{package}.json"
+    state = archive_state()
+    try:
+        remembered = json.loads(memo.read_text(encoding="utf-8"))
+        if remembered.get("archive_state") == state and isinstance(remembered.get("fields"), dict):
+            return remembered["fields"]
+    except (OSError, ValueError):
+        pass
+    fields = _apt_cache_show(package)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"archive_state": state, "fields": fields}), encoding="utf-8")
+        tmp.replace(memo)
+    except OSError:
+        pass  # a read-only cache only costs the next call another apt-cache
+    return fields
+
+
+def _apt_cache_show(package: str) -> dict[str, str]:
     proc = run_tool(["apt-cache", "show", "--no-all-versions", package],
                     f"looking up {package} in the package archive", LOOKUP_SECONDS, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
