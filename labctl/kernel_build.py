@@ -11,7 +11,6 @@ files by rename, so the shared tree keeps its bytes); objects go to `make O=`.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -19,13 +18,13 @@ import re
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import unidiff
 
 from labctl.arch import ARCHES, HOST, get_arch
+from labctl.cache_lock import locked
 from labctl.config import Field, KernelEntry, LabConfig, Validator, read_yaml
 from labctl.debian import apt_show, download_and_unpack, installed_version, package_dir
 from labctl.errors import ConfigError, InfraError
@@ -232,7 +231,7 @@ def debian_version(package: str) -> str:
 def debian_source(package: str, version: str, cache_dir: Path, progress: Progress) -> Path:
     """The unpacked tree of Debian's linux-source-X.Y, from /usr/src or downloaded."""
     dest = package_dir(cache_dir / "kernel-src", package, version)
-    with _locked(dest.with_name(dest.name + ".lock")):
+    with locked(dest.with_name(dest.name + ".lock")):
         if not dest.exists():
             tarball = Path("/usr/src") / f"{package}.tar.xz"
             if installed_version(package) != version or not tarball.is_file():
@@ -263,18 +262,6 @@ def _unpack(tarball: Path, dest: Path, progress: Progress) -> None:
     partial.mkdir(parents=True)
     run_tool(["tar", "-xf", str(tarball), "-C", str(partial)], f"unpacking {tarball}", UNPACK_SECONDS)
     os.replace(partial, dest)
-
-
-@contextmanager
-def _locked(path: Path):
-    """One builder per key across processes (parallel tests, two terminals)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------ patches
@@ -383,7 +370,7 @@ def build_recipe(recipe: Recipe, cache_dir: Path, progress: Progress, log_dir: P
     """The cached build for this recipe, building it (with all cores) if there is none.
     A fresh build's log (or a failed one's) is copied to log_dir."""
     plan = plan_recipe(recipe, cache_dir)
-    with _locked(plan.directory.with_name(plan.key + ".lock")):
+    with locked(plan.directory.with_name(plan.key + ".lock")):
         if plan.cached:
             return plan.build(cache_hit=True)
         if recipe.source_package:

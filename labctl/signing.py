@@ -23,7 +23,6 @@ where it is `signed` (as a distribution signs its kernels with the key they trus
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from labctl.cache_lock import locked
 from labctl.errors import InfraError
 from labctl.images import SIGNED_IMAGES, extract_vmlinux
 
@@ -81,17 +81,6 @@ def _run(argv: list[str], what: str, data: bytes | None = None) -> subprocess.Co
     return proc
 
 
-@contextmanager
-def _locked(path: Path):
-    """One process makes a key; the others wait for it (parallel matrix pairs)."""
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def signing_dir(cache_dir: Path) -> Path:
     path = Path(cache_dir) / "signing"
     path.mkdir(parents=True, exist_ok=True)
@@ -106,7 +95,7 @@ def key_pair(cache_dir: Path, name: str = "lab") -> KeyPair:
         raise ValueError(f"unknown key {name!r}")
     root = signing_dir(cache_dir)
     pair = KeyPair(name, root / name / "key.pem", root / name / "cert.pem")
-    with _locked(root / f"{name}.lock"):
+    with locked(root / f"{name}.lock"):
         if pair.key.is_file() and pair.cert.is_file():
             return pair
         work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))  # 0700

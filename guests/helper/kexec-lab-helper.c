@@ -415,37 +415,61 @@ static void put_output_tail(int fd, int max_lines)
 	free(buf);
 }
 
+/*
+ * Start path with argv, its stdout and stderr into a pipe: the pipe's read end, and the
+ * child's pid in *pid (-1 if fork failed: the read end then gives EOF at once); -1 after
+ * replying the error when there is no pipe.
+ */
+static int spawn_piped(const char *path, char *const argv[], pid_t *pid)
+{
+	int pipefd[2];
+
+	if (pipe(pipefd) < 0) {
+		reply_error("pipe", errno);
+		return -1;
+	}
+	*pid = fork();
+	if (*pid == 0) {
+		dup2(pipefd[1], 1);
+		dup2(pipefd[1], 2);
+		close(pipefd[0]);
+		close(pipefd[1]);
+		execv(path, argv);
+		perror(path);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	return pipefd[0];
+}
+
+/* A child's end as the host reads it: its exit code, 128 + signal, -1 if it never ran. */
+static int reap(pid_t pid)
+{
+	int status = 0;
+
+	if (pid < 0)
+		return -1;
+	waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 static void cmd_vmcore_dmesg(void)
 {
 	char *argv[] = { VMCORE_DMESG, "/proc/vmcore", NULL };
-	int pipefd[2], status = 0;
 	pid_t pid;
+	int fd;
 
 	if (access(VMCORE_DMESG, X_OK) < 0) {
 		reply_error(VMCORE_DMESG, errno);
 		return;
 	}
-	if (pipe(pipefd) < 0) {
-		reply_error("pipe", errno);
+	fd = spawn_piped(VMCORE_DMESG, argv, &pid);
+	if (fd < 0)
 		return;
-	}
-	pid = fork();
-	if (pid == 0) {
-		dup2(pipefd[1], 1);
-		dup2(pipefd[1], 2);
-		close(pipefd[0]);
-		close(pipefd[1]);
-		execv(VMCORE_DMESG, argv);
-		perror(VMCORE_DMESG);
-		_exit(127);
-	}
-	close(pipefd[1]);
 	fputs("{\"type\":\"vmcore-dmesg\"", out);
-	put_output_tail(pipefd[0], DMESG_MAX_LINES);
-	close(pipefd[0]);
-	if (pid > 0)
-		waitpid(pid, &status, 0);
-	fprintf(out, ",\"rc\":%d", pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	put_output_tail(fd, DMESG_MAX_LINES);
+	close(fd);
+	fprintf(out, ",\"rc\":%d", reap(pid));
 	reply_end();
 }
 
@@ -906,32 +930,21 @@ static void put_output_lines(int fd)
 static void cmd_kexec_tool(char *args)
 {
 	char *argv[TOOL_MAX_ARGS + 2] = { KEXEC_TOOL };
-	int argc = 1, pipefd[2], status = 0, kmsg;
+	int argc = 1, fd, kmsg;
 	pid_t pid;
 
 	while (args && argc <= TOOL_MAX_ARGS)
 		argv[argc++] = strsep(&args, "\t");
-	if (pipe(pipefd) < 0) {
-		reply_error("pipe", errno);
+	kmsg = open_kmsg_at_end();	/* before the tool runs: its kernel messages are the evidence */
+	fd = spawn_piped(KEXEC_TOOL, argv, &pid);
+	if (fd < 0) {
+		if (kmsg >= 0)
+			close(kmsg);
 		return;
 	}
-	kmsg = open_kmsg_at_end();
-	pid = fork();
-	if (pid == 0) {
-		dup2(pipefd[1], 1);
-		dup2(pipefd[1], 2);
-		close(pipefd[0]);
-		close(pipefd[1]);
-		execv(KEXEC_TOOL, argv);
-		perror(KEXEC_TOOL);
-		_exit(127);
-	}
-	close(pipefd[1]);
 	fputs("{\"type\":\"kexec-tool\"", out);
-	put_output_lines(pipefd[0]);
-	if (pid > 0)
-		waitpid(pid, &status, 0);
-	fprintf(out, ",\"rc\":%d", pid < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	put_output_lines(fd);	/* reads to EOF and closes fd */
+	fprintf(out, ",\"rc\":%d", reap(pid));
 	put_file_field("kexec_crash_loaded", "/sys/kernel/kexec_crash_loaded");
 	put_kmsg_records(kmsg);
 	reply_end();
