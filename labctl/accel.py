@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+# Under KVM a kernel's first console line comes within a second or two; TCG is the fallback.
+KVM_SILENT_SECONDS = 20.0
 KVM_FAILURE_MARKERS = ("KVM internal error", "kvm run failed", "failed to initialize kvm",
                        "Could not access KVM kernel module", "failed to set MSR",
                        "kvm_buf_set_msrs")
@@ -34,16 +36,20 @@ class KvmUnusable(Exception):
     """KVM was tried and cannot run this guest; the message says how it failed."""
 
 
-def kvm_unusable(accel: str, qemu_output: str,
-                 status: Callable[[], str] | None = None) -> KvmUnusable | None:
+def kvm_unusable(accel: str, qemu_output: str, status: Callable[[], str] | None = None,
+                 silent_for: float = 0.0) -> KvmUnusable | None:
     """The one rule for "KVM cannot run this guest": the guest ran under KVM and QEMU's
-    output shows KVM failing or, asked only then, QMP's run state is internal-error."""
+    output shows KVM failing or, asked only then, QMP's run state is internal-error, or the
+    booting guest has printed nothing on its console for KVM_SILENT_SECONDS (a paravirtual
+    KVM such as kvm_pvm can leave a tinyconfig kernel spinning without a word or an error)."""
     if accel != "kvm":
         return None
     if line := kvm_failure(qemu_output):
         return KvmUnusable(line)
     if status is not None and status() == "internal-error":
         return KvmUnusable("QMP status internal-error")
+    if silent_for > KVM_SILENT_SECONDS:
+        return KvmUnusable(f"not a byte on the guest console in {silent_for:.0f} s of booting under KVM")
     return None
 
 

@@ -26,11 +26,13 @@ class StampedLog:
         self._file = open(path, "a", encoding="utf-8", errors="replace")
         self._t0 = t0
         self._partial = ""
+        self.received = 0  # characters the guest printed so far
 
     def stamp(self) -> str:
         return f"[{time.monotonic() - self._t0:9.3f}] "
 
     def write(self, text: str) -> None:
+        self.received += len(text)
         text = self._partial + text.replace("\r\n", "\n").replace("\r", "")
         *lines, self._partial = text.split("\n")
         for line in lines:

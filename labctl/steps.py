@@ -169,11 +169,13 @@ class Session:
         return kvm_unusable(self.machine.spec.accel, self.machine.qemu_output()) or \
             InfraError(f"{self.machine.death_reason()} while {self.phase}")
 
-    def _check_kvm(self) -> None:
-        """KVM failures leave QEMU alive: look at its log and its run state."""
+    def _check_kvm(self, since: float) -> None:
+        """KVM failures leave QEMU alive: look at its log, its run state, and whether the
+        guest has said anything on its console since `since`."""
         if self.machine.spec.accel != "kvm":
             return
-        if unusable := kvm_unusable("kvm", self.machine.qemu_output(), self.machine.status):
+        silent_for = 0.0 if self.console.log.received else time.monotonic() - since
+        if unusable := kvm_unusable("kvm", self.machine.qemu_output(), self.machine.status, silent_for):
             raise unusable
 
     def _timed(self, name: str, start: float) -> None:
@@ -197,7 +199,7 @@ class Session:
         message = self._wait(hello, self.timeouts.boot, "the guest to boot",
                              f"the guest did not reach init within {self.timeouts.boot:g} s "
                              "(no hello on the control port); see serial.log",
-                             patterns={"panic": PANIC_LINE}, every=self._check_kvm)
+                             patterns={"panic": PANIC_LINE}, every=lambda: self._check_kvm(start))
         self.primary = message
         self._timed("boot", start)
         self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")

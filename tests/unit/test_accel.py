@@ -24,3 +24,13 @@ def test_internal_error_state_is_asked_only_when_the_output_is_clean():
 
 def test_tcg_is_never_kvm_unusable():
     assert kvm_unusable("tcg", KVM_DIED, lambda: "internal-error") is None
+
+
+def test_a_guest_silent_under_kvm_is_kvm_unusable():
+    """kvm_pvm leaves a tinyconfig kernel spinning without a console byte or a KVM error
+    (measured here: 90 s of nothing); past KVM_SILENT_SECONDS that is KVM failing."""
+    from labctl.accel import KVM_SILENT_SECONDS
+    assert kvm_unusable("kvm", "", lambda: "running", silent_for=KVM_SILENT_SECONDS - 1) is None
+    unusable = kvm_unusable("kvm", "", lambda: "running", silent_for=KVM_SILENT_SECONDS + 1)
+    assert unusable is not None and "not a byte on the guest console" in str(unusable)
+    assert kvm_unusable("tcg", "", lambda: "running", silent_for=600) is None  # TCG is never judged so
