@@ -160,7 +160,8 @@ def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
     second Ctrl-C cannot cut short the cleanup (bounded: QEMU is killed within seconds)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(f"received {signal.Signals(signum).name}")
+    Interrupted.requested = f"received {signal.Signals(signum).name}"
+    raise Interrupted(Interrupted.requested)
 
 
 def main(argv: list[str] | None = None) -> int:

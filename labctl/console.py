@@ -70,7 +70,7 @@ class Console:
             index = self.spawn.expect_list(compiled, timeout=0)
             if index >= len(names):
                 break
-            found.append((names[index], self.spawn.after))
+            found.append((names[index], self.spawn.after.rstrip("\r\n")))
         if len(self.spawn.buffer) > BUFFER_LIMIT:
             self.spawn.buffer = self.spawn.buffer[-SEARCH_WINDOW:]
         return found

@@ -339,6 +339,8 @@ class Machine:
         except ExecuteError as exc:  # QEMU answered, with an error
             raise InfraError(f"QMP '{command}' {args} refused: {exc}") from None
         except QMPError as exc:  # the monitor went away: QEMU is exiting or died
+            if Interrupted.requested:  # or a stop signal interrupted the command
+                raise Interrupted(Interrupted.requested) from None
             raise InfraError(f"QMP '{command}' failed ({type(exc).__name__}): "
                              f"{self.death_reason()}") from None
 

@@ -123,7 +123,7 @@ class CpuWatch:
     hotplug: dict | None = None  # runner.step_hotplug's evidence
     expected_elfcorehdr: str | None = None  # changed | unchanged after the hot-add
 
-    patterns = {"stack_cpu": STACK_CPU}
+    patterns = {"stack_cpu": re.compile(STACK_CPU.pattern + r"\r?\n")}  # whole lines only
 
     def console(self, hits: list[tuple[str, str]]) -> None:
         """The first dump_stack header after the panic line names the panicking CPU (a

@@ -63,14 +63,16 @@ REGISTER_SAMPLE_SECONDS = 0.25
 STATUS_SAMPLE_SECONDS = 1.0
 EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
-PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
-SYSRQ_LINE = re.compile(r"sysrq: Trigger a crash[^\r\n]*")
+# Whole lines (up to their newline): a pattern that matched a line still arriving recorded
+# "Kernel panic - not syncing: sysrq trigge" as the console's panic line.
+PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*\r?\n")
+SYSRQ_LINE = re.compile(r"sysrq: Trigger a crash[^\r\n]*\r?\n")
 # guests/init's check of the initramfs the capture kernel unpacked (guest_assets.manifest_bytes)
-INITRAMFS_DAMAGED = re.compile(r"kexec-lab: initramfs damaged:[^\r\n]*")
+INITRAMFS_DAMAGED = re.compile(r"kexec-lab: initramfs damaged:[^\r\n]*\r?\n")
 SAVE_VMCORE_SECONDS = 900.0  # a few MB over the serial line, a few hundred KB/s under TCG
 DUMP_REPLY_SECONDS = 30.0  # the capture helper's page hashes and vmcore-dmesg (about 0.5 s)
 # Printed only once panic() has given up on kexec: no capture kernel will run.
-END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*")
+END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*\r?\n")
 LINUX_BANNER = re.compile(r"Linux version \S+")
 # kexec-tools names kexec_load(2)'s errno only in words (kexec/kexec.c my_load).
 KEXEC_TOOLS_FAILED = re.compile(r"kexec_load failed: (.+?)\s*$")

@@ -90,7 +90,7 @@ def test_a_damaged_capture_initramfs_is_named_by_its_init():
     from labctl.steps import INITRAMFS_DAMAGED
     from labctl.verdict import CAPTURE_DAMAGED, judge
 
-    lines = [m[0] for m in INITRAMFS_DAMAGED.finditer((DAMAGED / "serial.log").read_text())]
+    lines = [m[0].rstrip("\r\n") for m in INITRAMFS_DAMAGED.finditer((DAMAGED / "serial.log").read_text())]
     assert lines == ["kexec-lab: initramfs damaged: /bin/kexec-lab-helper: FAILED sha256sum: "
                      "WARNING: 1 of 6 computed checksums did NOT match "]
     recorded = json.loads((DAMAGED / "result.json").read_text())

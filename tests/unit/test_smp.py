@@ -32,11 +32,11 @@ def hellos(kernel: str, scenario: str) -> tuple[dict, dict | None]:
 def console_hits(kernel: str, scenario: str) -> list[tuple[str, str]]:
     """The recorded console as observe's pattern hits, in order."""
     hits = []
-    for line in (DATA / kernel / scenario / "serial-panic.log").read_text().splitlines():
+    for line in (DATA / kernel / scenario / "serial-panic.log").read_text().splitlines(keepends=True):
         if "Kernel panic - not syncing" in line:
-            hits.append(("panic", line))
-        elif (m := CpuWatch.patterns["stack_cpu"].search(line)):
-            hits.append(("stack_cpu", m[0]))
+            hits.append(("panic", line.rstrip("\r\n")))
+        elif (m := CpuWatch.patterns["stack_cpu"].search(line)):  # whole lines, as the console
+            hits.append(("stack_cpu", m[0].rstrip("\r\n")))
     return hits
 
 
