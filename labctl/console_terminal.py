@@ -16,7 +16,7 @@ import tty
 from typing import TYPE_CHECKING, TextIO
 
 from labctl.console import StampedLog
-from labctl.lab_prompt import ESCAPE_NAME, PromptCommands
+from labctl.lab_prompt import ESCAPE_NAME, PromptCommands, Speaker
 from labctl.steps import POLL_SECONDS
 
 if TYPE_CHECKING:
@@ -64,24 +64,6 @@ class Terminal:
             return os.read(self.fd, 4096)
         except OSError:
             return b""
-
-
-class Speaker:
-    """The lab's own output: to the terminal (raw mode needs CR LF) and to lab.log."""
-
-    def __init__(self, transcript: StampedLog):
-        self.transcript = transcript
-        self.on_console = False
-
-    def say(self, text: str) -> None:
-        if self.on_console:
-            text = text.replace("\n", "\r\n")
-        print(text, flush=True)
-        self.transcript.write(text.replace("\r\n", "\n") + "\n")
-
-    def typed(self, line: str) -> None:
-        """A prompt line as the person typed it, for lab.log."""
-        self.transcript.write(f"lab> {line}\n")
 
 
 def send_all(sock, data: bytes) -> None:

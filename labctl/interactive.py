@@ -25,11 +25,11 @@ from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id, pair_dir
 from labctl.config import Corruption, Expected, find_scenario, load_scenario
 from labctl.console import StampedLog
-from labctl.console_terminal import Speaker, Tee, Terminal, TerminalBridge
+from labctl.console_terminal import Tee, Terminal, TerminalBridge
 from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.kernel_facts import UnknownFact
 from labctl.kernels import resolve_kernel
-from labctl.lab_prompt import PromptCommands, UsageError
+from labctl.lab_prompt import PromptCommands, Speaker, UsageError
 from labctl.options import add_common_opts, lab_from_args
 from labctl.progress import Progress, say
 from labctl.purgatory import Placement

@@ -14,19 +14,37 @@ from typing import TYPE_CHECKING, Callable
 
 from labctl.arch import HOST, Arch
 from labctl.config import PATTERNS, PLACEMENTS, SEGMENT_ROLES, TRIGGERS, Corruption
+from labctl.console import StampedLog
 from labctl.errors import ConfigError
 from labctl.purgatory import Placement
 from labctl.segments import SegmentTable
 from labctl.verdict import parse_registers
 
-if TYPE_CHECKING:  # the objects the commands act on; they import this module
-    from labctl.console_terminal import Speaker
+if TYPE_CHECKING:  # the guest the commands act on; it imports this module
     from labctl.interactive import LiveGuest
 
 MAX_PEEK = 4096          # bytes one `peek` may dump
 MAX_CORRUPT = 1 << 20    # bytes one `corrupt` may overwrite
 ESCAPE_NAME = "Ctrl-]"
 PANIC_TRIGGERS = tuple(t for t in TRIGGERS if t != "none")  # "none" is a scenario's "do not"
+
+
+class Speaker:
+    """The lab's own output: to the terminal (raw mode needs CR LF) and to lab.log."""
+
+    def __init__(self, transcript: StampedLog):
+        self.transcript = transcript
+        self.on_console = False
+
+    def say(self, text: str) -> None:
+        if self.on_console:
+            text = text.replace("\n", "\r\n")
+        print(text, flush=True)
+        self.transcript.write(text.replace("\r\n", "\n") + "\n")
+
+    def typed(self, line: str) -> None:
+        """A prompt line as the person typed it, for lab.log."""
+        self.transcript.write(f"lab> {line}\n")
 
 
 class UsageError(ValueError):
