@@ -29,7 +29,7 @@ from labctl.coverage import digest_model
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted
 from labctl.kernels import Kernel, resolve_kernel
 from labctl.matrix import run_id_arg
-from labctl.options import add_common_opts, lab_from_args
+from labctl.options import add_common_opts, lab_from_args, positive_int
 from labctl.progress import Progress, say
 from labctl.runner import PairRun, run_pair
 from labctl.segments import SegmentTable
@@ -298,22 +298,15 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return EXIT_FAILED if "surprise" in statuses else EXIT_INFRA if "no-verdict" in statuses else EXIT_PASSED
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def register(sub) -> None:
     parser = sub.add_parser("fuzz", help="random corruptions of the loaded segments, judged "
                                          "against the digest model; surprises saved as scenarios")
     parser.add_argument("--kernel", help="catalogue name or bzImage (default: lab.yaml's)")
     parser.add_argument("--method", choices=LOAD_METHODS, default="kexec_file_load",
                         help="load method (default kexec_file_load)")
-    parser.add_argument("--runs", type=_positive, default=20, help="corruptions to try (default 20)")
+    parser.add_argument("--runs", type=positive_int, default=20, help="corruptions to try (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    parser.add_argument("-j", "--jobs", type=_positive, default=1, help="guests at a time (default 1)")
+    parser.add_argument("-j", "--jobs", type=positive_int, default=1, help="guests at a time (default 1)")
     add_common_opts(parser)
     parser.add_argument("--run-id", type=run_id_arg, help="run directory name (default: time + random)")
     parser.set_defaults(func=cmd_fuzz)

@@ -27,7 +27,7 @@ from labctl.artifacts import check_writable, new_run_id, safe_component, write_j
 from labctl.config import LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_kernel
-from labctl.options import add_common_opts, lab_from_args
+from labctl.options import add_common_opts, lab_from_args, positive_int
 from labctl.progress import LIVE_SECONDS, LiveStatus, say
 from labctl.report import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
 from labctl.report_diff import Run, load_run, write_with_baseline
@@ -401,20 +401,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     return exit_code(cells)  # a regression is a fail or xpass now: exit 1 already
 
 
-def _jobs(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def register(subparsers) -> None:
     matrix = subparsers.add_parser("matrix", help="run every kernel x scenario pair, in parallel "
                                                   "and sharded, with JUnit, summary.md and HTML")
     matrix.add_argument("--kernels", nargs="+", help="catalogue names (default: all)")
     matrix.add_argument("--scenarios", nargs="+", help="scenario names or paths (default: all "
                                                        "in scenarios/)")
-    matrix.add_argument("--jobs", "-j", type=_jobs, default=1, help="guests at a time (default 1)")
+    matrix.add_argument("--jobs", "-j", type=positive_int, default=1, help="guests at a time (default 1)")
     matrix.add_argument("--shard", default="1/1", help="run only shard I of N (default 1/1)")
     add_common_opts(matrix)
     matrix.add_argument("--pair-timeout", type=float, default=None,
@@ -427,5 +420,5 @@ def register(subparsers) -> None:
                                            "against: diff.md, badges in report.html")
     matrix.add_argument("--emit", choices=("github", "gitlab"),
                         help="print the CI job matrix (kernel x shard) as JSON and exit")
-    matrix.add_argument("--shards", type=_jobs, default=2, help="shards per kernel for --emit")
+    matrix.add_argument("--shards", type=positive_int, default=2, help="shards per kernel for --emit")
     matrix.set_defaults(func=cmd_matrix)

@@ -9,6 +9,14 @@ from pathlib import Path
 from labctl.config import ACCELERATORS, LabConfig, load_lab
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (--jobs, --runs, --shards): 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def add_common_opts(parser: argparse.ArgumentParser) -> None:
     """--lab here defaults to SUPPRESS, so `labctl --lab X run` keeps working."""
     parser.add_argument("--lab", type=Path, default=argparse.SUPPRESS,
