@@ -153,14 +153,19 @@ def bench_run(n: int, artifacts: Path) -> None:
 
 
 def private_lab(tmp: Path) -> Path:
-    """lab.yaml with a cache of its own (kernels and accel.json from the shared one), so
-    that snapshot creation is part of what is measured."""
+    """lab.yaml with a snapshot cache of its own, so that snapshot creation is part of what
+    is measured; everything else (kernels, built assets, package lookups) comes from the
+    shared, warm cache, as the targets say."""
     shared = Path.home() / ".cache" / "kexec-lab"
     cache = tmp / "cache"
     cache.mkdir(parents=True)
-    (cache / "kernels").symlink_to(shared / "kernels")
-    if (shared / "accel.json").exists():
-        shutil.copy(shared / "accel.json", cache / "accel.json")
+    for entry in shared.iterdir():
+        if entry.name == "snapshots":
+            continue
+        if entry.is_dir():
+            (cache / entry.name).symlink_to(entry)
+        else:
+            shutil.copy(entry, cache / entry.name)
     data = yaml.safe_load((ROOT / "lab.yaml").read_text())
     data.update(cache_dir=str(cache), artifacts_dir=str(tmp / "artifacts"))
     (tmp / "scenarios").symlink_to(ROOT / "scenarios")

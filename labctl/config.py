@@ -238,6 +238,7 @@ LAB_SCHEMA = {
     }, default={}),
     "artifacts_dir": Field(str, default="artifacts"),
     "cache_dir": Field(str, default=None),
+    "snapshot_cache_mib": Field(int, default=4096, check=_positive),
     "default_kernel": Field(str),
     "kernels": Field(dict, values=Field(dict, schema=KERNEL_SCHEMA)),
 }
@@ -285,6 +286,7 @@ class LabConfig:
     cache_dir: Path
     default_kernel: str
     kernels: dict[str, KernelEntry] = field(default_factory=dict)
+    snapshot_cache_mib: int = 4096  # snapshots beyond this size go, least recently used first
 
     @property
     def scenarios_dir(self) -> Path:
@@ -327,6 +329,7 @@ def load_lab(path: Path, accel: str | None = None, artifacts_dir: str | Path | N
         cache_dir=base / cache,
         default_kernel=raw["default_kernel"],
         kernels=kernels,
+        snapshot_cache_mib=raw["snapshot_cache_mib"],
     )
 
 

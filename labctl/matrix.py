@@ -49,6 +49,8 @@ class Pair:
     scenario: str
     path: Path
     expect_fail: str | None = None
+    weight: int = 1  # guest work it is likely to take (weight_of): heavier pairs start first
+
 
     @property
     def key(self) -> str:
@@ -83,6 +85,24 @@ def _names(values: list[str] | None) -> list[str]:
     return [n for v in values or [] for n in v.split(",") if n]
 
 
+def weight_of(scenario) -> int:
+    """A rough rank of how much guest work a scenario takes, for starting the longest
+    pairs first (a long pair started last leaves the other job slots idle at the end):
+    a fresh boot with hotplug, then a load followed by an intact crash (then_intact), then
+    a crash of an intact capture kernel (a capture boot), then the rest (a refusal,
+    a rejected load)."""
+    if scenario.hotplug:
+        return 4
+    if scenario.then_intact:
+        return 3
+    return 2 if scenario.corrupt is None and scenario.trigger != "none" else 1
+
+
+def schedule(pairs: list[Pair]) -> list[Pair]:
+    """The order pairs start in: heaviest first, else as selected (stable)."""
+    return sorted(pairs, key=lambda p: -p.weight)
+
+
 def select_pairs(lab: LabConfig, scenarios_dir: Path, kernels: list[str] | None = None,
                  scenarios: list[str] | None = None, shard: tuple[int, int] = (1, 1)) -> list[Pair]:
     """Kernel x scenario pairs in this shard; every scenario file is validated first."""
@@ -99,7 +119,7 @@ def select_pairs(lab: LabConfig, scenarios_dir: Path, kernels: list[str] | None 
         expect_fail = getattr(lab.kernels[kernel], "expect_fail", None) or {}
         for scenario in loaded:
             pair = Pair(kernel, scenario.name, scenario.path.resolve(),
-                        expect_fail.get(scenario.name))
+                        expect_fail.get(scenario.name), weight_of(scenario))
             if shard_of(pair.key, shard[1]) == shard[0]:
                 pairs.append(pair)
     return pairs
@@ -269,9 +289,10 @@ class MatrixRun:
         return f"; running: {names}" if names else ""
 
     def run(self, pairs: list[Pair]) -> list[Cell]:
-        """Run every pair; on an interruption stop the children cleanly, then re-raise."""
+        """Run every pair, heaviest first; on an interruption stop the children cleanly,
+        then re-raise."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        pending = [(pair, 1) for pair in pairs]
+        pending = [(pair, 1) for pair in schedule(pairs)]
         every = LIVE_SECONDS if self.live.enabled else HEARTBEAT_SECONDS
         heartbeat = time.monotonic() + every
         try:

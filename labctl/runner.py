@@ -46,6 +46,7 @@ from labctl.snapshot import (
     SnapshotUnavailable,
     fresh_reason,
     launched,
+    load_reason,
     machine_fresh_reason,
     obtain,
     restore_pair,
@@ -102,7 +103,7 @@ class PairRun:
         needed = needed_symbols(self.scenario.expect)
         if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
             self.facts.config_gz = session.kernel_config()
-    snapshots: bool = False  # fork from a snapshot of the loaded guest where the scenario can
+    snapshots: bool = False  # fork from a snapshot of the booted or loaded guest where the scenario can
 
     @property
     def arch(self) -> Arch:
@@ -171,7 +172,7 @@ class PairRun:
         return self._guest(spec, out, t0, None)
 
     def _guest(self, spec: MachineSpec, out: Path, t0: float, snap: Snapshot | None) -> Finding:
-        """One QEMU: booted fresh, or restored from a snapshot of the loaded guest."""
+        """One QEMU: booted fresh, or restored from a snapshot of the booted or loaded guest."""
         started = time.monotonic()
         with launched(spec, out / "qemu.log", snap) as machine:
             assert machine.console and machine.control and machine.ram_path, "launched"
@@ -187,27 +188,37 @@ class PairRun:
                 hello, loaded = restore_pair(self, self.session, snap, started, out)
                 self.learn_facts(self.session, hello)  # the running kernel's word, as on a boot
                 self.take_cpu_facts(hello, spec)
-                return self._after_load(self.session, loaded)
+                return self._after_load(self.session, loaded or self.step_load(self.session))
             finally:
                 memory.close()
                 console.close()
                 control.close()
 
     def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
-        """The snapshot this pair forks from, made now if needed; None: boot fresh."""
+        """The snapshot this pair forks from (of the loaded guest, or of the booted one when
+        the load is under test), made now if needed; None: boot fresh."""
         why = (fresh_reason(self.scenario) or machine_fresh_reason(spec) if self.snapshots
                else "--fresh (or a caller that boots fresh)")
-        if not why and (self._expected_outcome() == LOAD_REJECTED or self.then_intact):
-            why = (f"on this kernel the load itself is under test (expected {self._expected_outcome()}"
-                   + (", then an intact crash)" if self.then_intact else ")"))
         if why:
             self.evidence["snapshot"] = {"fresh_boot": why}
             return None
+        loads_itself = self._load_reason()
+        if loads_itself:
+            self.evidence["snapshot"] = {"loads_on_this_run": loads_itself}
         try:
-            return obtain(self, spec, self.load_inputs(), t0, out)
+            return obtain(self, spec, None if loads_itself else self.load_inputs(), t0, out)
         except (RestoreFailed, SnapshotUnavailable) as exc:
             self._fresh_after(str(exc), out)
             return None
+
+    def _load_reason(self) -> str | None:
+        """Why this pair loads on its own run (forking from the booted guest), or None."""
+        if why := load_reason(self.scenario):
+            return why
+        if self._expected_outcome() == LOAD_REJECTED or self.then_intact:
+            return (f"on this kernel the load itself is under test (expected {self._expected_outcome()}"
+                    + (", then an intact crash)" if self.then_intact else ")"))
+        return None
 
     def _expected_outcome(self) -> str | None:
         """The expected outcome as far as it is known before any boot."""

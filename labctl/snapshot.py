@@ -1,6 +1,9 @@
-"""Snapshots of a loaded guest: boot and load once, then fork every crash from there.
+"""Snapshots of a booted or loaded guest: boot (and load) once, then fork every crash from there.
 
-A snapshot is the guest stopped right after a successful load, saved with QEMU's
+A snapshot is the guest stopped right after its boot ("booted": for scenarios whose
+load is the question, such as a bad image or an expected rejection) or right after a
+successful load of the default capture kernel ("loaded": for every scenario that differs
+only after the load), saved with QEMU's
 migration: with the capability x-ignore-shared the device state (a few hundred KB)
 goes to a file and the RAM stays in the memory-backend-file, which the lab copies
 into the cache.  Restoring copies that RAM file into the run's private directory
@@ -13,7 +16,7 @@ over QMP (`fd:` URI), not through `exec:cat`, so no shell is involved.
 A snapshot lives in <cache>/snapshots/<key>/ (0700, files 0600); the key is a hash of
 everything that shapes the guest at that point: the kernel (package, version or
 recipe, and the bzImage file), the primary initramfs, every MachineSpec field, the
-load step and the QEMU build.  The evidence of the boot and load (the helper's
+load step (none for a booted one) and the QEMU build.  The evidence of the boot and load (the helper's
 hello, the load message and segment table, the serial and control logs) is kept
 with it and copied into every run restored from it.  A snapshot that cannot be
 restored is deleted and the run boots fresh, saying so.
@@ -48,6 +51,7 @@ RAM, STATE, META = "ram", "state", "snapshot.json"
 EVIDENCE_LOGS = ("serial.log", "control.log", "qemu.log")
 TMP_PREFIX = ".tmp-"
 UNUSED_DAYS = 14  # a snapshot nobody restored for this long is dropped
+DEFAULT_BUDGET_MIB = 4096  # lab.yaml's snapshot_cache_mib: the store's size, least recently used out
 MIGRATE_SECONDS = 30.0
 MIGRATE_POLL = 0.005
 CHUNK = 1 << 20
@@ -85,7 +89,7 @@ def _file_identity(path: Path) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def snapshot_inputs(spec, kernel: dict, load: dict, binary: str) -> dict:
+def snapshot_inputs(spec, kernel: dict, load: dict | None, binary: str) -> dict:
     """Everything that shapes the guest at the moment of the snapshot.  Every field of
     the MachineSpec goes in (fields other issues add are covered without a change here),
     except the debug port, which does not change the guest."""
@@ -103,11 +107,20 @@ def snapshot_key(inputs: dict) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A saved, loaded guest and the evidence of how it got there."""
+    """A saved guest (booted, or booted and loaded) and the evidence of how it got there."""
 
     key: str
     path: Path
     meta: dict
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the guest was saved after a load (else right after its boot)."""
+        return "load" in self.meta
+
+    @property
+    def stage(self) -> str:
+        return "loaded" if self.loaded else "booted"
 
     @property
     def ram(self) -> Path:
@@ -138,9 +151,10 @@ def _sha256(path: Path) -> str:
 
 
 class SnapshotStore:
-    """<cache>/snapshots: lookup, one creator at a time per key, staleness."""
+    """<cache>/snapshots: lookup, one creator at a time per key, staleness, a size budget."""
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, budget_mib: int = DEFAULT_BUDGET_MIB):
+        self.budget = budget_mib << 20
         self.root = cache_dir / "snapshots"
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
@@ -211,8 +225,28 @@ class SnapshotStore:
     def sweep(self, keep: str | None = None) -> list[str]:
         """Drop what is stale: half-built snapshots of a labctl that is gone, snapshots whose
         kernel or initramfs file is gone or was rebuilt (their key can never match again),
-        and snapshots nobody restored for UNUSED_DAYS.  Never one that can still be hit:
-        several worktrees (other helper builds) share one cache without evicting each other."""
+        and snapshots nobody restored for UNUSED_DAYS; then, while the rest is over the
+        budget, the least recently used (never `keep`, the one just made).  A run that
+        had looked one up just before keeps its open copy source; one that had not yet
+        opened it falls back to a fresh boot, saying so."""
+        dropped = self._sweep_stale(keep)
+        kept = []
+        for path in self.root.iterdir():
+            if path.is_dir() and not path.name.startswith(TMP_PREFIX) and path.name != keep:
+                try:
+                    kept.append((os.stat(path / META).st_mtime, _bytes_held(path), path))
+                except OSError:
+                    continue
+        total = sum(size for _, size, _ in kept) + (_bytes_held(self._dir(keep)) if keep else 0)
+        for _, size, path in sorted(kept, key=lambda entry: entry[0]):
+            if total <= self.budget:
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            dropped.append(path.name)
+            total -= size
+        return dropped
+
+    def _sweep_stale(self, keep: str | None) -> list[str]:
         dropped = []
         now = time.time()
         for path in self.root.iterdir():
@@ -233,6 +267,14 @@ class SnapshotStore:
                 shutil.rmtree(path, ignore_errors=True)
                 dropped.append(name)
         return dropped
+
+
+def _bytes_held(path: Path) -> int:
+    """Disk space a snapshot directory holds (its RAM file is sparse)."""
+    try:
+        return sum(entry.stat().st_blocks * 512 for entry in path.iterdir())
+    except OSError:
+        return 0
 
 
 def _inputs_gone(meta: dict) -> bool:
@@ -346,19 +388,25 @@ def machine_fresh_reason(spec) -> str | None:
 
 
 def fresh_reason(scenario) -> str | None:
-    """Why a scenario cannot fork from the shared snapshot of a loaded guest, or None.
+    """Why a scenario cannot fork from any snapshot, or None: CPU hotplug, which is not
+    verified on a restored guest."""
+    if getattr(scenario, "hotplug", None):
+        return "hot-adds CPUs or memory: hotplug into a restored guest is not verified"
+    return None
 
-    Shared: every scenario that loads the default capture kernel and then crashes
+
+def load_reason(scenario) -> str | None:
+    """Why a scenario forks from the snapshot of a booted guest and loads on its own run,
+    or None: it can fork from the loaded one.
+
+    Loaded: every scenario that loads the default capture kernel and then crashes
     (corrupt or not, any trigger, unload first or not); they differ only after the
-    load.  Fresh: another image (bad or signed kinds) or a load that is the question
-    itself (trigger none, then_intact), whose answer is the load on this very boot, and
-    CPU hotplug, which is not verified on a restored guest."""
+    load.  Booted: another image (bad or signed kinds) or a load that is the question
+    itself (trigger none, then_intact), whose answer is the load on this very run."""
     if scenario.load.kernel != "default":
-        return f"loads the {scenario.load.kernel} image, not the default one snapshots hold"
+        return f"loads the {scenario.load.kernel} image, not the default one loaded snapshots hold"
     if scenario.trigger == "none" or scenario.then_intact:
         return "stops after the load: the load itself is under test"
-    if getattr(scenario, "hotplug", None):
-        return "hot-adds CPUs: CPU hotplug into a restored guest is not verified"
     return None
 
 
@@ -384,10 +432,11 @@ def launched(spec, qemu_log: Path, snap: Snapshot | None):
         machine.shutdown()
 
 
-def obtain(pair, spec, load: dict, t0: float, out: Path | None = None) -> Snapshot:
-    """The snapshot for this pair's kernel, machine and load step, created if missing
-    (one creator per key; parallel runs wait for it).  A broken one is RestoreFailed."""
-    store = SnapshotStore(pair.lab.cache_dir)
+def obtain(pair, spec, load: dict | None, t0: float, out: Path | None = None) -> Snapshot:
+    """The snapshot for this pair's kernel, machine and load step (None: of the booted
+    guest), created if missing (one creator per key; parallel runs wait for it).  A broken
+    one is RestoreFailed."""
+    store = SnapshotStore(pair.lab.cache_dir, pair.lab.snapshot_cache_mib)
     inputs = snapshot_inputs(spec, pair.kernel.describe(), load, get_arch(spec.arch).qemu_binary)
     key = snapshot_key(inputs)
     with store.lock(key):
@@ -399,13 +448,15 @@ def obtain(pair, spec, load: dict, t0: float, out: Path | None = None) -> Snapsh
 
 def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
            out: Path | None = None) -> Snapshot:
-    """Boot and load once (the pair's own steps), save the stopped guest, publish it.
+    """Boot and, if the key has a load step, load once (the pair's own steps), save the
+    stopped guest, publish it.
 
     A boot or load that fails here is the pair's own infrastructure error (a fresh boot
     would only repeat it), with the logs in `out`; a rejected load is SnapshotUnavailable:
     the scenario's answer then comes from a fresh boot."""
     tmp = store.new_dir(key)
-    pair.progress.say(f"creating snapshot {key}: boot and load once, then save")
+    with_load = inputs["load"] is not None
+    pair.progress.say(f"creating snapshot {key}: boot{' and load' if with_load else ''} once, then save")
     try:
         with Machine(spec, tmp / "qemu.log") as machine:
             assert machine.console and machine.control and machine.ram_path, "launched"
@@ -416,8 +467,8 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
                                              pair.lab.timeouts, pair.progress)
             try:
                 hello = pair.step_boot(session)
-                loaded = pair.step_load(session)
-                if loaded.rejected:
+                loaded = pair.step_load(session) if with_load else None
+                if loaded is not None and loaded.rejected:
                     raise SnapshotUnavailable(f"no snapshot: the load was rejected "
                                               f"(rc {loaded.message.get('rc')}, "
                                               f"{loaded.message.get('strerror')})")
@@ -431,9 +482,10 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
         meta = {"inputs": inputs,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "primary": pair.evidence["primary"], "hello": hello,
-                "load": {"message": loaded.message, "table": loaded.table.to_json(),
-                         "evidence": pair.evidence["load"]},
                 "timings": dict(session.timings), "save": figures}
+        if loaded is not None:
+            meta["load"] = {"message": loaded.message, "table": loaded.table.to_json(),
+                            "evidence": pair.evidence.pop("load")}
         snap = store.commit(key, tmp, meta)
         pair.session = None  # the pair's own run starts a session of its own
         pair.progress.say(f"snapshot {key} saved: state {figures['state_bytes'] >> 10} KiB in "
@@ -450,10 +502,10 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed
 
 
-def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tuple[dict, Loaded]:
-    """Run a restored guest and give the pair the boot and load evidence of its snapshot,
+def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tuple[dict, Loaded | None]:
+    """Run a restored guest and give the pair the boot (and load) evidence of its snapshot,
     marked as such; return the helper's hello from that boot and the Loaded the scenario
-    goes on from."""
+    goes on from (None for a booted snapshot: the pair loads on its own)."""
     session.phase = "restoring"
     pair.progress.say(f"restoring snapshot {snap.key}")
     figures = restore(session.machine, snap)
@@ -462,9 +514,11 @@ def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tu
     note = snap.note()
     meta = snap.meta
     pair.evidence["primary"] = {**meta["primary"], "source": note}
-    pair.evidence["load"] = {**meta["load"]["evidence"], "source": note}
+    if snap.loaded:
+        pair.evidence["load"] = {**meta["load"]["evidence"], "source": note}
     pair.evidence["snapshot"] = {
-        "key": snap.key, "note": note, "created_at": meta["created_at"],
+        **pair.evidence.get("snapshot", {}),
+        "key": snap.key, "note": note, "stage": snap.stage, "created_at": meta["created_at"],
         "snapshot_boot_seconds": meta["timings"].get("boot"),
         "snapshot_load_seconds": meta["timings"].get("load"),
         "ram_copy_seconds": session.machine.ram_copy_seconds,
@@ -474,5 +528,7 @@ def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tu
         if (snap.path / name).exists():
             shutil.copyfile(snap.path / name, out / f"snapshot-{name}")
             pair.evidence["snapshot"]["logs"][name] = f"snapshot-{name}"
-    pair.progress.say(f"restored in {session.timings['restore']:.2f} s ({note})")
+    pair.progress.say(f"restored in {session.timings['restore']:.2f} s ({note}, {snap.stage})")
+    if not snap.loaded:
+        return meta_hello, None
     return meta_hello, Loaded(message=meta["load"]["message"], table=snap.table)

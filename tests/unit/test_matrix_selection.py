@@ -16,7 +16,7 @@ from labctl.cli import main
 from labctl.config import load_lab
 from labctl.errors import ConfigError
 from labctl.kernels import PACKAGE_PINS_ENV, resolve_package
-from labctl.matrix import emit_github, emit_gitlab, parse_shard, run_id_arg, select_pairs, shard_of
+from labctl.matrix import emit_github, emit_gitlab, parse_shard, run_id_arg, schedule, select_pairs, shard_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = "load: {method: kexec_file_load}\nexpect: capture-booted\n"
@@ -150,3 +150,16 @@ def test_a_reused_run_id_never_overwrites_a_pair(tmp_path):
     pair_dir(tmp_path, "nightly-1", "debian-6.12", "crash-intact")
     with pytest.raises(ConfigError, match=r"nightly-1/debian-6.12/crash-intact already exists .* another --run-id"):
         pair_dir(tmp_path, "nightly-1", "debian-6.12", "crash-intact")
+
+
+def test_the_heaviest_pairs_start_first_so_no_long_pair_runs_alone_at_the_end():
+    lab = load_lab(ROOT / "lab.yaml")
+    pairs = select_pairs(lab, ROOT / "scenarios", ["debian-6.12"])
+    weight = {p.scenario: p.weight for p in pairs}
+    assert weight["cpu-hotplug"] == 4 and weight["memory-hotplug"] == 4  # fresh boot, hotplug, crash
+    assert weight["load-garbage"] == 3  # rejected, then a valid load and an intact crash
+    assert weight["crash-intact"] == weight["crash-intact-nmi"] == 2  # a capture boot
+    assert weight["crash-corrupt"] == weight["corrupt-initrd"] == 1  # refused by purgatory
+    order = [p.scenario for p in schedule(pairs)]
+    assert order.index("cpu-hotplug") < order.index("load-garbage") < order.index("crash-intact") \
+        < order.index("crash-corrupt")

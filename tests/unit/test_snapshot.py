@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from labctl.snapshot import (
     RestoreFailed,
     SnapshotStore,
     fresh_reason,
+    load_reason,
     snapshot_inputs,
     snapshot_key,
 )
@@ -107,18 +109,22 @@ def test_a_restoring_qemu_waits_for_its_state():
     assert incoming == plain + ["-incoming", "defer"]
 
 
-def test_which_catalogue_scenarios_share_a_snapshot():
+def test_which_catalogue_scenarios_fork_from_a_loaded_a_booted_or_no_snapshot():
     scenarios = {p.stem: load_scenario(p) for p in sorted((ROOT / "scenarios").glob("*.yaml"))}
-    shared = {name for name, s in scenarios.items() if fresh_reason(s) is None}
-    for name in shared:  # they differ from each other only after the load
+    forked = {name for name, s in scenarios.items() if fresh_reason(s) is None}
+    loaded = {name for name in forked if load_reason(scenarios[name]) is None}
+    for name in loaded:  # they differ from each other only after the load
         s = scenarios[name]
         assert s.load.kernel == "default" and s.trigger != "none" and not s.then_intact, name
     assert {"crash-corrupt", "crash-intact", "crash-intact-nmi", "corrupt-elfcorehdr",
-            "crash-corrupt-kexec-load", "unload-then-panic"} <= shared
-    assert "the load itself" in fresh_reason(scenarios["load-no-crashkernel"])
-    assert "garbage image" in fresh_reason(scenarios["load-garbage"])
+            "crash-corrupt-kexec-load", "unload-then-panic"} <= loaded
+    booted = forked - loaded  # the load is the question: each run loads on its own
+    assert {"load-no-crashkernel", "load-garbage", "load-truncated", "lockdown-unsigned"} <= booted
+    assert "the load itself" in load_reason(scenarios["load-no-crashkernel"])
+    assert "garbage image" in load_reason(scenarios["load-garbage"])
     assert "hot-adds CPUs" in fresh_reason(scenarios["cpu-hotplug"])
-    assert len(shared) >= 18
+    assert len(loaded) >= 18 and forked == set(scenarios) - {"cpu-hotplug", "cpu-hotplug-reload",
+                                                              "memory-hotplug", "memory-hotplug-reload"}
 
 
 TABLE_LINES = ["kexec_file: segment[0]: buf=0x0 bufsz=0x1000 mem=0x2e000000 memsz=0xe1000",
@@ -194,3 +200,24 @@ def test_unused_snapshots_and_half_built_ones_of_a_dead_labctl_are_swept(tmp_pat
     dropped = store.sweep()
     assert set(dropped) == {"unused", ".tmp-k-999999999"}
     assert mine.exists()
+
+
+def test_over_its_budget_the_store_drops_the_least_recently_used_never_the_new_one(tmp_path):
+    store = SnapshotStore(tmp_path, budget_mib=1)
+    chunk = {i * 4096: b"x" * 4096 for i in range(64)}  # 256 KiB held each: 3 fit, 4 do not
+
+    def make(name: str) -> Path:
+        tmp = store.new_dir(name)
+        (tmp / STATE).write_bytes(b"state")
+        sparse_file(tmp / RAM, 4 * MIB, chunk)
+        return store.commit(name, tmp, {"inputs": {"format": FORMAT}}).path
+
+    paths = {name: make(name) for name in ("old", "used", "new")}
+    assert all(p.exists() for p in paths.values())
+    now = time.time()
+    os.utime(paths["old"] / META, (now - 300, now - 300))
+    os.utime(paths["used"] / META, (now - 200, now - 200))
+    store.lookup("old")  # restored just now: now the most recently used
+    newest = make("newest")
+    assert not paths["used"].exists()
+    assert paths["old"].exists() and paths["new"].exists() and newest.exists()
