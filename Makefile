@@ -42,7 +42,7 @@ RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64 tiny-6.12
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run-setup run test unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot
+.PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot
 MATRIX_ARGS ?= --jobs 2
 
 # What `make run` needs: the lab's Debian packages, the lab's Python packages, the default kernel.
@@ -123,6 +123,10 @@ unit: $(STAMPS)/venv-test
 
 e2e: setup recipes
 	$(PYTEST) -m e2e $(PYTEST_ARGS)
+
+# make test plus the tests over the whole catalogue (fresh vs forked on both Debian kernels).
+test-full: setup recipes lint
+	$(PYTEST) --full $(PYTEST_ARGS)
 
 # Build the recipe kernels the tests boot (first time a few minutes each, then cache hits).
 recipes: setup

@@ -179,6 +179,20 @@ def outcomes(run_dir: Path) -> dict[str, str]:
             for p in run_dir.glob("*/*/result.json")}
 
 
+def where_time_went(artifacts: Path, jobs: int) -> str:
+    """The pairs' own times summed (result.json), per job slot: the matrix's wall time
+    cannot be below what its guests spend after the panic, divided among the jobs."""
+    sums: dict[str, float] = defaultdict(float)
+    for path in artifacts.glob("*/*/*/result.json"):
+        timings = json.loads(path.read_text())["timings"]
+        for phase in ("total", "boot", "load", "restore", "panic_to_verdict"):
+            sums[phase] += timings.get(phase, 0.0)
+    return (f"pairs' own time, summed / {jobs} jobs: total {sums['total'] / jobs:.0f} s, of which "
+            f"panic to verdict {sums['panic_to_verdict'] / jobs:.0f} s, boots {sums['boot'] / jobs:.0f} s, "
+            f"loads {sums['load'] / jobs:.0f} s, restores {sums['restore'] / jobs:.0f} s "
+            "(the rest: each pair's start, assets and kernel facts, recovery loads)")
+
+
 def compare(tmp: Path, scenarios: list[str] | None) -> None:
     lab = private_lab(tmp / "compare-lab")
     runs = {}
@@ -219,6 +233,7 @@ def main() -> int:
             measured("matrix, 2 Debian kernels x catalogue, -j 2, snapshots created in the run",
                      ["matrix", "--kernels", *KERNELS, "-j", "2",
                       *(["--scenarios", *args.scenarios] if args.scenarios else [])], lab)
+            print("  " + where_time_went(tmp / "matrix-lab" / "artifacts", jobs=2))
         if "fuzz" in args.only:
             proc = measured(f"fuzz --runs {args.fuzz_runs} -j 2 on debian-6.12",
                             ["fuzz", "--kernel", "debian-6.12", "--runs", str(args.fuzz_runs),

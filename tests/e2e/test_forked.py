@@ -2,8 +2,8 @@
 can fail (broken file, Ctrl-C while saving or restoring, a full /dev/shm) ends in a fresh
 boot or a clean stop that says so, with no snapshot, RAM copy or QEMU left behind.
 
-The whole catalogue, fresh vs forked on both Debian kernels, is a `labctl matrix`
-comparison (README, "Snapshots"); CI runs this small version.
+The whole catalogue, fresh vs forked on both Debian kernels, is the `full` test at the end
+(`make test-full`, minutes); CI runs the small version above it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from conftest import ROOT, labctl
 pytestmark = pytest.mark.e2e
 
 KERNEL = "debian-6.12"
-COMPARED = ["crash-corrupt", "crash-intact", "corrupt-elfcorehdr", "unload-then-panic"]
+LOADED = ["crash-corrupt", "crash-intact", "corrupt-elfcorehdr", "unload-then-panic"]
+BOOTED = ["load-garbage"]  # the load is the question: forks from the booted guest, loads itself
+COMPARED = LOADED + BOOTED
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +52,10 @@ def test_forked_runs_reach_the_same_outcomes_as_fresh_ones(fresh_and_forked):
 
 def test_forked_results_carry_the_snapshots_boot_and_load_evidence(fresh_and_forked):
     _, forked = fresh_and_forked
-    keys = {r["evidence"]["snapshot"]["key"] for r in forked.results.values()}
+    keys = {forked.results[name]["evidence"]["snapshot"]["key"] for name in LOADED}
     assert len(keys) == 1, keys  # one snapshot: same kernel, machine and load step
     key = keys.pop()
-    for result in forked.results.values():
+    for result in (forked.results[name] for name in LOADED):
         evidence = result["evidence"]
         note = f"restored from snapshot {key}"
         assert evidence["snapshot"]["note"] == evidence["primary"]["source"] == \
@@ -73,12 +75,55 @@ def test_forked_results_carry_the_snapshots_boot_and_load_evidence(fresh_and_for
         forked.stderr.split("restoring snapshot")[-1]
 
 
+def test_a_scenario_whose_load_is_the_question_forks_from_the_booted_guest_and_loads_itself(
+        fresh_and_forked):
+    _, forked = fresh_and_forked
+    loaded_key = forked.results["crash-corrupt"]["evidence"]["snapshot"]["key"]
+    result = forked.results["load-garbage"]
+    snapshot, load = result["evidence"]["snapshot"], result["evidence"]["load"]
+    assert snapshot["stage"] == "booted" and snapshot["key"] != loaded_key
+    assert "garbage image" in snapshot["loads_on_this_run"]
+    assert result["evidence"]["primary"]["source"] == snapshot["note"]
+    assert "source" not in load and load["errno"] == 8  # this run's own load: ENOEXEC
+    assert result["evidence"]["recovery"]["outcome"] == "capture-booted"
+    directory = result["_dir"]
+    assert "> load " not in (directory / "snapshot-control.log").read_text()  # saved before any load
+    assert "> load " in (directory / "control.log").read_text()
+    assert "boot" not in result["timings"]
+
+
+# ------------------------------------------------------------ the whole catalogue
+
+@pytest.mark.full
+def test_the_whole_catalogue_forked_reaches_the_outcomes_of_fresh_boots_on_both_debian_kernels(tmp_path):
+    """Every scenario on both Debian kernels, --fresh and forked (snapshots made in the run,
+    in a cache of its own): the same outcome for every pair."""
+    lab, _ = make_private_lab(tmp_path)
+    runs = {}
+    for mode in ("fresh", "forked"):
+        run = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", "debian-6.1", "-j", "2",
+                     "--run-id", mode, *(["--fresh"] if mode == "fresh" else []))
+        assert run.returncode in (0, 1), run.stdout + run.stderr  # a wrong verdict is compared below
+        runs[mode] = {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())["outcome"]
+                      for p in (tmp_path / "artifacts" / mode).glob("*/*/result.json")}
+    scenarios = len(list((ROOT / "scenarios").glob("*.yaml")))
+    assert len(runs["fresh"]) == len(runs["forked"]) == 2 * scenarios
+    differ = {k: (runs["fresh"][k], runs["forked"].get(k)) for k in runs["fresh"]
+              if runs["fresh"][k] != runs["forked"].get(k)}
+    assert not differ, differ
+
+
 # ------------------------------------------------------------ a lab with its own cache
 
 @pytest.fixture
 def private_lab(tmp_path):
+    return make_private_lab(tmp_path)
+
+
+def make_private_lab(tmp_path: Path) -> tuple[Path, Path]:
     """lab.yaml with a cache of its own (the Debian kernels and the accelerator verdict
-    linked from the shared one), so its snapshots can be broken without touching anyone's."""
+    linked from the shared one), so its snapshots can be broken without touching anyone's;
+    returns it and its snapshot store."""
     shared = Path.home() / ".cache" / "kexec-lab"
     cache = tmp_path / "cache"
     cache.mkdir()
