@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -60,9 +61,12 @@ class KeyPair:
     cert: Path
 
     def der(self) -> bytes:
-        """The certificate as the kernel embeds it (certs/system_certificates.S)."""
-        return _run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
-                    f"reading {self.cert}").stdout
+        """The certificate as the kernel embeds it (certs/system_certificates.S): the PEM
+        file's base64 body (read on every run, so no openssl process for it)."""
+        try:
+            return ssl.PEM_cert_to_DER_cert(self.cert.read_text())
+        except (OSError, ValueError) as exc:
+            raise InfraError(f"reading {self.cert} failed: {exc}") from None
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.der()).hexdigest()
