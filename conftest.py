@@ -32,5 +32,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="the whole catalogue: runs with --full (make test-full)")
     for item in items:
-        if "full" in item.keywords:
+        if item.get_closest_marker("full"):  # the mark, not a test id such as test_faults' "full"
             item.add_marker(skip)

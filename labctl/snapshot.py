@@ -388,8 +388,8 @@ def machine_fresh_reason(spec) -> str | None:
 
 
 def fresh_reason(scenario) -> str | None:
-    """Why a scenario cannot fork from any snapshot, or None: CPU hotplug, which is not
-    verified on a restored guest."""
+    """Why a scenario cannot fork from any snapshot, or None: CPU or memory hotplug, which
+    is not verified on a restored guest."""
     if getattr(scenario, "hotplug", None):
         return "hot-adds CPUs or memory: hotplug into a restored guest is not verified"
     return None
