@@ -13,14 +13,11 @@ import os
 import select
 import termios
 import tty
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from labctl.console import StampedLog
-from labctl.lab_prompt import ESCAPE_NAME, PromptCommands, Speaker
+from labctl.lab_prompt import ESCAPE_NAME, Guest, PromptCommands, Speaker
 from labctl.steps import POLL_SECONDS
-
-if TYPE_CHECKING:
-    from labctl.interactive import LiveGuest
 
 ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
 
@@ -80,7 +77,7 @@ def send_all(sock, data: bytes) -> None:
 class TerminalBridge:
     """Moves bytes between the person's terminal, the guest console and the lab prompt."""
 
-    def __init__(self, guest: LiveGuest, commands: PromptCommands, terminal: Terminal,
+    def __init__(self, guest: Guest, commands: PromptCommands, terminal: Terminal,
                  speaker: Speaker):
         self.guest, self.commands, self.terminal, self.speaker = guest, commands, terminal, speaker
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from labctl.arch import HOST, Arch
 from labctl.config import PATTERNS, PLACEMENTS, SEGMENT_ROLES, TRIGGERS, Corruption
@@ -18,10 +18,8 @@ from labctl.console import StampedLog
 from labctl.errors import ConfigError
 from labctl.purgatory import Placement
 from labctl.segments import SegmentTable
+from labctl.steps import Finding, Loaded, Session
 from labctl.verdict import parse_registers
-
-if TYPE_CHECKING:  # the guest the commands act on; it imports this module
-    from labctl.interactive import LiveGuest
 
 MAX_PEEK = 4096          # bytes one `peek` may dump
 MAX_CORRUPT = 1 << 20    # bytes one `corrupt` may overwrite
@@ -200,11 +198,37 @@ def format_registers(text: str, table: SegmentTable, arch: Arch = HOST) -> str:
     return "\n".join(lines)
 
 
+class GdbTarget(Protocol):
+    gdb_port: int | None  # --gdb: QEMU's gdbstub port, None without it
+
+
+class Guest(Protocol):
+    """What the prompt and the terminal need of the live guest (interactive.LiveGuest, which
+    imports them: this protocol keeps the imports one way)."""
+
+    session: Session
+    stage: str | None
+    loaded: Loaded | None
+
+    @property
+    def pair(self) -> GdbTarget: ...
+    def table(self) -> SegmentTable: ...
+    def load(self) -> Loaded: ...
+    def corrupt(self, corruption: Corruption) -> dict: ...
+    def panic(self, trigger: str | None) -> None: ...
+    def verdict_now(self) -> Finding | None: ...
+    def report(self, finding: Finding | None) -> None: ...
+    def purgatory(self) -> Placement | None: ...
+    def show_gdb(self) -> None: ...
+    def run_rest(self) -> None: ...
+    def after_exit(self) -> None: ...
+
+
 class PromptCommands:
     """What each command does to the live guest.  run() returns what the terminal does
     next: "console", "quit", or None (the prompt again)."""
 
-    def __init__(self, guest: LiveGuest, speaker: Speaker):
+    def __init__(self, guest: Guest, speaker: Speaker):
         self.guest, self.speaker = guest, speaker
         self.say = speaker.say
 
