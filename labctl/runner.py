@@ -215,9 +215,10 @@ class PairRun:
         """Why this pair loads on its own run (forking from the booted guest), or None."""
         if why := load_reason(self.scenario):
             return why
-        if self._expected_outcome() == LOAD_REJECTED or self.then_intact:
-            return (f"on this kernel the load itself is under test (expected {self._expected_outcome()}"
-                    + (", then an intact crash)" if self.then_intact else ")"))
+        expected, then_intact = self._expected_outcome(), self.then_intact
+        if expected == LOAD_REJECTED or then_intact:
+            return (f"on this kernel the load itself is under test (expected {expected}"
+                    + (", then an intact crash)" if then_intact else ")"))
         return None
 
     def _expected_outcome(self) -> str | None:

@@ -147,17 +147,24 @@ def test_arm64_kexec_tools_segments_name_purgatory_by_the_entry():
     assert table.by_role("purgatory").contains(table.entry)
 
 
-def test_arm64_recorded_parked_vcpu_is_in_kexec_tools_purgatory():
-    recorded = result("tiny-6.12-arm64", "crash-corrupt-kexec-load")
-    parked = recorded["evidence"]["verdict"]["parked"]
-    pcs = parse_registers(registers("tiny-6.12-arm64", "crash-corrupt-kexec-load"), ARM64)
+def replay_park(kernel: str, scenario: str, table, arch) -> tuple[dict[int, int], bytes]:
+    """A recorded purgatory-refused run's registers, replayed through ParkWatch: the recorded
+    PC is the parked one and the watch finds the same purgatory offset.  Returns the PCs and
+    the recorded code bytes at the parked one."""
+    parked = result(kernel, scenario)["evidence"]["verdict"]["parked"]
+    pcs = parse_registers(registers(kernel, scenario), arch)
     assert pcs[parked["cpu"]] == int(parked["rip"], 16)
-    table = parse_segment_table(arm64_load("crash-corrupt-kexec-load")["output"])
-    watch = ParkWatch(table, ARM64)
+    watch = ParkWatch(table, arch)
     watch.add(pcs)
     watch.add(pcs)
     code = bytes.fromhex(parked["code"])
     assert watch.parked(lambda _: code)["purgatory_offset"] == parked["purgatory_offset"]
+    return pcs, code
+
+
+def test_arm64_recorded_parked_vcpu_is_in_kexec_tools_purgatory():
+    table = parse_segment_table(arm64_load("crash-corrupt-kexec-load")["output"])
+    pcs, code = replay_park("tiny-6.12-arm64", "crash-corrupt-kexec-load", table, ARM64)
     assert code.startswith(bytes.fromhex("00000014"))  # b .
     x86 = ParkWatch(table)  # the same bytes are no self-jump to x86 eyes
     x86.add(pcs)
@@ -189,14 +196,6 @@ def test_riscv64_kernel_segments_are_named_by_position():
 
 
 def test_riscv64_recorded_parked_hart_sits_on_a_compressed_self_jump():
-    recorded = result("tiny-6.12-riscv64", "crash-corrupt")
-    parked = recorded["evidence"]["verdict"]["parked"]
-    pcs = parse_registers(registers("tiny-6.12-riscv64", "crash-corrupt"), RISCV64)
-    assert pcs[parked["cpu"]] == int(parked["rip"], 16)
     table = parse_segment_table(message("tiny-6.12-riscv64", "crash-corrupt", "loaded")["log"], True)
-    watch = ParkWatch(table, RISCV64)
-    watch.add(pcs)
-    watch.add(pcs)
-    code = bytes.fromhex(parked["code"])
+    _, code = replay_park("tiny-6.12-riscv64", "crash-corrupt", table, RISCV64)
     assert code[:2] == bytes.fromhex("01a0")
-    assert watch.parked(lambda _: code)["purgatory_offset"] == parked["purgatory_offset"]
