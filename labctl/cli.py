@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
 
-from labctl import coverage, fuzz, interactive, matrix, report_cli
+from labctl import coverage, fuzz, interactive, matrix, report_cli, stopping
 from labctl.accel import AccelChooser
 from labctl.artifacts import check_writable, new_run_id
 from labctl.config import ARCH_NAMES, find_scenario, load_scenario
@@ -152,24 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
-    """The first stop signal stops the run; later ones are ignored, so that an impatient
-    second Ctrl-C cannot cut short the cleanup (bounded: QEMU is killed within seconds)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    Interrupted.requested = f"received {signal.Signals(signum).name}"
-    raise Interrupted(Interrupted.requested)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.lab is None:
         args.lab = default_lab_path()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _terminate)
+    stopping.install()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -40,6 +40,3 @@ class Interrupted(LabError):
     """SIGINT or SIGTERM arrived; the run was stopped cleanly."""
 
     exit_code = 130
-    # Set by the first stop signal (cli._terminate): a library that swallows the raised
-    # Interrupted (qemu.qmp turns it into ExecInterruptedError) must not hide the stop.
-    requested: str | None = None

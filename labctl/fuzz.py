@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from labctl import stopping
 from labctl.accel import AccelChooser
 from labctl.arch import HOST
 from labctl.artifacts import check_writable, new_run_id, write_json
@@ -155,7 +156,6 @@ def summary_markdown(kernel: str, method: str, seed: int, snapshot: str, rows: l
 
 
 _WORKER = {"stopping": False, "active": False}  # per worker process
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE_SECONDS = 30.0
 
 
@@ -165,11 +165,12 @@ def _worker_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signat
     _WORKER["stopping"] = True
     if _WORKER["active"]:
         _WORKER["active"] = False  # a second signal must not cut the pair's cleanup short
-        raise Interrupted(f"received {signal.Signals(signum).name}")
+        stopping.interrupt_here(f"received {signal.Signals(signum).name}")
 
 
 def _worker_init() -> None:
-    for sig in STOP_SIGNALS:
+    stopping.reset()
+    for sig in stopping.STOP_SIGNALS:
         signal.signal(sig, _worker_stop)
 
 

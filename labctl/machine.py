@@ -24,6 +24,7 @@ from pathlib import Path
 from qemu.qmp import ExecuteError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from labctl import stopping
 from labctl.arch import HOST, get_arch
 from labctl.errors import InfraError, Interrupted
 from labctl.ramcopy import sparse_copy
@@ -252,6 +253,7 @@ class Machine:
             except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
                 raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
+                stopping.check()  # a stop signal stopped qemu.qmp's event loop
                 if self.exited_within(2.0):  # QEMU closes its sockets a moment before it exits
                     raise InfraError(self.death_reason()) from None
                 raise InfraError(f"QMP handshake with QEMU failed: {exc}") from None
@@ -330,19 +332,27 @@ class Machine:
         return self._qmp_cmd(command, **args)
 
     def _qmp_cmd(self, command: str, **args):
-        """A QMP command; a QEMU that does not answer (frozen, stopped) is an InfraError."""
+        """A QMP command; a QEMU that does not answer (frozen, stopped) is an InfraError.
+        A stop signal during the command stops qemu.qmp's event loop (stopping.py): the
+        command then fails, and that failure is the interruption, whatever qemu.qmp
+        raised for it.  A stop that came while the command completed is acted on too."""
         assert self.qmp is not None, "QMP is used on a launched machine"
         try:
-            return self.qmp.cmd(command, **args)
-        except TimeoutError:
-            raise InfraError(f"QEMU did not answer QMP '{command}' within {self.qmp_seconds:g} s") from None
-        except ExecuteError as exc:  # QEMU answered, with an error
-            raise InfraError(f"QMP '{command}' {args} refused: {exc}") from None
-        except QMPError as exc:  # the monitor went away: QEMU is exiting or died
-            if Interrupted.requested:  # or a stop signal interrupted the command
-                raise Interrupted(Interrupted.requested) from None
-            raise InfraError(f"QMP '{command}' failed ({type(exc).__name__}): "
-                             f"{self.death_reason()}") from None
+            answer = self.qmp.cmd(command, **args)
+        except Exception as exc:  # noqa: BLE001 - sorted out below; the stop comes first
+            stopping.check()
+            raise self._qmp_failure(command, args, exc) from None
+        stopping.check()
+        return answer
+
+    def _qmp_failure(self, command: str, args: dict, exc: Exception) -> Exception:
+        if isinstance(exc, TimeoutError):
+            return InfraError(f"QEMU did not answer QMP '{command}' within {self.qmp_seconds:g} s")
+        if isinstance(exc, ExecuteError):  # QEMU answered, with an error
+            return InfraError(f"QMP '{command}' {args} refused: {exc}")
+        if isinstance(exc, QMPError):  # the monitor went away: QEMU is exiting or died
+            return InfraError(f"QMP '{command}' failed ({type(exc).__name__}): {self.death_reason()}")
+        return exc  # a bug, not QEMU's: the caller sees it as it was
 
     # -------------------------------------------------------------- shutdown
     def shutdown(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from labctl import stopping
 from labctl.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
 from labctl.arch import HOST, Arch, get_arch
 from labctl.arch_kernels import control_port_modules
@@ -249,6 +250,7 @@ class PairRun:
 
     def _fresh_after(self, reason: str, out: Path) -> None:
         """A snapshot that could not be made or restored: say so, keep its logs, boot fresh."""
+        stopping.check()  # a failure the stop caused is the stop, never a reason to boot again
         for name in ("serial.log", "control.log", "qemu.log"):
             if (out / name).exists():
                 (out / name).rename(out / f"snapshot-attempt-{name}")
@@ -468,6 +470,10 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.outcome, result.reason = Outcome.CONFIG_ERROR, str(exc)
     except (LabError, OSError) as exc:  # OSError: a socket or the disk failed under the lab
         phase = pair.session.phase if pair.session else "preparing"
+        if stop := stopping.requested():  # a failure the stop itself caused
+            result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted while {phase}"
+            result.extra["phase"] = phase
+            raise Interrupted(f"{stop} while {phase}; partial results in {out}") from None
         result.outcome, result.reason = Outcome.INFRA_ERROR, str(exc)
         result.extra["phase"] = phase
     finally:

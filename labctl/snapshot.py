@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from labctl import stopping
 from labctl.arch import HOST, get_arch
 from labctl.console import Console, StampedLog
 from labctl.control import ControlChannel
@@ -316,6 +317,7 @@ def _wait_migration(machine, what: str) -> dict:
     """Poll query-migrate until the migration completed; failed is an InfraError."""
     deadline = time.monotonic() + MIGRATE_SECONDS
     while True:
+        stopping.check()
         info = machine.qmp_command("query-migrate")
         status = info.get("status")
         if status == "completed":

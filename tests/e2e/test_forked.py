@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,16 +188,21 @@ def test_a_state_qemu_rejects_falls_back_to_a_fresh_boot(no_leaks, private_lab):
     assert (result["_dir"] / "snapshot-attempt-qemu.log").exists()
 
 
-@pytest.mark.parametrize("text,phases", [
-    ("saving snapshot", {"saving a snapshot"}),
-    ("restoring snapshot", {"restoring", "corrupting", "panicking", "observing"}),
-], ids=["saving", "restoring"])
+@pytest.mark.parametrize("text,phases,delay", [
+    # the saving phase is short (tens of ms of QMP, then the RAM copy): several delays
+    # land the signal inside qemu.qmp's event loop, between commands and in the copy
+    ("saving snapshot", {"saving a snapshot"}, 0.0),
+    ("saving snapshot", {"saving a snapshot"}, 0.02),
+    ("saving snapshot", {"saving a snapshot"}, 0.1),
+    ("restoring snapshot", {"restoring", "corrupting", "panicking", "observing"}, 0.0),
+], ids=["saving-0ms", "saving-20ms", "saving-100ms", "restoring"])
 def test_ctrl_c_while_saving_or_restoring_leaves_no_snapshot_or_ram_copy(no_leaks, private_lab,
-                                                                          text, phases):
+                                                                          text, phases, delay):
     lab, root = private_lab
     run = LiveRun("crash-corrupt", "--kernel", KERNEL, lab=lab, fresh=False)
     run.wait_for(text)
     pid, rundir = run.qemu()
+    time.sleep(delay)
     os.kill(run.proc.pid, signal.SIGINT)
     code, stdout, took = run.finish()
     assert code == 130 and took < PROMPT_EXIT, run.stderr

@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from labctl import cli
+from labctl import cli, stopping
 from labctl.config import (
     ERRNO_NAMES,
     KERNEL_IMAGES,
@@ -67,7 +67,7 @@ def children() -> set[int]:
 def run_cli(lab: Path, *argv: str, capsys) -> tuple[int, str]:
     """`labctl --lab LAB run ...` in this process: (exit code, stderr).  The signal
     handlers labctl installs are put back, so pytest keeps its own Ctrl-C."""
-    handlers = {sig: signal.getsignal(sig) for sig in cli.STOP_SIGNALS}
+    handlers = {sig: signal.getsignal(sig) for sig in stopping.STOP_SIGNALS}
     try:
         code = cli.main(["--lab", str(lab / "lab.yaml"), "run", *argv])
     except SystemExit as exc:  # argparse's own usage errors
