@@ -28,7 +28,7 @@ TEST_APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev 
 # Signature images and the lab's signing keys (signing.py), for the signature scenarios:
 # sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
-# arm64 and riscv64 guests (labctl/arch.py): QEMU for them (riscv64's OpenSBI ships in
+# arm64 and riscv64 guests (labctl/config/arch.py): QEMU for them (riscv64's OpenSBI ships in
 # qemu-system-data), the cross compilers and C libraries for their recipe kernels and the
 # static guest helper.
 APT_PACKAGES += qemu-system-arm qemu-system-misc

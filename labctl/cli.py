@@ -15,17 +15,20 @@ import sys
 import traceback
 from pathlib import Path
 
-from labctl import coverage, fuzz, interactive, matrix, report_cli, stopping
-from labctl.accel import AccelChooser
+from labctl import stopping
 from labctl.artifacts import check_writable, new_run_id
-from labctl.config import ARCH_NAMES, find_scenario, load_scenario
+from labctl.campaigns import coverage, fuzz, matrix
+from labctl.config.options import add_common_opts, lab_from_args
+from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
+from labctl.console import session as interactive
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
-from labctl.kernel_build import build_entry
-from labctl.kernel_catalogue import catalogue_table
-from labctl.kernels import resolve_kernel
-from labctl.options import add_common_opts, lab_from_args
+from labctl.guest.accel import AccelChooser
+from labctl.kernel.build import build_entry
+from labctl.kernel.catalogue import catalogue_table
+from labctl.kernel.providers import resolve_kernel
+from labctl.pair.runner import run_pair
 from labctl.progress import say
-from labctl.runner import run_pair
+from labctl.report import cli as report_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from labctl.artifacts import new_run_id
-from labctl.config import LabConfig, load_lab
-from labctl.matrix import MatrixRun, Pair, resolve_kernels
-from labctl.report import ERROR, FAIL, XFAIL, XPASS, Cell, evidence_summary
+from labctl.campaigns.matrix import MatrixRun, Pair, resolve_kernels
+from labctl.config.schema import LabConfig, load_lab
+from labctl.report.render import ERROR, FAIL, XFAIL, XPASS, Cell, evidence_summary
 
 SCENARIO_DIR = "scenarios"
 

@@ -1,5 +1,5 @@
 """arm64 and riscv64 guests end to end: cross-built recipe kernels booted on QEMU virt
-under TCG, judged with the same evidence as x86_64 (labctl/arch.py says what differs)."""
+under TCG, judged with the same evidence as x86_64 (labctl/config/arch.py says what differs)."""
 
 from __future__ import annotations
 

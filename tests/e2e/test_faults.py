@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, labctl
-from labctl.accel import AccelChooser
-from labctl.config import load_lab, load_scenario
-from labctl.control import ProtocolError
+from labctl.config.schema import load_lab, load_scenario
 from labctl.errors import InfraError
-from labctl.guest_assets import build_assets
-from labctl.kernels import resolve_kernel
-from labctl.machine import Machine, MachineSpec, RunDir
+from labctl.guest.accel import AccelChooser
+from labctl.guest.assets import build_assets
+from labctl.guest.control import ProtocolError
+from labctl.guest.machine import Machine, MachineSpec, RunDir
+from labctl.kernel.providers import resolve_kernel
+from labctl.pair.runner import PairRun
 from labctl.progress import Progress
-from labctl.runner import PairRun
 
 pytestmark = pytest.mark.e2e
 

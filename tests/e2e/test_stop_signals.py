@@ -19,10 +19,10 @@ import pytest
 
 from conftest import ROOT
 from labctl import stopping
-from labctl.config import load_lab
+from labctl.config.schema import load_lab
 from labctl.errors import Interrupted
-from labctl.kernels import resolve_kernel
-from labctl.machine import Machine, MachineSpec
+from labctl.guest.machine import Machine, MachineSpec
+from labctl.kernel.providers import resolve_kernel
 
 pytestmark = pytest.mark.e2e
 KERNEL = "debian-6.12"

@@ -1,6 +1,6 @@
 """The one rule for "KVM cannot run this guest" (accel.kvm_unusable), on QEMU's own words."""
 
-from labctl.accel import KvmUnusable, kvm_unusable
+from labctl.guest.accel import KvmUnusable, kvm_unusable
 
 KVM_DIED = """qemu-system-x86_64: terminating on signal 15
 KVM internal error. Suberror: 1
@@ -29,7 +29,7 @@ def test_tcg_is_never_kvm_unusable():
 def test_a_guest_silent_under_kvm_is_kvm_unusable():
     """kvm_pvm leaves a tinyconfig kernel spinning without a console byte or a KVM error
     (measured here: 90 s of nothing); past KVM_SILENT_SECONDS that is KVM failing."""
-    from labctl.accel import KVM_SILENT_SECONDS
+    from labctl.guest.accel import KVM_SILENT_SECONDS
     assert kvm_unusable("kvm", "", lambda: "running", silent_for=KVM_SILENT_SECONDS - 1) is None
     unusable = kvm_unusable("kvm", "", lambda: "running", silent_for=KVM_SILENT_SECONDS + 1)
     assert unusable is not None and "not a byte on the guest console" in str(unusable)

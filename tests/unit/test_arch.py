@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from recorded import message, registers, result
 
-from labctl.arch import ARM64, HOST, RISCV64, X86_64, get_arch
-from labctl.config import MachineConfig
+from labctl.config.arch import ARM64, HOST, RISCV64, X86_64, get_arch
+from labctl.config.schema import MachineConfig
 from labctl.errors import ConfigError
-from labctl.guest_memory import GuestMemory
-from labctl.machine import MachineSpec, qemu_argv
-from labctl.runner import capture_cmdline, primary_cmdline
-from labctl.segments import Segment, SegmentTable, parse_segment_table
-from labctl.verdict import ParkWatch, parse_registers
+from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
+from labctl.evidence.verdict import ParkWatch, parse_registers
+from labctl.guest.machine import MachineSpec, qemu_argv
+from labctl.guest.memory import GuestMemory
+from labctl.pair.runner import capture_cmdline, primary_cmdline
 
 DATA = Path(__file__).parent.parent / "data" / "arch"
 SOCKS = (Path("/run/x/ram"), Path("/run/x/console.sock"), Path("/run/x/control.sock"),

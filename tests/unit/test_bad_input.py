@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from labctl import cli, stopping
-from labctl.config import (
+from labctl.config.schema import (
     ERRNO_NAMES,
     KERNEL_IMAGES,
     LOAD_METHODS,

@@ -7,8 +7,8 @@ import json
 import pytest
 from recorded import DATA, registers
 
-from labctl.segments import Segment, SegmentTable
-from labctl.verdict import ParkWatch, parse_halted, parse_registers
+from labctl.evidence.segments import Segment, SegmentTable
+from labctl.evidence.verdict import ParkWatch, parse_halted, parse_registers
 
 HALTED = DATA / "recipes" / "tiny-6.12-no-digest" / "crash-corrupt-halted"
 RECORDED = json.loads((HALTED / "result.json").read_text())
@@ -87,8 +87,8 @@ DAMAGED = DATA / "recipes" / "tiny-6.12-no-digest" / "corrupt-initrd-damaged"
 def test_a_damaged_capture_initramfs_is_named_by_its_init():
     """The negative control boots a corrupted initrd: init's SHA-256 check names the file,
     instead of a helper that never answers (this pair used to end as hang at 90 s)."""
-    from labctl.steps import INITRAMFS_DAMAGED
-    from labctl.verdict import CAPTURE_DAMAGED, judge
+    from labctl.evidence.verdict import CAPTURE_DAMAGED, judge
+    from labctl.pair.steps import INITRAMFS_DAMAGED
 
     lines = [m[0].rstrip("\r\n") for m in INITRAMFS_DAMAGED.finditer((DAMAGED / "serial.log").read_text())]
     assert lines == ["kexec-lab: initramfs damaged: /bin/kexec-lab-helper: FAILED sha256sum: "
@@ -103,7 +103,7 @@ def test_the_manifest_is_what_busybox_sha256sum_checks(tmp_path):
     import hashlib
     import subprocess
 
-    from labctl.guest_assets import manifest_bytes
+    from labctl.guest.assets import manifest_bytes
 
     init, helper = b"#!/bin/sh\n", b"\x7fELF"
     text = manifest_bytes({"init": init, "/bin/helper": helper}).decode()

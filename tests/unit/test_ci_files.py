@@ -89,7 +89,7 @@ def test_nightly_diffs_against_the_last_good_night():
     uploads, merged with --baseline, diff.md first in the job summary.  GitLab: the artifacts
     API asks for the job that `labctl matrix --emit gitlab` names, and its artifact paths hold
     what the merge reads back as the baseline."""
-    from labctl.matrix import emit_gitlab
+    from labctl.campaigns.matrix import emit_gitlab
 
     jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
     assert "baseline" in jobs["merge"]["needs"] and jobs["merge"]["permissions"]["actions"] == "read"

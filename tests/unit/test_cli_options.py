@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from labctl.cli import build_parser, main
-from labctl.options import lab_from_args
+from labctl.config.options import lab_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = [["run", "crash-corrupt"], ["console", "crash-corrupt"], ["matrix"], ["coverage"],

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl.config import find_scenario, load_lab, load_scenario
+from labctl.config.schema import find_scenario, load_lab, load_scenario
 from labctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 import pytest
 
 from labctl.cli import build_parser, main
-from labctl.interactive import DEFAULT_GDB_PORT
+from labctl.console.session import DEFAULT_GDB_PORT
 
 
 def test_defaults_stop_after_the_load_without_gdb():

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from labctl.control import MAX_LINE, ControlChannel, ProtocolError, parse_message
+from labctl.guest.control import MAX_LINE, ControlChannel, ProtocolError, parse_message
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_console_forget_drops_old_output_but_keeps_the_log(tmp_path):
     import re
     import time
 
-    from labctl.console import Console, StampedLog
+    from labctl.guest.console import Console, StampedLog
 
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)

@@ -1,9 +1,9 @@
 """The coverage table: generated scenarios and how outcomes read as protection."""
 
-from labctl.arch import ARM64, RISCV64, X86_64
-from labctl.coverage import PLACEMENTS, Cell, cell_text, coverage_scenario, markdown
-from labctl.load_coverage import ROWS, LoadCell, load_scenario
-from labctl.load_coverage import markdown as load_markdown
+from labctl.campaigns.coverage import PLACEMENTS, Cell, cell_text, coverage_scenario, markdown
+from labctl.campaigns.load_coverage import ROWS, LoadCell, load_scenario
+from labctl.campaigns.load_coverage import markdown as load_markdown
+from labctl.config.arch import ARM64, RISCV64, X86_64
 
 
 def cell(role, placement, outcome, reason="", vmcore_ok=None, arch="x86_64", kernel="k"):

@@ -2,8 +2,8 @@
 
 import subprocess
 
-from labctl.cpio import CpioWriter
-from labctl.guest_assets import boot_payload_bytes, capture_initramfs_bytes
+from labctl.guest.assets import boot_payload_bytes, capture_initramfs_bytes
+from labctl.guest.cpio import CpioWriter
 
 
 def sample() -> bytes:
@@ -49,7 +49,7 @@ def test_initramfs_layout_and_appended_boot_payload():
 
 
 def test_regular_files_read_back_what_was_written_and_later_archives_win():
-    from labctl.cpio import CpioWriter, regular_files
+    from labctl.guest.cpio import CpioWriter, regular_files
 
     one, two = CpioWriter(), CpioWriter()
     one.directory("bin")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from recorded import DATA
 
-from labctl.config import load_scenario
-from labctl.cpu_hotplug import cpu_device, free_slots, headers_facts
-from labctl.guest_memory import GuestMemory
-from labctl.machine import MachineSpec, qemu_argv
-from labctl.segments import Segment, SegmentTable
+from labctl.config.schema import load_scenario
+from labctl.evidence.segments import Segment, SegmentTable
+from labctl.guest.machine import MachineSpec, qemu_argv
+from labctl.guest.memory import GuestMemory
+from labctl.pair.hotplug import cpu_device, free_slots, headers_facts
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKS = (Path("r"), Path("c"), Path("t"), Path("q"))
@@ -89,8 +89,8 @@ def test_recorded_hotplug_dumps_against_each_kernels_expectation():
     per online CPU) would fail 6.1, which is why the scenario says what 6.1 does and why."""
     from recorded import control_messages
 
-    from labctl.smp import cpu_watch
-    from labctl.vmcore import check_vmcore
+    from labctl.evidence.smp import cpu_watch
+    from labctl.evidence.vmcore import check_vmcore
     scenario = load_scenario(ROOT / "scenarios" / "cpu-hotplug.yaml")
     for kernel, symbols, notes in (("debian-6.1", {}, 1), ("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"}, 2)):
         messages = control_messages(kernel, "cpu-hotplug")
@@ -109,7 +109,7 @@ def test_recorded_hotplug_dumps_against_each_kernels_expectation():
 
 
 def test_room_for_a_dimm_and_its_qmp_arguments():
-    from labctl.cpu_hotplug import dimm_device
+    from labctl.pair.hotplug import dimm_device
     spec = MachineSpec(kernel=Path("k"), initrd=Path("i"), cmdline="", hotplug_memory_mib=128)
     argv = qemu_argv(spec, *SOCKS)
     assert argv[argv.index("-m") + 1] == "1024M,slots=1,maxmem=1152M"
@@ -120,7 +120,7 @@ def test_room_for_a_dimm_and_its_qmp_arguments():
 
 
 def test_a_dimm_in_the_dump_must_match_what_the_headers_describe():
-    from labctl.smp import CpuWatch
+    from labctl.evidence.smp import CpuWatch
     dimm = {"address": "0x100000000", "size": "0x8000000"}
     covering = {"load_ranges": [["0x100000", "0x3fee0000"], ["0x100000000", "0x108000000"]],
                 "prstatus_notes": 1}
@@ -135,7 +135,7 @@ def test_a_dimm_in_the_dump_must_match_what_the_headers_describe():
 
 
 def test_bytes_changed_counts_the_rewrite():
-    from labctl.cpu_hotplug import bytes_changed
+    from labctl.pair.hotplug import bytes_changed
     before = (0x2000, bytes(16))
     assert bytes_changed(before, (0x2000, bytes(4) + b"\x01\x02" + bytes(10))) == {
         "count": 2, "first": "0x4", "last": "0x5"}
@@ -148,8 +148,8 @@ def test_recorded_memory_hotplug_of_both_kernels():
     for the DIMM at 4 GiB) and the dump covers the DIMM; 6.1 did neither."""
     from recorded import control_messages
 
-    from labctl.smp import CpuWatch
-    from labctl.vmcore import check_vmcore
+    from labctl.evidence.smp import CpuWatch
+    from labctl.evidence.vmcore import check_vmcore
     scenario = load_scenario(ROOT / "scenarios" / "memory-hotplug.yaml")
     for kernel, symbols, rewritten in (("debian-6.12", {"CONFIG_CRASH_HOTPLUG": "y"}, True),
                                        ("debian-6.1", {}, False)):

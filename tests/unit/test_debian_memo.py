@@ -4,7 +4,7 @@ the remembered fields without a call; a list that changed asks apt-cache again."
 import json
 import os
 
-from labctl import debian
+from labctl.kernel import debian
 
 
 def test_the_answer_is_remembered_until_the_archive_changes(tmp_path, monkeypatch):

@@ -8,10 +8,10 @@ import struct
 import pytest
 from recorded import message, result
 
-from labctl import dump_check
-from labctl.dump_check import PAGE, DumpFacts, expected_ranges, merge, subtract, verify
-from labctl.guest_memory import GuestMemory
-from labctl.verdict import DUMP_MISMATCH, judge
+from labctl.evidence import dump_check
+from labctl.evidence.dump_check import PAGE, DumpFacts, expected_ranges, merge, subtract, verify
+from labctl.evidence.verdict import DUMP_MISMATCH, judge
+from labctl.guest.memory import GuestMemory
 
 MIB = 1 << 20
 

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from labctl.config import key_error
-from labctl.machine import Machine, MachineSpec
+from labctl.config.schema import key_error
+from labctl.guest.machine import Machine, MachineSpec
 
 
 @pytest.fixture

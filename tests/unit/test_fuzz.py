@@ -8,11 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from labctl.config import load_scenario
-from labctl.coverage import digest_model
-from labctl.fuzz import MAX_LENGTH, Draw, draw_corruptions, fuzz_scenario, judge_run, scenario_yaml
-from labctl.kernels import Kernel
-from labctl.segments import Segment, SegmentTable
+from labctl.campaigns.coverage import digest_model
+from labctl.campaigns.fuzz import MAX_LENGTH, Draw, draw_corruptions, fuzz_scenario, judge_run, scenario_yaml
+from labctl.config.schema import load_scenario
+from labctl.evidence.segments import Segment, SegmentTable
+from labctl.kernel.providers import Kernel
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from labctl.guest_memory import GuestMemory, pattern_bytes
+from labctl.guest.memory import GuestMemory, pattern_bytes
 
 
 @pytest.fixture

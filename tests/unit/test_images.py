@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from labctl.config import load_lab
+from labctl.config.schema import load_lab
 from labctl.errors import InfraError
-from labctl.images import BAD_IMAGES, bad_image, bzimage_payload, extract_vmlinux, is_elf_executable
-from labctl.kernels import resolve_kernel
+from labctl.kernel.load_images import BAD_IMAGES, bad_image, bzimage_payload, extract_vmlinux, is_elf_executable
+from labctl.kernel.providers import resolve_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 

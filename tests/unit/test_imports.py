@@ -20,21 +20,29 @@ def runtime_imports(tree: ast.AST):
         yield from runtime_imports(node)
 
 
+def module_name(path: Path) -> str:
+    """labctl/pair/steps.py -> pair.steps; labctl/cli.py -> cli; a package's __init__ -> its name."""
+    parts = path.relative_to(LABCTL).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
 def imports() -> dict[str, list[tuple[str, str]]]:
     """module -> (imported labctl module, name) for every `from labctl... import name`,
     wherever it sits (function-level imports included)."""
-    modules = {p.stem for p in LABCTL.glob("*.py")}
+    modules = {module_name(p) for p in LABCTL.rglob("*.py")}
     found: dict[str, list[tuple[str, str]]] = {}
-    for path in LABCTL.glob("*.py"):
-        edges = found.setdefault(path.stem, [])
+    for path in LABCTL.rglob("*.py"):
+        edges = found.setdefault(module_name(path), [])
         for node in runtime_imports(ast.parse(path.read_text())):
             if not (node.module or "").startswith("labctl"):
                 continue
+            target = node.module.removeprefix("labctl").removeprefix(".")
             for alias in node.names:
-                if node.module != "labctl":
-                    edges.append((node.module.split(".")[1], alias.name))
-                elif alias.name in modules:  # from labctl import cli
-                    edges.append((alias.name, ""))
+                sub = f"{target}.{alias.name}".lstrip(".")
+                if sub in modules:  # from labctl.pair import steps
+                    edges.append((sub, ""))
+                else:
+                    edges.append((target, alias.name))
     return found
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl import kernel_build
 from labctl.errors import ConfigError
-from labctl.kernel_build import (
+from labctl.kernel import build as kernel_build
+from labctl.kernel.build import (
     BuildError,
     PatchError,
     apply_patch,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from recorded import DATA, message
 
-from labctl.config import load_scenario
-from labctl.kernel_facts import (
+from labctl.config.schema import load_scenario
+from labctl.kernel.facts import (
     KernelFacts,
     UnknownFact,
     from_config_gz,

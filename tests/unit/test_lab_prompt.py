@@ -3,8 +3,8 @@
 import pytest
 from recorded import DATA, message, registers
 
-from labctl.config import Corruption
-from labctl.lab_prompt import (
+from labctl.config.schema import Corruption
+from labctl.console.prompt import (
     COMMANDS,
     MAX_PEEK,
     Command,
@@ -15,8 +15,8 @@ from labctl.lab_prompt import (
     hexdump,
     parse,
 )
-from labctl.purgatory import locate
-from labctl.segments import parse_segment_table
+from labctl.evidence.purgatory import locate
+from labctl.evidence.segments import parse_segment_table
 
 
 def test_blank_lines_are_nothing_to_run():

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import errno
 
-from labctl.config import MachineConfig
-from labctl.runner import primary_cmdline
-from labctl.segments import SegmentTable
-from labctl.steps import Loaded, kexec_tools_errno
+from labctl.config.schema import MachineConfig
+from labctl.evidence.segments import SegmentTable
+from labctl.pair.runner import primary_cmdline
+from labctl.pair.steps import Loaded, kexec_tools_errno
 
 # kexec-tools 2.0.26 under lockdown=integrity (debian-6.12, recorded), cut
 KEXEC_TOOLS_OUTPUT = [

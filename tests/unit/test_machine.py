@@ -4,7 +4,7 @@ import os
 import stat
 from pathlib import Path
 
-from labctl.machine import MachineSpec, RunDir, qemu_argv
+from labctl.guest.machine import MachineSpec, RunDir, qemu_argv
 
 SPEC = MachineSpec(kernel=Path("/k/bzImage"), initrd=Path("/k/initrd"), cmdline="console=ttyS0",
                    accel="tcg", memory_mib=1024)

@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labctl.artifacts import pair_dir
+from labctl.campaigns.matrix import emit_github, emit_gitlab, parse_shard, run_id_arg, schedule, select_pairs, shard_of
 from labctl.cli import main
-from labctl.config import load_lab
+from labctl.config.schema import load_lab
 from labctl.errors import ConfigError
-from labctl.kernels import PACKAGE_PINS_ENV, resolve_package
-from labctl.matrix import emit_github, emit_gitlab, parse_shard, run_id_arg, schedule, select_pairs, shard_of
+from labctl.kernel.providers import PACKAGE_PINS_ENV, resolve_package
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = "load: {method: kexec_file_load}\nexpect: capture-booted\n"

@@ -6,7 +6,7 @@ import os
 import re
 import time
 
-from labctl.matrix import last_line
+from labctl.campaigns.matrix import last_line
 from labctl.progress import LIVE_SECONDS, LiveStatus, Progress
 
 

@@ -8,9 +8,9 @@ kernel packages as the recorded transcripts next to it).
 import pytest
 from recorded import DATA, message, result
 
-from labctl import purgatory
-from labctl.guest_memory import GuestMemory
-from labctl.segments import parse_segment_table
+from labctl.evidence import purgatory
+from labctl.evidence.segments import parse_segment_table
+from labctl.guest.memory import GuestMemory
 
 
 def table(kernel):

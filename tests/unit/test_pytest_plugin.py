@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labctl.config import load_lab
+from labctl.config.schema import load_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 

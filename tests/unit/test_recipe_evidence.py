@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from labctl.config import load_lab, load_scenario
-from labctl.kernel_build import load_recipe, plan_recipe
-from labctl.kernel_catalogue import catalogue_table, describe_entry
-from labctl.kernels import Kernel
+from labctl.config.schema import load_lab, load_scenario
+from labctl.evidence.verdict import CAPTURE_BOOTED, PURGATORY_REFUSED, PURGATORY_REPORT, judge, purgatory_report
+from labctl.kernel.build import load_recipe, plan_recipe
+from labctl.kernel.catalogue import catalogue_table, describe_entry
+from labctl.kernel.providers import Kernel
+from labctl.pair.runner import known_failure
 from labctl.result import PairResult
-from labctl.runner import known_failure
-from labctl.verdict import CAPTURE_BOOTED, PURGATORY_REFUSED, PURGATORY_REPORT, judge, purgatory_report
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "tests" / "data" / "recipes"

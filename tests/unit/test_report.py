@@ -14,7 +14,7 @@ from recorded import result as recorded
 
 from labctl.cli import main
 from labctl.errors import ConfigError
-from labctl.report import (
+from labctl.report.render import (
     ERROR,
     FAIL,
     PASS,

@@ -15,11 +15,10 @@ from bs4 import BeautifulSoup
 from recorded import DATA, golden
 from recorded import result as recorded
 
+from labctl.campaigns.matrix import Pair, scope_baseline, shard_of
 from labctl.cli import main
 from labctl.errors import ConfigError
-from labctl.matrix import Pair, scope_baseline, shard_of
-from labctl.report import ERROR, FAIL, PASS, XFAIL, XPASS, Cell, load_cells
-from labctl.report_diff import (
+from labctl.report.diff import (
     CHANGED,
     FIXED,
     INFRA,
@@ -32,6 +31,7 @@ from labctl.report_diff import (
     slower_phases,
     verdict_change,
 )
+from labctl.report.render import ERROR, FAIL, PASS, XFAIL, XPASS, Cell, load_cells
 from labctl.result import Outcome
 
 NIGHTLY = DATA / "nightly"

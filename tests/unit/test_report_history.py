@@ -11,8 +11,8 @@ from recorded import DATA
 from test_report_diff import failing, infra, recorded, write_run
 
 from labctl.cli import main
-from labctl.report import Cell
-from labctl.report_history import PairHistory, histories, load_nights, note
+from labctl.report.history import PairHistory, histories, load_nights, note
+from labctl.report.render import Cell
 
 NIGHTLY = DATA / "nightly"
 

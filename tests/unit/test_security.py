@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labctl.artifacts import safe_component
-from labctl.machine import OWNER_FILE, Machine, MachineSpec, RunDir, qemu_argv, sweep_stale_run_dirs
+from labctl.guest.machine import OWNER_FILE, Machine, MachineSpec, RunDir, qemu_argv, sweep_stale_run_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPROCESS_CALLS = {"run", "Popen", "call", "check_call", "check_output", "spawn"}
@@ -25,7 +25,7 @@ SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"),
 
 
 def python_sources() -> list[Path]:
-    return sorted([*ROOT.glob("labctl/*.py"), *ROOT.glob("bench/*.py")])
+    return sorted([*ROOT.glob("labctl/**/*.py"), *ROOT.glob("bench/*.py")])
 
 
 def _dotted(node: ast.AST) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 import pytest
 from recorded import KERNELS, message
 
-from labctl.segments import parse_segment_table
+from labctl.evidence.segments import parse_segment_table
 
 ROLES = {"elfcorehdr", "purgatory", "boot_params", "kernel", "initrd"}
 

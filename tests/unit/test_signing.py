@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from labctl import signing
-from labctl.config import load_lab
+from labctl.config.schema import load_lab
 from labctl.errors import InfraError
-from labctl.kernels import resolve_kernel
+from labctl.kernel import signing
+from labctl.kernel.providers import resolve_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,12 +11,12 @@ import pytest
 from recorded import DATA, KERNELS, control_messages, message, registers, result
 from test_config import assert_config_error, write
 
-from labctl.config import MachineConfig, load_scenario
+from labctl.config.schema import MachineConfig, load_scenario
 from labctl.errors import ConfigError
-from labctl.machine import MachineSpec, qemu_argv
-from labctl.smp import CpuWatch, cpu_watch, parse_cpulist, parse_vcpu_states, resolve_cpus
-from labctl.verdict import judge
-from labctl.vmcore import check_vmcore
+from labctl.evidence.smp import CpuWatch, cpu_watch, parse_cpulist, parse_vcpu_states, resolve_cpus
+from labctl.evidence.verdict import judge
+from labctl.evidence.vmcore import check_vmcore
+from labctl.guest.machine import MachineSpec, qemu_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = [(k, s) for k in KERNELS for s in ("crash-intact-cpu1", "crash-corrupt-cpu1")]
@@ -253,7 +253,7 @@ def test_a_scenario_needing_cpus_the_kernel_cannot_use_does_not_apply():
     """The booted kernel's own masks decide: 2 CPUs online on 6.1 -> the cpu1 scenario
     applies; the same hello asked for 4 CPUs, or a 1-CPU kernel (no CONFIG_SMP brings up
     CPU 0 only) asked for 2, is a configuration-class result naming the scenario key."""
-    from labctl.smp import cpus_do_not_apply
+    from labctl.evidence.smp import cpus_do_not_apply
     two = message("debian-6.1", "crash-intact-cpu1", "hello", role="primary")
     assert two["cpus_online"] == "0-1"
     assert cpus_do_not_apply(two, 2, 2) is None

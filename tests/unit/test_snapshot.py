@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from labctl.config import load_scenario
-from labctl.machine import MachineSpec, qemu_argv
-from labctl.ramcopy import allocated_bytes, sparse_copy
-from labctl.segments import parse_segment_table
-from labctl.snapshot import (
+from labctl.config.schema import load_scenario
+from labctl.evidence.segments import parse_segment_table
+from labctl.guest.machine import MachineSpec, qemu_argv
+from labctl.guest.ramcopy import allocated_bytes, sparse_copy
+from labctl.pair.snapshot import (
     FORMAT,
     META,
     RAM,

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from labctl.debian import unpack_deb
 from labctl.errors import EXIT_INFRA
+from labctl.kernel.debian import unpack_deb
 from labctl.tools import ToolError, run_tool
 
 

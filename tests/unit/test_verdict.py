@@ -3,9 +3,9 @@
 import pytest
 from recorded import KERNELS, control_messages, message, registers, result
 
-from labctl.segments import Segment, SegmentTable, parse_segment_table
-from labctl.verdict import ParkWatch, is_self_jump, judge, parse_registers
-from labctl.vmcore import check_vmcore
+from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
+from labctl.evidence.verdict import ParkWatch, is_self_jump, judge, parse_registers
+from labctl.evidence.vmcore import check_vmcore
 
 PURGATORY = Segment(index=1, mem=0x3DFFA000, memsz=0x5000, bufsz=0x4000, role="purgatory")
 KERNEL = Segment(index=3, mem=0x3AC00000, memsz=0x37DC000, bufsz=0xB187C0, role="kernel")

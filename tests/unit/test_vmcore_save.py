@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from labctl.guest_memory import GuestMemory
-from labctl.vmcore_save import PAGE, DumpReceiver
+from labctl.guest.memory import GuestMemory
+from labctl.pair.vmcore_save import PAGE, DumpReceiver
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""`labctl console`: a scenario that stops for a person at the guest's serial console."""

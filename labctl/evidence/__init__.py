@@ -1,0 +1,1 @@
+"""Evidence, pure: segment tables, verdict rules, CPUs, the dump against RAM, purgatory; tested on recorded data."""

@@ -1,0 +1,534 @@
+"""The steps of one scenario on a running guest: boot, load, corrupt, trigger, observe.
+
+Each step waits on evidence, never on a fixed sleep: the loop wakes when the
+console or the control port has data (select), and every step ends as soon
+as what it waits for is there.  A step that cannot go on raises an
+InfraError (the lab or the guest broke) or ConfigError (the scenario asks for
+something this kernel does not have); an outcome is returned as a Finding.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import select
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from labctl.config.arch import get_arch
+from labctl.config.schema import Corruption, Timeouts
+from labctl.errors import ConfigError, InfraError
+from labctl.evidence import dump_check
+from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
+from labctl.evidence.smp import CpuWatch
+from labctl.evidence.verdict import (
+    CAPTURE_BOOTED,
+    CAPTURE_DAMAGED,
+    CAPTURE_HALTED,
+    CAPTURE_PANICKED,
+    DUMP_MISMATCH,
+    GUEST_RESET,
+    HANG,
+    NO_VERDICT,
+    PANIC_HALTED,
+    PURGATORY_REFUSED,
+    PURGATORY_REPORT,
+    ParkWatch,
+    parse_halted,
+    parse_registers,
+    purgatory_report,
+)
+from labctl.evidence.vmcore import check_vmcore
+from labctl.guest.accel import KvmUnusable, kvm_unusable
+from labctl.guest.assets import GUEST_INITRD
+from labctl.guest.console import Console
+from labctl.guest.control import ControlChannel
+from labctl.guest.machine import Machine
+from labctl.guest.memory import GuestMemory
+from labctl.kernel.facts import from_config_gz
+from labctl.kernel.load_images import guest_path
+from labctl.pair.vmcore_save import DumpReceiver
+from labctl.progress import Progress
+
+T = TypeVar("T")
+KEXEC_FILE_ON_CRASH = 0x2
+KEXEC_FILE_DEBUG = 0x8
+
+POLL_SECONDS = 0.1
+REGISTER_SAMPLE_SECONDS = 0.25
+# One vCPU: a park is recognised by the self-jump code at RIP whatever the interval, so sample
+# faster (a refusal's verdict comes ~0.6 s sooner).  Several vCPUs keep 0.25 s: CpuWatch judges
+# the other CPUs from the last two samples, and 0.1 s there coincided with 2 of 14 runs of
+# crash-intact-cpu1 on 6.1 seeing vCPU 0 at two RIPs in NMI context (0 of 8 at 0.25 s).
+SINGLE_VCPU_SAMPLE_SECONDS = 0.1
+STATUS_SAMPLE_SECONDS = 1.0
+EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
+
+# Whole lines (up to their newline): a pattern that matched a line still arriving recorded
+# "Kernel panic - not syncing: sysrq trigge" as the console's panic line.
+PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*\r?\n")
+SYSRQ_LINE = re.compile(r"sysrq: Trigger a crash[^\r\n]*\r?\n")
+# guests/init's check of the initramfs the capture kernel unpacked (guest_assets.manifest_bytes)
+INITRAMFS_DAMAGED = re.compile(r"kexec-lab: initramfs damaged:[^\r\n]*\r?\n")
+SAVE_VMCORE_SECONDS = 900.0  # a few MB over the serial line, a few hundred KB/s under TCG
+DUMP_REPLY_SECONDS = 30.0  # the capture helper's page hashes and vmcore-dmesg (about 0.5 s)
+# Printed only once panic() has given up on kexec: no capture kernel will run.
+END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*\r?\n")
+LINUX_BANNER = re.compile(r"Linux version \S+")
+# kexec-tools names kexec_load(2)'s errno only in words (kexec/kexec.c my_load).
+KEXEC_TOOLS_FAILED = re.compile(r"kexec_load failed: (.+?)\s*$")
+STRERROR_ERRNO = {os.strerror(n): n for n in errno.errorcode}
+# Kernel log lines that say why a load was refused: the lockdown LSM, the signature check.
+SIGNATURE_LOG = re.compile(r"Lockdown:|signature|PKCS#?7|PEFILE|X\.509", re.I)
+SIGNATURE_LOG_MAX = 10
+
+
+def kexec_tools_errno(output: list[str]) -> dict:
+    """The errno behind kexec-tools' "kexec_load failed: <strerror>" ({} if it did not say)."""
+    for line in reversed(output):
+        if (m := KEXEC_TOOLS_FAILED.search(line)) and m[1] in STRERROR_ERRNO:
+            return {"errno": STRERROR_ERRNO[m[1]], "strerror": m[1]}
+    return {}
+
+
+@dataclass
+class Finding:
+    """An outcome and the evidence that supports it."""
+
+    outcome: str
+    evidence: dict = field(default_factory=dict)
+    attachments: dict[str, str] = field(default_factory=dict)  # file name -> text
+
+
+@dataclass
+class Loaded:
+    """What the load did: rejected (errno, or kexec-tools' exit status) or a segment table."""
+
+    message: dict
+    table: SegmentTable
+
+    @property
+    def rejected(self) -> bool:
+        return self.message.get("rc", -1) != 0
+
+    def evidence(self) -> dict:
+        """The facts a result records about the load, for either method."""
+        keys = ("rc", "errno", "strerror", "flags", "dynamic_debug", "kexec_crash_loaded")
+        facts = {k: self.message[k] for k in keys if k in self.message}
+        if "output" in self.message:  # kexec-tools says why in its last words
+            facts["tool_output_tail"] = self.message["output"][-5:]
+        said = [line for line in self.message.get("log", []) if SIGNATURE_LOG.search(line)]
+        if said:
+            facts["kernel_log"] = said[:SIGNATURE_LOG_MAX]
+        return {**facts, "segments": self.table.to_json()}
+
+
+def placement_offset(corruption: Corruption, segment: Segment) -> int:
+    """Byte offset into the segment for a named placement or an integer offset."""
+    where, length = corruption.offset, corruption.length
+    offsets = {"start": 0, "middle": segment.bufsz // 2, "end": segment.bufsz - length,
+               "tail": segment.bufsz, "page": (segment.bufsz // 2) & ~0xFFF}
+    offset = offsets[where] if isinstance(where, str) else where
+    if offset < 0 or offset + length > segment.memsz:
+        raise ConfigError(f"corrupt: offset {offset:#x} + length {length:#x} is outside the "
+                          f"{segment.role} segment (bufsz {segment.bufsz:#x}, memsz "
+                          f"{segment.memsz:#x}) on this kernel", key=("corrupt", "offset"))
+    return offset
+
+
+class Session:
+    """One guest going through a scenario; records phase timings as it goes."""
+
+    def __init__(self, machine: Machine, console: Console, control: ControlChannel,
+                 memory: GuestMemory, timeouts: Timeouts, progress: Progress):
+        self.machine = machine
+        self.arch = get_arch(machine.spec.arch)
+        self.console = console
+        self.control = control
+        self.memory = memory
+        self.timeouts = timeouts
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.phase = "booting"
+        self.marks: dict[str, float] = {}
+        self.purgatory_line: str | None = None  # an instrumented purgatory's COM1 report
+        self.cpus: CpuWatch | None = None  # several CPUs: where the panic ran, the others
+        self.primary: dict = {}  # the primary kernel's hello: its RAM, reservation, facts
+        self.panic_lines: list[str] = []  # what the console showed of the panic
+        self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
+
+    # ------------------------------------------------------------ plumbing
+    def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
+        fds = [self.control.fileno(), self.console.spawn.child_fd]
+        select.select(fds, [], [], POLL_SECONDS)
+        try:
+            return self.control.pump(strict=strict), self.console.poll(patterns)
+        except ConnectionError as exc:  # the socket went with QEMU (killed from outside)
+            if self.machine.exited_within(EXIT_GRACE_SECONDS):
+                raise self._guest_gone() from None
+            raise InfraError(f"lost the guest's serial ports while {self.phase}: {exc}") from None
+
+    def _guest_gone(self) -> InfraError | KvmUnusable:
+        return kvm_unusable(self.machine.spec.accel, self.machine.qemu_output()) or \
+            InfraError(f"{self.machine.death_reason()} while {self.phase}")
+
+    def _check_kvm(self, since: float) -> None:
+        """KVM failures leave QEMU alive: look at its log, its run state, and whether the
+        guest has said anything on its console since `since`."""
+        if self.machine.spec.accel != "kvm":
+            return
+        silent_for = 0.0 if self.console.log.received else time.monotonic() - since
+        if unusable := kvm_unusable("kvm", self.machine.qemu_output(), self.machine.status, silent_for):
+            raise unusable
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.monotonic() - start, 3)
+
+    # ------------------------------------------------------------ steps
+    def boot(self) -> dict:
+        """Wait for the primary kernel's helper to say hello."""
+        self.phase, start = "booting", time.monotonic()
+        self.progress.say(f"booting the primary kernel ({self.machine.spec.accel})")
+
+        def hello(messages: list[dict], hits: list[tuple[str, str]]) -> dict | None:
+            if found := next((m for m in messages
+                              if m["type"] == "hello" and m.get("role") == "primary"), None):
+                return found
+            if hits:
+                raise InfraError(f"the guest kernel panicked while booting: {hits[0][1]!r} "
+                                 "(see serial.log)")
+            return None
+
+        message = self._wait(hello, self.timeouts.boot, "the guest to boot",
+                             f"the guest did not reach init within {self.timeouts.boot:g} s "
+                             "(no hello on the control port); see serial.log",
+                             patterns={"panic": PANIC_LINE}, every=lambda: self._check_kvm(start))
+        self.primary = message
+        self._timed("boot", start)
+        self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")
+        return message
+
+    def kernel_config(self) -> dict[str, str] | None:
+        """The running kernel's /proc/config.gz, parsed (None if it cannot be read)."""
+        self.control.send("kernel-config")
+        message = self._await_message(("kernel-config",), self.timeouts.load, "/proc/config.gz")
+        return from_config_gz(message.get("gz"))
+
+    def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default") -> Loaded:
+        """Load a capture kernel and parse the segment table its loader printed.
+
+        kexec_file_load goes through the helper's raw syscall with ON_CRASH|DEBUG;
+        kexec_load through kexec-tools (`kexec -p -d -c`), as distributions do.
+        """
+        self.phase, start = "loading", time.monotonic()
+        self.progress.say(f"loading the capture kernel ({method}, image {image})")
+        kernel = guest_path(image)
+        if method == "kexec_load":
+            args = ["-p", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
+            self.control.send("kexec-tool " + "\t".join(args))
+            message = self._await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
+            lines = message.get("output", []) + message.get("log", [])
+            if message.get("rc"):
+                message.update(kexec_tools_errno(message.get("output", [])))
+        else:
+            flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
+            self.control.send(f"load {flags:x} {kernel} {GUEST_INITRD} {cmdline}")
+            message = self._await_message(("loaded", "error"), self.timeouts.load, "the load to finish")
+            lines = message.get("log", [])
+        if message["type"] == "error":
+            raise InfraError(f"the guest helper could not load: {message.get('what')}: "
+                             f"{message.get('strerror')}")
+        self._timed("load", start)
+        unlogged = self.arch.file_kernel_unlogged and method == "kexec_file_load"
+        loaded = Loaded(message=message, table=parse_segment_table(lines, unlogged))
+        self._say_loaded(loaded)
+        return loaded
+
+    def _say_loaded(self, loaded: Loaded) -> None:
+        message = loaded.message
+        if loaded.rejected:
+            why = message.get("strerror") or " / ".join(message.get("output", [])[-1:])
+            self.progress.say(f"load failed: rc {message.get('rc')} errno {message.get('errno')} ({why})")
+        else:
+            roles = ", ".join(f"{s.role or '?'}@{s.mem:#x}" for s in loaded.table.segments)
+            self.progress.say(f"loaded in {self.timings['load']:.1f} s: {roles or 'no segment table'}")
+
+    def unload(self, method: str) -> dict:
+        """Unload the capture kernel again; the evidence says whether it is gone."""
+        self.phase = "unloading"
+        if method == "kexec_load":
+            self.control.send("kexec-tool -p\t-u")
+            message = self._await_message(("kexec-tool",), self.timeouts.load, "kexec -p -u")
+        else:
+            self.control.send("unload")
+            message = self._await_message(("unloaded",), self.timeouts.load, "the unload")
+        self.progress.say(f"unloaded: rc {message.get('rc')}, kexec_crash_loaded="
+                          f"{message.get('kexec_crash_loaded')}")
+        return {"rc": message.get("rc"), "kexec_crash_loaded": message.get("kexec_crash_loaded")}
+
+    def ask(self, line: str, types: tuple[str, ...], what: str) -> dict:
+        """Send the helper one command and wait (load timeout) for its reply."""
+        self.control.send(line)
+        return self._await_message(types, self.timeouts.load, what)
+
+    def _await_message(self, types: tuple[str, ...], timeout: float, what: str) -> dict:
+        return self._wait(lambda messages, _: next((m for m in messages if m["type"] in types), None),
+                          timeout, what, f"timed out after {timeout:g} s waiting for {what}")
+
+    def _wait(self, found: Callable[[list[dict], list[tuple[str, str]]], T | None], timeout: float,
+              what: str, timed_out: str, patterns: dict | None = None,
+              every: Callable[[], None] | None = None) -> T:
+        """The wait before a verdict: pump the control channel and the console until
+        found(messages, console hits) returns something.  A guest that dies is the
+        guest-gone error, the deadline an InfraError saying `timed_out`; `every` runs
+        each STATUS_SAMPLE_SECONDS.  (observe has its own loop: there a reset or the
+        deadline is a finding, not an error.)"""
+        start = time.monotonic()
+        next_status = start + STATUS_SAMPLE_SECONDS
+        while True:
+            messages, hits = self._events(patterns or {})
+            if (value := found(messages, hits)) is not None:
+                return value
+            if not self.machine.alive():
+                raise self._guest_gone()
+            now = time.monotonic()
+            if every and now >= next_status:
+                every()
+                next_status = now + STATUS_SAMPLE_SECONDS
+            if now - start > timeout:
+                raise InfraError(timed_out)
+            self.progress.tick(what, start)
+
+    def corrupt(self, table: SegmentTable, corruption: Corruption) -> dict:
+        """Overwrite bytes of a loaded segment through the RAM file; return the evidence."""
+        self.phase, start = "corrupting", time.monotonic()
+        segment = table.by_role(corruption.segment)
+        if segment is None:
+            known = ", ".join(s.role or f"#{s.index}" for s in table.segments) or "none"
+            raise ConfigError(f"corrupt: no {corruption.segment} segment was loaded on this "
+                              f"kernel (loaded: {known})", key=("corrupt", "segment"))
+        offset = placement_offset(corruption, segment)
+        write = self.memory.corrupt(segment.mem + offset, corruption.length,
+                                    corruption.pattern, corruption.seed)
+        if write.before == write.written:
+            raise ConfigError(f"corrupt: the {corruption.length} bytes at {write.address:#x} "
+                              f"({segment.role}+{offset:#x}) already hold what pattern "
+                              f"'{corruption.pattern}' writes, so nothing would be corrupted; "
+                              "choose another offset or pattern", key=("corrupt", "pattern"))
+        if not write.verified:
+            raise InfraError(f"corruption at {write.address:#x} did not stick "
+                             f"(read back {write.after[:64]}...)")
+        self._timed("corrupt", start)
+        self.progress.say(f"corrupted {corruption.length} bytes of {segment.role} at "
+                          f"{write.address:#x} (+{offset:#x}, {corruption.pattern})")
+        return {**write.to_json(), "segment": segment.to_json(), "offset": hex(offset),
+                "placement": corruption.offset}
+
+    def trigger(self, trigger: str, cpu: int | None = None) -> None:
+        """Crash the guest: sysrq and init-exit from inside, nmi armed inside, sent by QMP;
+        cpu: the helper pins itself there first and says where it runs."""
+        self.phase = "panicking"
+        self.progress.say(f"triggering a panic ({trigger}" + (f" on CPU {cpu})" if cpu is not None else ")"))
+        self.console.forget()
+        self.purgatory_line, self.panic_lines = None, []
+        self.marks["trigger"] = time.monotonic()
+        self.control.send(f"panic {trigger}" + (f" {cpu}" if cpu is not None else ""))
+        if trigger == "nmi" or cpu is not None:
+            reply = self._await_message(("panicking", "error"), self.timeouts.load, "the helper to panic")
+            if reply["type"] == "error":
+                raise InfraError(f"the guest helper could not panic: {reply.get('what')}: "
+                                 f"{reply.get('strerror')}")
+            if self.cpus is not None:
+                self.cpus.pinned = reply.get("cpu")
+        if trigger == "nmi":
+            assert self.machine.qmp is not None
+            self.machine.qmp.cmd("inject-nmi")
+
+    def observe(self, table: SegmentTable, release: str, within: float | None = None) -> Finding:
+        """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang.
+
+        within: look for at most this many more seconds (`labctl console`'s `verdict`);
+        if that window closes before the verdict deadline, the result is NO_VERDICT with
+        what was seen so far, and nothing is recorded as a verdict.
+        """
+        self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
+        watch = ParkWatch(table, self.arch)
+        registers = ""
+        every = REGISTER_SAMPLE_SECONDS if self.cpus else SINGLE_VCPU_SAMPLE_SECONDS
+        next_sample = time.monotonic() + every
+        window_end = None if within is None else time.monotonic() + within
+        while True:
+            messages, hits = self._events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
+                                           "banner": LINUX_BANNER, "damaged": INITRAMFS_DAMAGED,
+                                           "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
+                                           **(CpuWatch.patterns if self.cpus else {})},
+                                          strict=False)
+            self._mark_console(hits, start)
+            if self.cpus:
+                self.cpus.console(hits)
+            self.purgatory_line = self.purgatory_line or next(
+                (line for name, line in hits if name == "purgatory"), None)
+            if damaged := [line for name, line in hits if name == "damaged"]:
+                return self._finish(start, Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
+            if ended := [line for name, line in hits if name == "end"]:
+                # Before a capture kernel's banner, the crashed kernel gave up on kexec;
+                # after it, the capture kernel itself panicked.
+                outcome = CAPTURE_PANICKED if "capture_banner" in self.marks else PANIC_HALTED
+                return self._finish(start, Finding(outcome, {"console": ended[0].strip()}))
+            for message in messages:
+                # After the panic only a kexec'd kernel can say hello, even one that
+                # failed to set up /proc/vmcore (its role then reads "primary").
+                if message["type"] == "hello":
+                    return self._finish(start, self._capture_booted(message, release))
+            if not self.machine.alive():
+                return self._finish(start, self._reset(start))
+            now = time.monotonic()
+            if now >= next_sample:
+                try:
+                    registers = self.machine.hmp("info registers -a")
+                except InfraError:
+                    if self.machine.exited_within(EXIT_GRACE_SECONDS):  # a reset, mid-sample
+                        return self._finish(start, self._reset(start))
+                    raise
+                watch.add(parse_registers(registers, self.arch), parse_halted(registers))
+                if self.cpus:
+                    self.cpus.sample(registers)
+                next_sample = now + every
+                if parked := watch.parked(self._code_at):
+                    return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
+                                                       {"registers.txt": registers}))
+                if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
+                    stopped["capture_banner_seen"] = "capture_banner" in self.marks
+                    return self._finish(start, Finding(CAPTURE_HALTED, {"halted": stopped},
+                                                       {"registers.txt": registers}))
+            if now - start > self.timeouts.verdict:
+                return self._finish(start, Finding(HANG, {
+                    "waited": self.timeouts.verdict, **self._seen(watch, start)},
+                    {"registers.txt": registers}))
+            if window_end is not None and now > window_end:
+                return Finding(NO_VERDICT, self._seen(watch, start))
+            self.progress.tick("the capture kernel or a parked vCPU", start)
+
+    # ------------------------------------------------------------ observe helpers
+    def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
+        for name, line in hits:
+            if name in ("panic", "sysrq") and "capture_banner" not in self.marks:
+                self.panic_lines.append(line.strip())
+            key = {"panic": "panic_line", "sysrq": "sysrq_line", "banner": "capture_banner",
+                   "end": "end_of_panic", "purgatory": "purgatory_report"}.get(name)
+            if key and key not in self.marks:
+                self.marks[key] = time.monotonic()
+                self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
+
+    def _seen(self, watch: ParkWatch, start: float) -> dict:
+        """What is known without a verdict: where the vCPUs are, what the console said."""
+        return {"vcpus": watch.last_positions(), "console_marks": dict(self.marks_since(start))}
+
+    def marks_since(self, start: float):
+        for key, value in self.marks.items():
+            yield key, round(value - start, 3)
+
+    def _since(self, start: float) -> float:
+        return round(time.monotonic() - start, 3)
+
+    def _code_at(self, rip: int) -> bytes:
+        try:
+            return self.memory.read(rip, 8)
+        except ValueError:
+            return b""
+
+    def _reset(self, start: float) -> Finding:
+        """QEMU ended after the panic: a reset (exit 0 under -no-reboot) is a finding; QEMU
+        killed from outside or failing is not, and is the guest-gone infrastructure error."""
+        if self.machine.proc is None or self.machine.proc.returncode != 0:
+            raise self._guest_gone()
+        return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
+                                     "since_panic": self._since(start)})
+
+    def _capture_booted(self, hello: dict, release: str) -> Finding:
+        """The capture kernel said hello: a healthy capture only if its dump is the
+        crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed."""
+        vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
+        evidence = {"capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
+                    "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"),
+                    "vmcore": vmcore}
+        if not vmcore["ok"] or not self.primary:
+            return Finding(CAPTURE_BOOTED, evidence)
+        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
+        evidence["dump"] = dump
+        if self.save_vmcore_to is not None:
+            evidence["saved_vmcore"] = self.save_vmcore(self.save_vmcore_to)
+        return Finding(CAPTURE_BOOTED if dump["ok"] else DUMP_MISMATCH, evidence, attachments)
+
+    def save_vmcore(self, directory: Path) -> dict:
+        """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""
+        start = time.monotonic()
+        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 31)")
+        receiver = DumpReceiver(directory)
+        self.control.send("save-vmcore")
+        try:
+            while True:
+                messages, _ = self._events({}, strict=False)
+                for message in messages:
+                    if message["type"] == "vmcore-window":
+                        self.control.send("next" if receiver.window(message, self.memory) else "stop")
+                    elif message["type"] == "vmcore-chunk":
+                        receiver.chunk(message)
+                    elif message["type"] in ("vmcore-saved", "error"):
+                        evidence = receiver.finish(message)
+                        self._timed("save_vmcore", start)
+                        self.progress.say(f"saved {receiver.bytes} bytes in "
+                                          f"{self.timings['save_vmcore']:.1f} s: {evidence.get('file')}")
+                        return evidence
+                if not self.machine.alive():
+                    raise self._guest_gone()
+                if time.monotonic() - start > SAVE_VMCORE_SECONDS:
+                    raise InfraError(f"--save-vmcore: no end of the dump after {SAVE_VMCORE_SECONDS:g} s "
+                                     f"({receiver.bytes} bytes so far)")
+                self.progress.tick(f"the dump ({receiver.bytes >> 10} KiB so far)", start)
+        finally:
+            receiver.close()
+
+    def _check_dump(self, head: bytes) -> tuple[dict, dict[str, str]]:
+        """Ask the capture helper for page hashes and the log out of the dump; compare."""
+        start = time.monotonic()
+        dimm = ((self.cpus.hotplug or {}).get("memory") or {}).get("dimm") if self.cpus else None
+        hot_added = [(int(dimm["address"], 16), int(dimm["address"], 16) + int(dimm["size"], 16))] \
+            if dimm else []
+        facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
+                                     seed=random.randrange(1 << 32), hot_added=hot_added)
+        for command in facts.requests().values():
+            self.control.send(command)
+        wanted = set(facts.requests())
+        while wanted and time.monotonic() - start < DUMP_REPLY_SECONDS:
+            messages, _ = self._events({}, strict=False)
+            for message in messages:
+                kind = message["type"] if message["type"] in wanted else \
+                    (message.get("what") == "/sbin/vmcore-dmesg" and "vmcore-dmesg")
+                if kind in wanted:
+                    facts.replies[kind] = message
+                    wanted.discard(kind)
+            if not self.machine.alive():
+                raise self._guest_gone()
+        dump = dump_check.verify(facts)
+        if wanted:
+            dump["problems"].append(f"the capture helper did not answer {', '.join(sorted(wanted))} "
+                                    f"within {DUMP_REPLY_SECONDS:g} s (reading /proc/vmcore hung?)")
+            dump["ok"] = False
+        self._timed("dump_check", start)
+        return dump, {"dump-dmesg.txt": dump_check.dmesg_text(facts)}
+
+    def _finish(self, start: float, finding: Finding) -> Finding:
+        self.timings["panic_to_verdict"] = self._since(start)
+        if self.purgatory_line:
+            finding.evidence["purgatory_console"] = purgatory_report(self.purgatory_line)
+        if self.cpus:
+            finding.evidence["cpus"] = self.cpus.evidence(finding.evidence)
+            finding.attachments.setdefault("registers.txt", self.cpus.last_registers)
+        self.phase = "judged"
+        self.progress.say(f"{finding.outcome} after {self.timings['panic_to_verdict']:.1f} s")
+        return finding
