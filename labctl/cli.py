@@ -18,9 +18,9 @@ from pathlib import Path
 from labctl import stopping
 from labctl.artifacts import check_writable, new_run_id
 from labctl.campaigns import coverage, fuzz, matrix
-from labctl.config.options import add_common_opts, lab_from_args
+from labctl.config.options import add_common_opts, lab_from_args, positive_int
 from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
-from labctl.console import session as interactive
+from labctl.console import session
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
 from labctl.guest.accel import AccelChooser
 from labctl.kernel.build import build_entry
@@ -33,7 +33,7 @@ from labctl.report import cli as report_cli
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
-COMMAND_MODULES: list = [matrix.register, report_cli.register, interactive.register, coverage.register,
+COMMAND_MODULES: list = [matrix.register, report_cli.register, session.register, coverage.register,
                          fuzz.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     run.add_argument("--save-vmcore", action="store_true",
                      help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "
-                          "in the pair's artifacts as 'vmcore' (streamed over the serial line: slow)")
+                          "in the pair's artifacts as 'vmcore' (streamed through guest memory; over "
+                          "the control port where the kernel gives no page frames: slow)")
     run.add_argument("--fresh", action="store_true", help="boot every pair cold instead of "
-                     "forking it from a snapshot of the loaded guest")
+                     "forking it from a snapshot of the booted or loaded guest where it can be")
     run.add_argument("--run-id", type=matrix.run_id_arg,
                      help="run directory name (default: time + random); pairs must not exist yet")
     run.set_defaults(func=cmd_run)
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     klist.set_defaults(func=cmd_kernel_list)
     kbuild = ksub.add_parser("build", help="build recipe kernels (source + patches), cached")
     kbuild.add_argument("names", nargs="+", help="catalogue names of recipe kernels")
-    kbuild.add_argument("-j", "--jobs", type=int, help="parallel jobs (default: all cores)")
+    kbuild.add_argument("-j", "--jobs", type=positive_int, help="parallel jobs (default: all cores)")
     add_common_opts(kbuild)  # --artifacts: where the build logs go
     kbuild.set_defaults(func=cmd_kernel_build)
 

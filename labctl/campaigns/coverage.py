@@ -22,7 +22,7 @@ from pathlib import Path
 from labctl.artifacts import check_writable, new_run_id
 from labctl.campaigns import load_coverage
 from labctl.config.arch import ARCHES, HOST, get_arch
-from labctl.config.options import add_common_opts, lab_from_args
+from labctl.config.options import add_common_opts, lab_from_args, positive_int
 from labctl.config.schema import Corruption, Expectation, LabConfig, LoadStep, Scenario
 from labctl.errors import EXIT_INFRA, EXIT_PASSED
 from labctl.guest.accel import AccelChooser
@@ -248,8 +248,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     parser = sub.add_parser("coverage", help="which segment bytes the digest protects, as a table")
-    parser.add_argument("--kernel", action="append", help="catalogue name or bzImage (repeatable; "
-                        "default: the default kernel)")
+    parser.add_argument("--kernel", "--kernels", dest="kernel", nargs="+", action="extend",
+                        help="catalogue names or bzImages (repeatable; default: the default kernel)")
     parser.add_argument("--method", action="append", choices=METHODS,
                         help="load method (repeatable; default: every method the kernel's "
                              "architecture has)")
@@ -264,7 +264,7 @@ def register(sub) -> None:
                         help="load table: only these image kinds (repeatable)")
     parser.add_argument("--mode", action="append", choices=tuple(load_coverage.MODES),
                         help="load table: only these modes (repeatable)")
-    parser.add_argument("-j", "--jobs", type=int, default=1, help="guests at a time (default 1)")
+    parser.add_argument("-j", "--jobs", type=positive_int, default=1, help="guests at a time (default 1)")
     add_common_opts(parser)
     parser.add_argument("--fresh", action="store_true", help="boot every corruption cold instead "
                         "of forking it from a snapshot of the loaded guest")

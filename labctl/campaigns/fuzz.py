@@ -39,11 +39,11 @@ from labctl.config.schema import (
 )
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, Interrupted
 from labctl.evidence.segments import SegmentTable
-from labctl.evidence.verdict import CAPTURE_BOOTED, PURGATORY_REFUSED
 from labctl.guest.accel import AccelChooser
 from labctl.kernel.providers import Kernel, resolve_kernel
 from labctl.pair.runner import PairRun, run_pair
 from labctl.progress import Progress, say
+from labctl.result import Outcome
 
 MAX_LENGTH = 4096
 
@@ -95,12 +95,12 @@ def prediction(model: dict, role: str) -> tuple[str | None, str]:
     outcome is explained, e.g. purgatory's own bytes)."""
     hashed, why = model.get(role, (None, f"the model does not know the {role} segment"))
     if hashed:
-        return str(PURGATORY_REFUSED), why
+        return str(Outcome.PURGATORY_REFUSED), why
     if hashed is None:
         return None, why
     if role == "purgatory":
         return None, why + "; the bytes may be its code, its data or the digest, so any outcome is explained"
-    return str(CAPTURE_BOOTED), why
+    return str(Outcome.CAPTURE_BOOTED), why
 
 
 def judge_run(model: dict, draw: Draw, result: dict) -> dict:
@@ -108,10 +108,10 @@ def judge_run(model: dict, draw: Draw, result: dict) -> dict:
     outcome = result.get("outcome")
     expected, why = prediction(model, draw.role)
     vmcore = ((result.get("evidence") or {}).get("verdict") or {}).get("vmcore") or {}
-    kind = ("refused" if outcome == PURGATORY_REFUSED else
-            "booted" if outcome == CAPTURE_BOOTED else "other")
+    kind = ("refused" if outcome == Outcome.PURGATORY_REFUSED else
+            "booted" if outcome == Outcome.CAPTURE_BOOTED else "other")
     verdict = {"kind": kind, "outcome": outcome, "expected": expected, "model": why,
-               "vmcore_ok": vmcore.get("ok") if outcome == CAPTURE_BOOTED else None}
+               "vmcore_ok": vmcore.get("ok") if outcome == Outcome.CAPTURE_BOOTED else None}
     if outcome not in OUTCOMES:  # infra-error, config-error, interrupted: no finding
         return {**verdict, "status": "no-verdict", "explanation": result.get("reason")}
     if expected is None:
@@ -119,7 +119,7 @@ def judge_run(model: dict, draw: Draw, result: dict) -> dict:
     if outcome != expected:
         return {**verdict, "status": "surprise",
                 "explanation": f"the model predicts {expected} ({why}); got {outcome}"}
-    if outcome == CAPTURE_BOOTED and vmcore.get("ok") is False:
+    if outcome == Outcome.CAPTURE_BOOTED and vmcore.get("ok") is False:
         return {**verdict, "status": "explained",
                 "explanation": f"{why}: the corrupted headers broke /proc/vmcore"}
     return {**verdict, "status": "as-predicted", "explanation": why}
@@ -130,7 +130,7 @@ def fuzz_scenario(method: str, draw: Draw, model: dict) -> Scenario:
     return Scenario(name=draw.name, path=Path(f"<fuzz:{draw.name}>"),
                     description=f"{method}: {draw.length} B {draw.pattern} at {draw.role}+{draw.offset:#x}",
                     load=LoadStep(method=method), corrupt=draw.corruption(), trigger="sysrq",
-                    expect=Expectation(expected or CAPTURE_BOOTED,
+                    expect=Expectation(expected or Outcome.CAPTURE_BOOTED,
                                        reason=why if expected else f"no prediction: {why}"))
 
 
@@ -270,7 +270,7 @@ class FuzzRun:
 def _draws(lab: LabConfig, kernel: Kernel, method: str, runs: int, seed: int):
     """The snapshot to fork from (made now if needed) and the corruptions drawn from its table."""
     base = Scenario(name="fuzz-snapshot", path=Path("<fuzz>"), description="", corrupt=None,
-                    load=LoadStep(method=method), trigger="sysrq", expect=Expectation(PURGATORY_REFUSED))
+                    load=LoadStep(method=method), trigger="sysrq", expect=Expectation(Outcome.PURGATORY_REFUSED))
     snap = PairRun(lab, kernel, base, AccelChooser(lab.cache_dir), Progress(kernel.name),
                    snapshots=True).prepare_snapshot()
     with open(snap.ram, "rb") as ram:

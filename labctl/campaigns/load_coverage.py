@@ -3,7 +3,7 @@
 Before purgatory's digest there is the load itself: kexec_file_load probes the
 image and, with CONFIG_KEXEC_SIG, checks its signature; under lockdown it
 refuses what does not verify, and kexec_load(2) altogether.  For each kernel,
-each image kind (images.py, signing.py) is loaded on a fresh guest, as booted
+each image kind (kernel/load_images.py, signing.py) is loaded on a fresh guest, as booted
 and with lockdown=integrity, and the table says `loads` or the errno.  A
 KEXEC_SIG_FORCE kernel is its own column set: force is a build option, so its
 kernel's table is the SIG_FORCE mode.
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.config.schema import Expectation, LabConfig, LoadStep, Scenario
-from labctl.evidence.verdict import LOAD_ACCEPTED, LOAD_REJECTED
 from labctl.guest.accel import AccelChooser
 from labctl.kernel.load_images import KERNEL_IMAGES
 from labctl.kernel.providers import Kernel
 from labctl.pair.runner import run_pair
+from labctl.result import Outcome
 
 MODES = {"as booted": "", "lockdown=integrity": "lockdown=integrity"}  # column -> boot words
 # rows: every image through kexec_file_load, and the default image through kexec_load
@@ -40,9 +40,9 @@ class LoadCell:
     kernel_log: tuple[str, ...] = ()  # the kernel's lockdown / signature lines
 
     def text(self) -> str:
-        if self.outcome == LOAD_ACCEPTED:
+        if self.outcome == Outcome.LOAD_ACCEPTED:
             return "loads"
-        if self.outcome == LOAD_REJECTED:
+        if self.outcome == Outcome.LOAD_REJECTED:
             return self.errno or "refused (no errno)"
         return f"**{self.outcome}**"  # the lab broke or the guest did: not a finding
 
@@ -56,7 +56,7 @@ def load_scenario(method: str, image: str, mode: str) -> Scenario:
     return Scenario(name=name, path=Path(f"<coverage:{name}>"),
                     description=f"{method} of the {image} image, {mode}",
                     load=LoadStep(method=method, kernel=image), corrupt=None, trigger="none",
-                    expect=Expectation(LOAD_ACCEPTED), boot_cmdline=MODES[mode])
+                    expect=Expectation(Outcome.LOAD_ACCEPTED), boot_cmdline=MODES[mode])
 
 
 def run_load_cell(lab: LabConfig, kernel: Kernel, method: str, image: str, mode: str,
@@ -65,7 +65,7 @@ def run_load_cell(lab: LabConfig, kernel: Kernel, method: str, image: str, mode:
     result = run_pair(lab, kernel, load_scenario(method, image, mode), run_id,
                       AccelChooser(lab.cache_dir), quiet=True)
     load = result.evidence.get("load") or {}
-    number = load.get("errno") if result.outcome == LOAD_REJECTED else None
+    number = load.get("errno") if result.outcome == Outcome.LOAD_REJECTED else None
     return LoadCell(kernel.name, method, image, mode, result.outcome,
                     errno.errorcode.get(number) if number else None, result.reason or "",
                     str(result.directory), tuple(load.get("kernel_log") or ()))

@@ -425,17 +425,18 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     matrix = subparsers.add_parser("matrix", help="run every kernel x scenario pair, in parallel "
                                                   "and sharded, with JUnit, summary.md and HTML")
-    matrix.add_argument("--kernels", nargs="+", help="catalogue names (default: all)")
-    matrix.add_argument("--scenarios", nargs="+", help="scenario names or paths (default: all "
-                                                       "in scenarios/)")
-    matrix.add_argument("--jobs", "-j", type=positive_int, default=1, help="guests at a time (default 1)")
+    matrix.add_argument("--kernel", "--kernels", dest="kernels", nargs="+", action="extend",
+                        help="catalogue names (repeatable; default: all)")
+    matrix.add_argument("--scenario", "--scenarios", dest="scenarios", nargs="+", action="extend",
+                        help="scenario names or paths (repeatable; default: all in scenarios/)")
+    matrix.add_argument("-j", "--jobs", type=positive_int, default=1, help="guests at a time (default 1)")
     matrix.add_argument("--shard", default="1/1", help="run only shard I of N (default 1/1)")
     add_common_opts(matrix)
     matrix.add_argument("--pair-timeout", type=float, default=None,
                         help="stop a pair after this many seconds as an infra error (default: "
                              f"lab.yaml's boot + load + verdict timeouts + {WATCHDOG_MARGIN_SECONDS:.0f})")
     matrix.add_argument("--fresh", action="store_true", help="boot every pair cold instead of "
-                        "forking shareable scenarios from a snapshot of the loaded guest")
+                        "forking it from a snapshot of the booted or loaded guest where it can be")
     matrix.add_argument("--run-id", type=run_id_arg, help="name of the run directory (default: time + random)")
     matrix.add_argument("--baseline", help="an earlier run (directory or matrix.json) to diff "
                                            "against: diff.md, badges in report.html")

@@ -39,7 +39,7 @@ PLACEMENTS = ("start", "middle", "end", "tail", "page")
 TRIGGERS = ("sysrq", "nmi", "init-exit", "none")
 LOAD_METHODS = ("kexec_file_load", "kexec_load")
 KERNEL_IMAGES = ("default", "garbage", "empty", "truncated", "elf-vmlinux",
-                 "signed", "unsigned", "wrong-key", "tampered")  # images.py, signing.py
+                 "signed", "unsigned", "wrong-key", "tampered")  # kernel/load_images.py, signing.py
 ERRNO_NAMES = tuple(sorted(errno.errorcode.values()))
 CONFIG_ASSIGNMENT = re.compile(r"^CONFIG_[A-Z0-9_]+=\S+$")
 SCENARIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -211,7 +211,7 @@ def key_error(path: Path, keypath: tuple, message: str) -> ConfigError:
 KERNEL_SCHEMA = {
     "debian_package": Field(str, default=None),
     "path": Field(str, default=None),
-    "recipe": Field(str, default=None),  # guests/kernels/NAME.yaml (kernel_build.py)
+    "recipe": Field(str, default=None),  # guests/kernels/NAME.yaml (kernel/build.py)
     # the guest architecture of a Debian package or path kernel (a recipe names its own)
     "arch": Field(str, default=None, choices=ARCH_NAMES),
     "description": Field(str, default=""),
@@ -465,7 +465,7 @@ class Hotplug:
 @dataclass(frozen=True)
 class LoadStep:
     method: str = "kexec_file_load"
-    kernel: str = "default"  # or a bad image (images.py)
+    kernel: str = "default"  # or a bad image (kernel/load_images.py)
     cmdline: str = ""
     cmdline_length: int | None = None  # pad the capture command line to this many bytes
     unload: bool = False  # unload again before the trigger

@@ -2,10 +2,10 @@
 
 The lab runs the scenario's steps up to --stop-at (LiveGuest drives the stages
 through the same PairRun/Session steps `labctl run` uses), then hands the
-terminal over (console_terminal.py): keystrokes go to the guest's ttyS0 and its
+terminal over (console/terminal.py): keystrokes go to the guest's ttyS0 and its
 output comes back, while the console still goes to serial.log with host
 timestamps and the control channel (ttyS1) stays with the lab.  Ctrl-] opens
-the lab prompt, whose commands (lab_prompt.py) act on the LiveGuest.  However
+the lab prompt, whose commands (console/prompt.py) act on the LiveGuest.  However
 the session ends, the Machine context manager stops QEMU and removes the run
 directory.
 """
@@ -30,15 +30,7 @@ from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.evidence import purgatory
 from labctl.evidence.purgatory import Placement
 from labctl.evidence.segments import SegmentTable
-from labctl.evidence.verdict import (
-    CONFIG_ERROR,
-    INFRA_ERROR,
-    INTERRUPTED,
-    LOAD_ACCEPTED,
-    LOAD_REJECTED,
-    NO_VERDICT,
-    judge,
-)
+from labctl.evidence.verdict import judge
 from labctl.guest.accel import AccelChooser
 from labctl.guest.console import StampedLog
 from labctl.kernel.facts import UnknownFact
@@ -46,7 +38,7 @@ from labctl.kernel.providers import resolve_kernel
 from labctl.pair.runner import PairRun
 from labctl.pair.steps import REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
 from labctl.progress import Progress, say
-from labctl.result import LOGS, PairResult
+from labctl.result import LOGS, Outcome, PairResult
 
 STAGES = ("booted", "loaded", "corrupted", "panicked")
 DEFAULT_GDB_PORT = 1234
@@ -106,7 +98,7 @@ class LiveGuest:
         self.loaded = loaded = self.pair.step_load(self.session)
         self.stage = "loaded"
         if loaded.rejected:
-            self.finding = self._load_finding(LOAD_REJECTED)
+            self.finding = self._load_finding(Outcome.LOAD_REJECTED)
         elif self.pair.scenario.hotplug:
             loaded = self.loaded = self.pair.step_hotplug(self.session, loaded)
         self.show_gdb()
@@ -178,7 +170,7 @@ class LiveGuest:
         with CtrlC() as ctrl_c:
             while not ctrl_c.pressed:
                 finding = self.observe(within=SNAPSHOT_SECONDS)
-                if finding.outcome != NO_VERDICT:
+                if finding.outcome != Outcome.NO_VERDICT:
                     print("\r\033[K", end="", flush=True)
                     return finding
                 self.snapshot = finding.evidence
@@ -197,10 +189,10 @@ class LiveGuest:
         """`continue`: the remaining steps, then wait for the verdict as `labctl run` does."""
         self.advance(None)
         if self.finding is None and not self.reached("panicked"):  # trigger: none
-            self.finding = self._load_finding(LOAD_ACCEPTED)
+            self.finding = self._load_finding(Outcome.LOAD_ACCEPTED)
         if self.finding is None:
             self.finding = self.observe()
-        elif self.finding.outcome in (LOAD_REJECTED, LOAD_ACCEPTED) and self.pair.then_intact:
+        elif self.finding.outcome in (Outcome.LOAD_REJECTED, Outcome.LOAD_ACCEPTED) and self.pair.then_intact:
             self.pair.evidence["recovery"] = self.pair.step_recovery(self.session)
         self.report(self.finding)
 
@@ -301,14 +293,14 @@ class ConsolePair(PairRun):
 def record(result: PairResult, finding: Finding | None, pair: ConsolePair) -> None:
     """Put the session's last verdict (if any) into the result."""
     if finding is None:
-        result.outcome, result.passed = NO_VERDICT, None
+        result.outcome, result.passed = Outcome.NO_VERDICT, None
         result.reason = "the session ended before the lab reached a verdict"
         return
     result.attach(pair.out, finding.attachments)
     passed, reason = pair.judge(finding)
     result.evidence["verdict"] = finding.evidence
     if passed is None:  # expectation unknown: a configuration-class result
-        result.outcome, result.passed, result.reason = CONFIG_ERROR, None, reason
+        result.outcome, result.passed, result.reason = Outcome.CONFIG_ERROR, None, reason
         result.extra["observed"] = finding.outcome
         return
     result.outcome, result.passed, result.reason = finding.outcome, passed, reason
@@ -332,11 +324,11 @@ def run_console(pair: ConsolePair, run_id: str) -> int:
         if pair.live and pair.live.finding:  # a verdict reached before Ctrl-C still counts
             record(result, pair.live.finding, pair)
         else:
-            result.outcome, result.reason = INTERRUPTED, f"interrupted at stage {_stage(pair)}"
+            result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted at stage {_stage(pair)}"
         result.extra["ended_by"] = "interrupt"
         raise Interrupted(f"session ended at stage {_stage(pair)}; artifacts in {out}") from None
     except LabError as exc:
-        result.outcome = CONFIG_ERROR if isinstance(exc, ConfigError) else INFRA_ERROR
+        result.outcome = Outcome.CONFIG_ERROR if isinstance(exc, ConfigError) else Outcome.INFRA_ERROR
         result.reason = str(exc)
         result.extra["stage"] = _stage(pair)
         raise

@@ -37,23 +37,6 @@ from labctl.evidence.segments import SegmentTable
 from labctl.evidence.smp import cpu_problem
 from labctl.result import Outcome
 
-# The outcomes under their old names (result.Outcome is the one list).
-CAPTURE_BOOTED = Outcome.CAPTURE_BOOTED
-PURGATORY_REFUSED = Outcome.PURGATORY_REFUSED
-LOAD_REJECTED = Outcome.LOAD_REJECTED
-HANG = Outcome.HANG
-GUEST_RESET = Outcome.GUEST_RESET
-LOAD_ACCEPTED = Outcome.LOAD_ACCEPTED
-PANIC_HALTED = Outcome.PANIC_HALTED
-CAPTURE_PANICKED = Outcome.CAPTURE_PANICKED
-DUMP_MISMATCH = Outcome.DUMP_MISMATCH
-CAPTURE_HALTED = Outcome.CAPTURE_HALTED
-CAPTURE_DAMAGED = Outcome.CAPTURE_DAMAGED
-NO_VERDICT = Outcome.NO_VERDICT
-INFRA_ERROR = Outcome.INFRA_ERROR
-CONFIG_ERROR = Outcome.CONFIG_ERROR
-INTERRUPTED = Outcome.INTERRUPTED
-
 CPU_HEADER = re.compile(r"^CPU#(\d+)", re.MULTILINE)
 HLT_STATE = re.compile(r"\bHLT=(\d)")
 RFLAGS = re.compile(r"\bRFL=([0-9a-fA-F]+)")
@@ -182,9 +165,9 @@ def console_contradiction(outcome: str, evidence: dict) -> str | None:
     report = evidence.get("purgatory_console")
     if not report:
         return None
-    if outcome == PURGATORY_REFUSED and report["boots_next_kernel"]:
+    if outcome == Outcome.PURGATORY_REFUSED and report["boots_next_kernel"]:
         return f"a vCPU is parked in purgatory, but purgatory said on COM1: {report['line']!r}"
-    if outcome == CAPTURE_BOOTED and not report["boots_next_kernel"]:
+    if outcome == Outcome.CAPTURE_BOOTED and not report["boots_next_kernel"]:
         return f"the capture kernel booted, but purgatory said on COM1: {report['line']!r}"
     return None
 
@@ -199,7 +182,7 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
     """
     if outcome != expected:
         report = evidence.get("purgatory_console")
-        problems = (evidence.get("dump") or {}).get("problems") if outcome == DUMP_MISMATCH else None
+        problems = (evidence.get("dump") or {}).get("problems") if outcome == Outcome.DUMP_MISMATCH else None
         return False, f"expected {expected}, got {outcome}" + \
             (f": {'; '.join(problems[:3])}" if problems else "") + \
             (f" (purgatory said on COM1: {report['line']!r})" if report else "")
@@ -207,21 +190,21 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if problem := cpu_problem(evidence):
         return False, f"{outcome} as expected, but the CPUs disagree: {problem}"
-    if outcome == CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):
+    if outcome == Outcome.CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):
         return False, f"capture kernel booted but /proc/vmcore is not sane: {problem}"
     if expected_errno:
         got = errno.errorcode.get(evidence.get("errno") or 0, "no errno")
         if got != expected_errno:
             return False, f"{outcome} as expected, but with {got} instead of {expected_errno}"
     if recovery is not None:
-        if recovery.get("outcome") != CAPTURE_BOOTED:
+        if recovery.get("outcome") != Outcome.CAPTURE_BOOTED:
             return False, f"{outcome} as expected, but the guest was not healthy afterwards: " \
                           f"the follow-up intact crash gave {recovery.get('outcome')}"
         if problem := _vmcore_problem(recovery):
             return False, f"{outcome} as expected, but after it /proc/vmcore is not sane: {problem}"
         return True, f"{outcome} as expected{' (' + expected_errno + ')' if expected_errno else ''}, " \
                      "then an intact crash booted the capture kernel"
-    if outcome == DUMP_MISMATCH:  # say what the lab found wrong with the dump
+    if outcome == Outcome.DUMP_MISMATCH:  # say what the lab found wrong with the dump
         problems = (evidence.get("dump") or {}).get("problems") or []
         return True, f"{outcome} as expected: {'; '.join(problems[:2])}"
     return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")

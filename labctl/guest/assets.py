@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labctl.config.arch import HOST, Arch
 from labctl.errors import ConfigError, InfraError
-from labctl.guest import userland as guest_userland
+from labctl.guest import userland
 from labctl.guest.cpio import CpioWriter, regular_files
 from labctl.kernel import signing
 from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES, bad_image, guest_path
@@ -201,10 +201,10 @@ def _userland(arch: Arch, cache_dir: Path, dump_tools: bool) -> Userland:
                           "lab does not carry yet")
     if arch.debian_arch is None:
         return Userland(None, [], None, b"", b"")
-    return Userland(guest_userland.busybox(arch, cache_dir).read_bytes(), ["sh"],
+    return Userland(userland.busybox(arch, cache_dir).read_bytes(), ["sh"],
                     INIT_SCRIPT.read_bytes(),
-                    _files_layer(guest_userland.kexec_tools(arch, cache_dir)),
-                    _files_layer(guest_userland.kexec_tools(arch, cache_dir, str(VMCORE_DMESG))))
+                    _files_layer(userland.kexec_tools(arch, cache_dir)),
+                    _files_layer(userland.kexec_tools(arch, cache_dir, str(VMCORE_DMESG))))
 
 
 def modules_layer_bytes(modules: tuple[tuple[str, Path], ...]) -> bytes:

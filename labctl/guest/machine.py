@@ -320,16 +320,12 @@ class Machine:
         return self._qmp_cmd("human-monitor-command", **{"command-line": command})
 
     def command(self, name: str, **args):
-        """A QMP command (device_add, query-hotpluggable-cpus, ...); InfraError if QEMU
-        does not answer or refuses."""
+        """A QMP command (device_add, migrate, query-hotpluggable-cpus, ...); InfraError if
+        QEMU does not answer or refuses."""
         return self._qmp_cmd(name, **args)
 
     def status(self) -> str:
         return self._qmp_cmd("query-status")["status"]
-
-    def qmp_command(self, command: str, **args):
-        """Any QMP command (snapshot.py saves and restores through these)."""
-        return self._qmp_cmd(command, **args)
 
     def _qmp_cmd(self, command: str, **args):
         """A QMP command; a QEMU that does not answer (frozen, stopped) is an InfraError.

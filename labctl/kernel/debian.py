@@ -1,7 +1,7 @@
 """Debian packages: what the archive offers (apt-cache), what is installed (dpkg-query),
 and one package fetched and unpacked into the cache (apt-get download + dpkg-deb -x).
-Used by both kernel providers: Debian kernels (kernels.py) and recipe sources
-(kernel_build.py)."""
+Used by both kernel providers: Debian kernels (kernel/providers.py) and recipe sources
+(kernel/build.py)."""
 
 from __future__ import annotations
 

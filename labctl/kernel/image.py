@@ -1,5 +1,5 @@
 """A kernel ready to boot and what is known about it, whichever provider made it
-(kernels.py: Debian packages and paths; kernel_build.py: recipes)."""
+(kernel/providers.py: Debian packages and paths; kernel/build.py: recipes)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Kernel:
     package: str | None = None
     version: str | None = None
     config: Path | None = None
-    recipe: dict | None = None  # recipe kernels: build key, source, patches (kernel_build.py)
+    recipe: dict | None = None  # recipe kernels: build key, source, patches (kernel/build.py)
     arch: str = "x86_64"  # labctl/config/arch.py: which QEMU, ports, memory map, parked-vCPU signature
     kexec_image: Path | None = None  # what the capture kernel is loaded from, if not bzimage
 

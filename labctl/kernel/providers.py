@@ -81,7 +81,7 @@ def debian_kernel(entry: KernelEntry, cache_dir: Path, progress=print) -> Kernel
 def path_kernel(name: str, path: Path, arch: str | None = None) -> Kernel:
     if not path.is_file():
         raise ConfigError(f"kernel image not found: {path}")
-    if arch not in (None, HOST.name):  # arch_kernels.py: an arm64 Image, a riscv64 vmlinux
+    if arch not in (None, HOST.name):  # kernel/other_arch.py: an arm64 Image, a riscv64 vmlinux
         from labctl.kernel.other_arch import foreign_path_kernel  # it imports this module
 
         return foreign_path_kernel(name, path, arch)

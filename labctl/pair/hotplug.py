@@ -96,7 +96,7 @@ def hot_add_cpus(session, count: int, first_cpu: int) -> tuple[dict, dict]:
 def dimm_device(backend_id: str, mib: int) -> tuple[dict, dict]:
     """object-add and device_add arguments for one DIMM of `mib` MiB.  Its RAM is QEMU's
     own (memory-backend-ram): the lab never reads it, and it lies above 4 GiB, outside
-    the RAM file that guest_memory.py maps."""
+    the RAM file that guest/memory.py maps."""
     backend = {"qom-type": "memory-backend-ram", "id": backend_id, "size": mib << 20}
     return backend, {"driver": "pc-dimm", "id": f"{backend_id}-dimm", "memdev": backend_id}
 

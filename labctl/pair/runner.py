@@ -19,7 +19,7 @@ from labctl.config.arch import HOST, Arch, get_arch
 from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, Timeouts, key_error
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.evidence.smp import cpu_watch, cpus_do_not_apply, resolve_cpus
-from labctl.evidence.verdict import CAPTURE_BOOTED, CAPTURE_PANICKED, LOAD_ACCEPTED, LOAD_REJECTED, judge
+from labctl.evidence.verdict import judge
 from labctl.guest.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
 from labctl.guest.assets import GuestAssets, build_assets
 from labctl.guest.console import Console, StampedLog
@@ -217,7 +217,7 @@ class PairRun:
         if why := load_reason(self.scenario):
             return why
         expected, then_intact = self._expected_outcome(), self.then_intact
-        if expected == LOAD_REJECTED or then_intact:
+        if expected == Outcome.LOAD_REJECTED or then_intact:
             return (f"on this kernel the load itself is under test (expected {expected}"
                     + (", then an intact crash)" if then_intact else ")"))
         return None
@@ -332,7 +332,7 @@ class PairRun:
         self.progress.say("checking the guest is still healthy: valid load, then an intact crash")
         loaded = session.load(capture_cmdline(self.lab.machine, arch=self.arch))
         if loaded.rejected:
-            return {"outcome": LOAD_REJECTED, "load": loaded.evidence()}
+            return {"outcome": Outcome.LOAD_REJECTED, "load": loaded.evidence()}
         session.trigger("sysrq")
         finding = session.observe(loaded.table, self.kernel.release)
         return {"outcome": finding.outcome, **finding.evidence}
@@ -344,7 +344,7 @@ class PairRun:
     def _after_load(self, session: Session, loaded: Loaded) -> Finding:
         if loaded.rejected or self.scenario.trigger == "none":
             message = loaded.message
-            finding = Finding(LOAD_REJECTED if loaded.rejected else LOAD_ACCEPTED,
+            finding = Finding(Outcome.LOAD_REJECTED if loaded.rejected else Outcome.LOAD_ACCEPTED,
                               {k: message.get(k) for k in ("rc", "errno", "strerror")})
             if self.then_intact:
                 self.evidence["recovery"] = self.step_recovery(session)
@@ -357,7 +357,7 @@ class PairRun:
             self.evidence["unload"] = session.unload(self.scenario.load.method)
         self.step_trigger(session)
         finding = session.observe(loaded.table, self.kernel.release)
-        if self.scenario.corrupt and finding.outcome in (CAPTURE_BOOTED, CAPTURE_PANICKED):
+        if self.scenario.corrupt and finding.outcome in (Outcome.CAPTURE_BOOTED, Outcome.CAPTURE_PANICKED):
             self.evidence["corruption"].update(corruption_at_verdict(session, self.evidence["corruption"]))
         return finding
 

@@ -318,7 +318,7 @@ def _wait_migration(machine, what: str) -> dict:
     deadline = time.monotonic() + MIGRATE_SECONDS
     while True:
         stopping.check()
-        info = machine.qmp_command("query-migrate")
+        info = machine.command("query-migrate")
         status = info.get("status")
         if status == "completed":
             return info
@@ -340,7 +340,7 @@ def _hand_fd(machine, path: Path, flags: int) -> str:
         raise InfraError(f"could not pass {path.name} to QEMU: {exc.strerror}") from None
     finally:
         os.close(fd)
-    machine.qmp_command("getfd", fdname=FD_NAME)
+    machine.command("getfd", fdname=FD_NAME)
     return f"fd:{FD_NAME}"
 
 
@@ -348,10 +348,10 @@ def save(machine, directory: Path) -> dict:
     """Stop the guest and save it into directory (device state + a copy of its RAM);
     return timings and sizes.  The guest stays stopped."""
     start = time.monotonic()
-    machine.qmp_command("stop")
-    machine.qmp_command("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+    machine.command("stop")
+    machine.command("migrate-set-capabilities", capabilities=IGNORE_SHARED)
     state = directory / STATE
-    machine.qmp_command("migrate", uri=_hand_fd(machine, state, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    machine.command("migrate", uri=_hand_fd(machine, state, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     _wait_migration(machine, "saving the guest (migrate)")
     saved = time.monotonic()
     written = sparse_copy(machine.ram_path, directory / RAM, skip_zeros=True)
@@ -366,14 +366,14 @@ def restore(machine, snapshot: Snapshot) -> dict:
     of the snapshot's RAM, then run the guest.  Any failure is RestoreFailed."""
     start = time.monotonic()
     try:
-        machine.qmp_command("migrate-set-capabilities", capabilities=IGNORE_SHARED)
-        machine.qmp_command("migrate-incoming", uri=_hand_fd(machine, snapshot.state, os.O_RDONLY))
+        machine.command("migrate-set-capabilities", capabilities=IGNORE_SHARED)
+        machine.command("migrate-incoming", uri=_hand_fd(machine, snapshot.state, os.O_RDONLY))
         _wait_migration(machine, "restoring the guest (migrate-incoming)")
         status = machine.status()
         if status not in ("paused", "running"):
             raise InfraError(f"the restored guest is {status!r}, not paused")
         if status == "paused":
-            machine.qmp_command("cont")
+            machine.command("cont")
     except InfraError as exc:
         raise RestoreFailed(f"snapshot {snapshot.key}: {exc}") from None
     return {"incoming_seconds": round(time.monotonic() - start, 3)}

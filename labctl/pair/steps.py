@@ -25,23 +25,7 @@ from labctl.errors import ConfigError, InfraError
 from labctl.evidence import dump_check
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
-from labctl.evidence.verdict import (
-    CAPTURE_BOOTED,
-    CAPTURE_DAMAGED,
-    CAPTURE_HALTED,
-    CAPTURE_PANICKED,
-    DUMP_MISMATCH,
-    GUEST_RESET,
-    HANG,
-    NO_VERDICT,
-    PANIC_HALTED,
-    PURGATORY_REFUSED,
-    PURGATORY_REPORT,
-    ParkWatch,
-    parse_halted,
-    parse_registers,
-    purgatory_report,
-)
+from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers, purgatory_report
 from labctl.evidence.vmcore import check_vmcore
 from labctl.guest.accel import KvmUnusable, kvm_unusable
 from labctl.guest.assets import GUEST_INITRD
@@ -53,6 +37,7 @@ from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
 from labctl.pair.vmcore_save import DumpReceiver
 from labctl.progress import Progress
+from labctl.result import Outcome
 
 T = TypeVar("T")
 KEXEC_FILE_ON_CRASH = 0x2
@@ -352,7 +337,7 @@ class Session:
         """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang.
 
         within: look for at most this many more seconds (`labctl console`'s `verdict`);
-        if that window closes before the verdict deadline, the result is NO_VERDICT with
+        if that window closes before the verdict deadline, the result is Outcome.NO_VERDICT with
         what was seen so far, and nothing is recorded as a verdict.
         """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
@@ -373,11 +358,11 @@ class Session:
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
             if damaged := [line for name, line in hits if name == "damaged"]:
-                return self._finish(start, Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
+                return self._finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
             if ended := [line for name, line in hits if name == "end"]:
                 # Before a capture kernel's banner, the crashed kernel gave up on kexec;
                 # after it, the capture kernel itself panicked.
-                outcome = CAPTURE_PANICKED if "capture_banner" in self.marks else PANIC_HALTED
+                outcome = Outcome.CAPTURE_PANICKED if "capture_banner" in self.marks else Outcome.PANIC_HALTED
                 return self._finish(start, Finding(outcome, {"console": ended[0].strip()}))
             for message in messages:
                 # After the panic only a kexec'd kernel can say hello, even one that
@@ -399,18 +384,18 @@ class Session:
                     self.cpus.sample(registers)
                 next_sample = now + every
                 if parked := watch.parked(self._code_at):
-                    return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
+                    return self._finish(start, Finding(Outcome.PURGATORY_REFUSED, {"parked": parked},
                                                        {"registers.txt": registers}))
                 if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
-                    return self._finish(start, Finding(CAPTURE_HALTED, {"halted": stopped},
+                    return self._finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": stopped},
                                                        {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
-                return self._finish(start, Finding(HANG, {
+                return self._finish(start, Finding(Outcome.HANG, {
                     "waited": self.timeouts.verdict, **self._seen(watch, start)},
                     {"registers.txt": registers}))
             if window_end is not None and now > window_end:
-                return Finding(NO_VERDICT, self._seen(watch, start))
+                return Finding(Outcome.NO_VERDICT, self._seen(watch, start))
             self.progress.tick("the capture kernel or a parked vCPU", start)
 
     # ------------------------------------------------------------ observe helpers
@@ -446,7 +431,7 @@ class Session:
         killed from outside or failing is not, and is the guest-gone infrastructure error."""
         if self.machine.proc is None or self.machine.proc.returncode != 0:
             raise self._guest_gone()
-        return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
+        return Finding(Outcome.GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
     def _capture_booted(self, hello: dict, release: str) -> Finding:
@@ -457,12 +442,12 @@ class Session:
                     "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"),
                     "vmcore": vmcore}
         if not vmcore["ok"] or not self.primary:
-            return Finding(CAPTURE_BOOTED, evidence)
+            return Finding(Outcome.CAPTURE_BOOTED, evidence)
         dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
         evidence["dump"] = dump
         if self.save_vmcore_to is not None:
             evidence["saved_vmcore"] = self.save_vmcore(self.save_vmcore_to)
-        return Finding(CAPTURE_BOOTED if dump["ok"] else DUMP_MISMATCH, evidence, attachments)
+        return Finding(Outcome.CAPTURE_BOOTED if dump["ok"] else Outcome.DUMP_MISMATCH, evidence, attachments)
 
     def save_vmcore(self, directory: Path) -> dict:
         """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""

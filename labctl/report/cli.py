@@ -1,6 +1,6 @@
-"""`labctl report`: merge (report.py's reports over many result directories), diff
-(report_diff.py) and history (report_history.py), registered here so that those
-modules import report.py and nothing imports back."""
+"""`labctl report`: merge (report/render.py's reports over many result directories), diff
+(report/diff.py) and history (report/history.py), registered here so that those
+modules import report/render.py and nothing imports back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from labctl.errors import ConfigError
 from labctl.report import diff as report_diff
-from labctl.report import history as report_history
+from labctl.report import history
 from labctl.report.diff import load_run, run_label, write_with_baseline
 from labctl.report.render import STATUS_LABELS, counts, exit_code, load_cells, write_reports
 
@@ -42,4 +42,4 @@ def register(subparsers) -> None:
                                           "against: diff.md and badges in report.html")
     merge.set_defaults(func=cmd_merge)
     report_diff.register(rsub)
-    report_history.register(rsub)
+    history.register(rsub)

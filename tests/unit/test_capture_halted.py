@@ -87,15 +87,16 @@ DAMAGED = DATA / "recipes" / "tiny-6.12-no-digest" / "corrupt-initrd-damaged"
 def test_a_damaged_capture_initramfs_is_named_by_its_init():
     """The negative control boots a corrupted initrd: init's SHA-256 check names the file,
     instead of a helper that never answers (this pair used to end as hang at 90 s)."""
-    from labctl.evidence.verdict import CAPTURE_DAMAGED, judge
+    from labctl.evidence.verdict import judge
     from labctl.pair.steps import INITRAMFS_DAMAGED
+    from labctl.result import Outcome
 
     lines = [m[0].rstrip("\r\n") for m in INITRAMFS_DAMAGED.finditer((DAMAGED / "serial.log").read_text())]
     assert lines == ["kexec-lab: initramfs damaged: /bin/kexec-lab-helper: FAILED sha256sum: "
                      "WARNING: 1 of 6 computed checksums did NOT match "]
     recorded = json.loads((DAMAGED / "result.json").read_text())
-    assert recorded["outcome"] == CAPTURE_DAMAGED and recorded["timings"]["panic_to_verdict"] < 15
-    passed, reason = judge("purgatory-refused", CAPTURE_DAMAGED, recorded["evidence"]["verdict"])
+    assert recorded["outcome"] == Outcome.CAPTURE_DAMAGED and recorded["timings"]["panic_to_verdict"] < 15
+    passed, reason = judge("purgatory-refused", Outcome.CAPTURE_DAMAGED, recorded["evidence"]["verdict"])
     assert not passed and reason.startswith("expected purgatory-refused, got capture-damaged")
 
 

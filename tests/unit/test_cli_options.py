@@ -51,3 +51,19 @@ def test_a_fresh_clone_has_artifacts_with_its_readme():
     assert (REPO / "artifacts" / "README.md").is_file()
     ignore = (REPO / ".gitignore").read_text().splitlines()
     assert "artifacts/*" in ignore and "!artifacts/README.md" in ignore
+
+
+@pytest.mark.parametrize("spelling", [["--kernel", "a", "--kernel", "b"], ["--kernels", "a", "b"],
+                                      ["--kernel", "a", "b"]], ids=" ".join)
+@pytest.mark.parametrize(("command", "dest"), [(["matrix"], "kernels"), (["coverage"], "kernel")])
+def test_one_kernel_flag_for_several_kernels(command, dest, spelling):
+    """--kernel is the documented spelling everywhere; --kernels (matrix's old one) still works."""
+    assert getattr(build_parser().parse_args(command + spelling), dest) == ["a", "b"]
+
+
+@pytest.mark.parametrize("command", [["matrix"], ["coverage"], ["fuzz"], ["kernel", "build", "x"]], ids=" ".join)
+def test_jobs_is_a_positive_count_everywhere(command, capsys):
+    assert build_parser().parse_args(command + ["-j", "2"]).jobs == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(command + ["--jobs", "0"])
+    assert "must be 1 or more" in capsys.readouterr().err

@@ -10,8 +10,9 @@ from recorded import message, result
 
 from labctl.evidence import dump_check
 from labctl.evidence.dump_check import PAGE, DumpFacts, expected_ranges, merge, subtract, verify
-from labctl.evidence.verdict import DUMP_MISMATCH, judge
+from labctl.evidence.verdict import judge
 from labctl.guest.memory import GuestMemory
+from labctl.result import Outcome
 
 MIB = 1 << 20
 
@@ -102,7 +103,7 @@ def test_a_dump_serving_other_memory_names_the_load_and_both_addresses(ram):
     assert problem.startswith(f"PT_LOAD 1 (paddr {14 * MIB:#x}-{16 * MIB:#x}): the first page at "
                               f"paddr {last.paddr:#x} differs")
     assert f"the dump serves the RAM file's page at {last.paddr - MIB:#x}" in problem
-    passed, reason = judge("capture-booted", DUMP_MISMATCH, {"dump": evidence})
+    passed, reason = judge("capture-booted", Outcome.DUMP_MISMATCH, {"dump": evidence})
     assert not passed and "PT_LOAD 1" in reason and "differs" in reason
 
 
@@ -203,13 +204,13 @@ def test_recorded_damaged_dump_is_judged_on_what_differed():
     """corrupt-elfcorehdr-pt-load on debian-6.12: p_offset 0 for the RAM from 1 MiB."""
     recorded = result("debian-6.12", "corrupt-elfcorehdr-pt-load")
     evidence = recorded["evidence"]["verdict"]
-    assert recorded["outcome"] == DUMP_MISMATCH and recorded["passed"]
+    assert recorded["outcome"] == Outcome.DUMP_MISMATCH and recorded["passed"]
     first = evidence["dump"]["problems"][0]
     assert first.startswith("PT_LOAD 1 (paddr 0x100000-0x2e000000): the first page at paddr 0x100000 "
                             "differs") and first.endswith("(the dump serves the RAM file's page at 0x0)")
-    passed, reason = judge("capture-booted", DUMP_MISMATCH, evidence)
+    passed, reason = judge("capture-booted", Outcome.DUMP_MISMATCH, evidence)
     assert not passed and reason.startswith("expected capture-booted, got dump-mismatch: PT_LOAD 1")
-    passed, reason = judge(DUMP_MISMATCH, DUMP_MISMATCH, evidence)
+    passed, reason = judge(Outcome.DUMP_MISMATCH, Outcome.DUMP_MISMATCH, evidence)
     assert passed and "paddr 0x100000" in reason
 
 

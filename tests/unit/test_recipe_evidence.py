@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from labctl.config.schema import load_lab, load_scenario
-from labctl.evidence.verdict import CAPTURE_BOOTED, PURGATORY_REFUSED, PURGATORY_REPORT, judge, purgatory_report
+from labctl.evidence.verdict import PURGATORY_REPORT, judge, purgatory_report
 from labctl.kernel.build import load_recipe, plan_recipe
 from labctl.kernel.catalogue import catalogue_table, describe_entry
 from labctl.kernel.providers import Kernel
 from labctl.pair.runner import known_failure
-from labctl.result import PairResult
+from labctl.result import Outcome, PairResult
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "tests" / "data" / "recipes"
@@ -44,7 +44,8 @@ def test_recorded_corrupt_run_has_purgatory_saying_mismatch_and_a_parked_vcpu():
                       "digest": "mismatch", "boots_next_kernel": False}
     verdict = result["evidence"]["verdict"]
     assert verdict["purgatory_console"]["digest"] == "mismatch" and verdict["parked"]["samples"] >= 2
-    assert judge(PURGATORY_REFUSED, PURGATORY_REFUSED, verdict) == (True, "purgatory-refused as expected")
+    refused = Outcome.PURGATORY_REFUSED
+    assert judge(refused, refused, verdict) == (True, "purgatory-refused as expected")
 
 
 def test_recorded_intact_run_has_purgatory_saying_ok():
@@ -52,7 +53,7 @@ def test_recorded_intact_run_has_purgatory_saying_ok():
     assert console_report(serial)["boots_next_kernel"] is True
     verdict = result["evidence"]["verdict"]
     assert verdict["purgatory_console"]["digest"] == "ok"
-    assert judge(CAPTURE_BOOTED, CAPTURE_BOOTED, verdict)[0] is True
+    assert judge(Outcome.CAPTURE_BOOTED, Outcome.CAPTURE_BOOTED, verdict)[0] is True
 
 
 def test_a_partial_line_is_not_taken_as_a_report():
@@ -66,11 +67,11 @@ def test_com1_report_contradicting_the_vcpu_fails_the_verdict():
     intact, _ = recorded("crash-intact")
     parked = {**corrupt["evidence"]["verdict"],
               "purgatory_console": intact["evidence"]["verdict"]["purgatory_console"]}
-    passed, reason = judge(PURGATORY_REFUSED, PURGATORY_REFUSED, parked)
+    passed, reason = judge(Outcome.PURGATORY_REFUSED, Outcome.PURGATORY_REFUSED, parked)
     assert not passed and "purgatory said on COM1: 'purgatory: sha256 digest ok" in reason
     booted = {**intact["evidence"]["verdict"],
               "purgatory_console": corrupt["evidence"]["verdict"]["purgatory_console"]}
-    passed, reason = judge(CAPTURE_BOOTED, CAPTURE_BOOTED, booted)
+    passed, reason = judge(Outcome.CAPTURE_BOOTED, Outcome.CAPTURE_BOOTED, booted)
     assert not passed and reason.startswith("capture-booted as expected, but the evidence disagrees")
 
 
@@ -111,7 +112,7 @@ def test_recorded_negative_control_run_is_convicted_on_its_evidence():
     verdict = result["evidence"]["verdict"]
     assert verdict["purgatory_console"] == report
     assert [v["segment"] for v in verdict["vcpus"]] == ["kernel"]
-    assert judge(PURGATORY_REFUSED, result["outcome"], verdict) == (
+    assert judge(Outcome.PURGATORY_REFUSED, result["outcome"], verdict) == (
         False, "expected purgatory-refused, got hang (purgatory said on COM1: 'purgatory: sha256 "
                "digest mismatch, ignored (negative control), booting the next kernel')")
 
