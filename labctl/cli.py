@@ -29,12 +29,13 @@ from labctl.kernel.providers import resolve_kernel
 from labctl.pair.runner import run_pair
 from labctl.progress import say
 from labctl.report import cli as report_cli
+from labctl.report import scenarios as scenarios_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, session.register, coverage.register,
-                         fuzz.register]
+                         fuzz.register, scenarios_cli.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 
@@ -96,14 +97,6 @@ def cmd_kernel_build(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
-def cmd_scenarios(args: argparse.Namespace) -> int:
-    lab = lab_from_args(args)
-    for path in sorted(lab.scenarios_dir.glob("*.yaml")):
-        scenario = load_scenario(path)
-        print(f"{scenario.name:28} expect {scenario.expect.outcome:18} {scenario.description}")
-    return EXIT_PASSED
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labctl", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,9 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_opts(kbuild)  # --artifacts: where the build logs go
     kbuild.set_defaults(func=cmd_kernel_build)
 
-    scenarios = sub.add_parser("scenarios", help="list the scenarios")
-    add_common_opts(scenarios)
-    scenarios.set_defaults(func=cmd_scenarios)
     for register in COMMAND_MODULES:
         register(sub)
     return parser

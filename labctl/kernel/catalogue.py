@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from labctl.config.arch import HOST
 from labctl.config.schema import KernelEntry, LabConfig
 from labctl.errors import LabError
 from labctl.kernel.build import entry_recipe, plan_recipe
@@ -27,11 +28,23 @@ def kind_of(entry: KernelEntry) -> str:
     return "debian" if entry.debian_package else "path" if entry.path else "recipe"
 
 
+def entry_arch(lab: LabConfig, entry: KernelEntry) -> str:
+    """The entry's guest architecture (a recipe's is in its file), known without a build."""
+    return entry_recipe(lab, entry).arch if entry.recipe else entry.arch or HOST.name
+
+
+def cached_kernel(lab: LabConfig, entry: KernelEntry, row: Row | None = None) -> Kernel | None:
+    """The entry's kernel if it is downloaded or built already (nothing is fetched), else None;
+    LabError when it cannot be looked up.  row, if given, gets the lookup's note."""
+    row = row or Row(entry.name, kind_of(entry))
+    return {"debian": _debian, "path": _path, "recipe": _recipe}[row.kind](lab, entry, row)
+
+
 def describe_entry(lab: LabConfig, entry: KernelEntry) -> Row:
     """A row for one entry; a lookup that fails (no apt lists, bad recipe) becomes its note."""
     row = Row(entry.name, kind_of(entry))
     try:
-        kernel = {"debian": _debian, "path": _path, "recipe": _recipe}[row.kind](lab, entry, row)
+        kernel = cached_kernel(lab, entry, row)
     except LabError as exc:
         row.note = f"({exc})"
         return row
@@ -46,7 +59,7 @@ def _debian(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:
     assert entry.debian_package, "a Debian entry"
     package, version = resolve_package(entry.debian_package)
     row.note = f"{package} {version}"
-    return cached_debian_kernel(entry.name, lab.cache_dir, package, version)
+    return cached_debian_kernel(entry.name, lab.cache_dir, package, version, entry.arch)
 
 
 def _path(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:
@@ -63,7 +76,7 @@ def _recipe(lab: LabConfig, entry: KernelEntry, row: Row) -> Kernel | None:
     if not plan.cached:
         return None
     build = plan.build(cache_hit=True)
-    return Kernel(entry.name, build.bzimage, build.release, config=build.config)
+    return Kernel(entry.name, build.bzimage, build.release, config=build.config, arch=build.arch)
 
 
 def catalogue_table(lab: LabConfig) -> str:
