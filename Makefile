@@ -1,8 +1,9 @@
 # kexec-lab: `make run` runs crash-corrupt on the default kernel, `make test` runs the suite.
 # Both install what is missing first: Debian packages (as root; otherwise the exact
 # apt-get line is printed), the Python environment, and kernels.  `make run` installs only
-# what running the lab needs; `make setup` (and so `make test`) adds the test-only packages,
-# the test extras, the kernels the tests boot and the tools recipe kernels are built with.
+# what running the lab on x86_64 guests needs; `make setup` (and so `make test`) adds the
+# test-only packages, the test extras, the kernels the tests boot, the tools recipe kernels
+# are built with, and what arm64 and riscv64 guests need (QEMU, cross compilers, Debian's arm64 lists).
 
 PYTHON ?= python3
 VENV := .venv
@@ -28,11 +29,11 @@ TEST_APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev 
 # Signature images and the lab's signing keys (signing.py), for the signature scenarios:
 # sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
-# arm64 and riscv64 guests (labctl/config/arch.py): QEMU for them (riscv64's OpenSBI ships in
-# qemu-system-data), the cross compilers and C libraries for their recipe kernels and the
-# static guest helper.
-APT_PACKAGES += qemu-system-arm qemu-system-misc
-APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+# arm64 and riscv64 guests (labctl/config/arch.py), make setup only (make run boots x86_64):
+# QEMU for them (riscv64's OpenSBI ships in qemu-system-data), the cross compilers and C
+# libraries for their recipe kernels and the static guest helper.
+CROSS_APT_PACKAGES := qemu-system-arm qemu-system-misc
+CROSS_APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
 # Guest userspace for arm64 (busybox-static, kexec-tools and its libraries) comes from
 # Debian's arm64 archive: apt-get download needs the foreign architecture's lists.
 FOREIGN_ARCHES := arm64
@@ -49,7 +50,7 @@ MATRIX_ARGS ?= --jobs 2
 run-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/default-kernel
 
 # Everything: the tests' packages and Python extras too, and the kernels the tests boot.
-setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels
+setup: run-setup $(STAMPS)/apt-test $(STAMPS)/apt-cross $(STAMPS)/venv-test $(STAMPS)/kernels
 
 # $(call apt_install,PACKAGES): install the missing ones (as root), else print the apt-get line.
 define apt_install
@@ -70,16 +71,24 @@ endef
 $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	$(call apt_install,$(APT_PACKAGES))
+	@if ! apt-cache show --no-all-versions linux-image-6.12-cloud-amd64 >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know the catalogue kernels. Run: sudo apt-get update"; exit 2; fi; \
+	  apt-get update -qq; \
+	fi
+	@touch $@
+
+$(STAMPS)/apt-cross: Makefile $(STAMPS)/apt
 	@for a in $(FOREIGN_ARCHES); do \
 	  if ! dpkg --print-foreign-architectures | grep -qx $$a; then \
 	    if [ "$$(id -u)" -ne 0 ]; then echo "arm64 guests need Debian's $$a packages. Run: sudo dpkg --add-architecture $$a && sudo apt-get update"; exit 2; fi; \
 	    dpkg --add-architecture $$a && apt-get update -qq; \
 	  fi; \
 	done
-	@if ! apt-cache show --no-all-versions linux-image-6.12-cloud-amd64 busybox-static:arm64 >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know the catalogue kernels. Run: sudo apt-get update"; exit 2; fi; \
+	@if ! apt-cache show --no-all-versions busybox-static:arm64 >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know Debian's arm64 packages. Run: sudo apt-get update"; exit 2; fi; \
 	  apt-get update -qq; \
 	fi
+	$(call apt_install,$(CROSS_APT_PACKAGES))
 	@touch $@
 
 $(STAMPS)/apt-test: Makefile $(STAMPS)/apt
