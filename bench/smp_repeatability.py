@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """SMP repeatability: boots and crashes at smp 1 and smp 2, spurious oopses, time-to-verdict.
 
-Whether 2 vCPUs can be the catalogue default: design.md records one spurious
-`Oops: int3` in 12 MTTCG boots with -smp 2.  Each repetition is a whole `labctl run`
+Whether 2 vCPUs can be the catalogue default: once, in 12 MTTCG boots with -smp 2, the
+primary kernel died during boot with a spurious `Oops: int3` in a timer function
+(bench/README.md, "SMP repeatability").  Each repetition is a whole `labctl run`
 of crash-intact with the scenario's machine.smp set (a fresh guest: boot, load,
 sysrq panic, capture kernel).  A spurious oops is an Oops/BUG/WARNING/GPF line on the
 console before the lab's own `sysrq: Trigger a crash`, or a run that did not reach
