@@ -128,18 +128,27 @@ def test_the_catalogue_table_is_generated_from_the_scenario_files():
         "run: .venv/bin/labctl scenarios --markdown > docs/catalogue.md"
 
 
-LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#([^)]*))?\)")
 
 
-def test_relative_links_lead_to_files():
+def anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
+
+
+def test_relative_links_lead_to_files_and_headings():
     broken = []
     for doc in DOCS:
-        for target in LINK.findall(doc.read_text()):
+        for target, anchor in LINK.findall(doc.read_text()):
             if "://" in target:
                 continue
             path = (doc.parent / target).resolve()
-            if not path.exists() and path.relative_to(ROOT).as_posix() not in PENDING:
-                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+            if not path.exists():
+                if path.relative_to(ROOT).as_posix() not in PENDING:
+                    broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+            elif anchor and anchor not in anchors(path.read_text()):
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}#{anchor}")
     assert broken == []
 
 
