@@ -167,3 +167,10 @@ def test_nothing_in_the_repository_cites_a_file_outside_it():
         if "design.md" in text or "/work/shared" in text:
             citing.append(name)
     assert citing == []
+
+
+def test_the_required_options_table_lists_the_lab_fragment():
+    fragment = (ROOT / "guests" / "kernels" / "kexec-lab.config").read_text()
+    options = re.findall(r"^CONFIG_(\w+)=", fragment, re.MULTILINE)
+    table = (ROOT / "docs" / "kernels.md").read_text().split("## Required options")[1].split("\n## ")[0]
+    assert options and [o for o in options if f"`{o}`" not in table] == []
