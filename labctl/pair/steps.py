@@ -218,24 +218,26 @@ class Session:
         message = self._await_message(("kernel-config",), self.timeouts.load, "/proc/config.gz")
         return from_config_gz(message.get("gz"))
 
-    def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default") -> Loaded:
+    def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default",
+             crash: bool = True) -> Loaded:
         """Load a capture kernel and parse the segment table its loader printed.
 
         kexec_file_load goes through the helper's raw syscall with ON_CRASH|DEBUG;
         kexec_load through kexec-tools (`kexec -p -d -c`), as distributions do.
+        crash=False: the kexec (reboot) slot instead (no ON_CRASH; `kexec -l`).
         """
         self.phase, start = "loading", time.monotonic()
         self.progress.say(f"loading the capture kernel ({method}, image {image})")
         kernel = guest_path(image)
         if method == "kexec_load":
-            args = ["-p", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
+            args = ["-p" if crash else "-l", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
             self.control.send("kexec-tool " + "\t".join(args))
             message = self._await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
             lines = message.get("output", []) + message.get("log", [])
             if message.get("rc"):
                 message.update(kexec_tools_errno(message.get("output", [])))
         else:
-            flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
+            flags = (KEXEC_FILE_ON_CRASH if crash else 0) | KEXEC_FILE_DEBUG
             self.control.send(f"load {flags:x} {kernel} {GUEST_INITRD} {cmdline}")
             message = self._await_message(("loaded", "error"), self.timeouts.load, "the load to finish")
             lines = message.get("log", [])
