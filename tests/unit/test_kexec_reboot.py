@@ -42,7 +42,7 @@ def test_the_reboot_and_mixed_scenarios_load_and_name_catalogue_kernels():
     lab = load_lab(ROOT / "lab.yaml")
     reboots = [load_scenario(p) for p in sorted(REBOOT_DIR.glob("*.yaml"))]
     mixed = [load_scenario(p) for p in sorted(MIXED_DIR.glob("*.yaml"))]
-    assert len(reboots) == 4 and len(mixed) == 4
+    assert len(reboots) == 4 and len(mixed) == 6
     assert {(s.load.method, s.corrupt is not None) for s in reboots} == {
         (m, c) for m in ("kexec_file_load", "kexec_load") for c in (True, False)}
     for scenario in reboots:
