@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from recorded import DATA, control_messages, registers, result
 
-from labctl.config.schema import LoadStep, MachineConfig, load_lab, load_scenario
+from labctl.config.schema import LoadStep, MachineConfig, find_scenario, load_lab, load_scenario
 from labctl.errors import ConfigError
 from labctl.evidence.reboot import (
     CONSOLE_CMDLINE,
@@ -40,9 +40,11 @@ SERIAL = "recipes/tiny-6.12-serial"  # its purgatory reports the digest on COM1
 
 def test_the_reboot_and_mixed_scenarios_load_and_name_catalogue_kernels():
     lab = load_lab(ROOT / "lab.yaml")
+    assert find_scenario("kexec-reboot-intact", lab.scenarios_dir) == REBOOT_DIR / "kexec-reboot-intact.yaml"
+    assert not list(lab.scenarios_dir.glob("kexec-reboot*.yaml"))  # not in the all-kernel matrix
     reboots = [load_scenario(p) for p in sorted(REBOOT_DIR.glob("*.yaml"))]
     mixed = [load_scenario(p) for p in sorted(MIXED_DIR.glob("*.yaml"))]
-    assert len(reboots) == 4 and len(mixed) == 6
+    assert len(reboots) == 4 and len(mixed) == 8
     assert {(s.load.method, s.corrupt is not None) for s in reboots} == {
         (m, c) for m in ("kexec_file_load", "kexec_load") for c in (True, False)}
     for scenario in reboots:
