@@ -152,11 +152,13 @@ def corrupt_copies(session: Session, table: SegmentTable, corruption: Corruption
                           key=("corrupt", "segment"))
     offset = placement_offset(corruption, segment)
     first = offset & ~(PAGE - 1)
-    if offset + corruption.length > first + PAGE or first + PAGE > min(len(content), segment.bufsz):
+    data_end = min(len(content), segment.bufsz)
+    if offset + corruption.length > first + PAGE or first >= data_end:
         raise ConfigError(f"corrupt: offset {offset:#x} + length {corruption.length} must lie in "
-                          f"one whole page of the {segment.role}'s data (bufsz {segment.bufsz:#x}): "
+                          f"one page holding the {segment.role}'s data (bufsz {segment.bufsz:#x}): "
                           "the lab finds a reboot load's page by its bytes", key=("corrupt", "offset"))
-    page = content[first:first + PAGE]
+    # kimage_load_normal_segment() clears each page before copying: past the data, zeros
+    page = content[first:min(first + PAGE, data_end)].ljust(PAGE, b"\0")
     if page.count(page[:1]) == PAGE:
         raise ConfigError(f"corrupt: the {segment.role} page at {first:#x} is one repeated byte, "
                           "which cannot be told apart in RAM; choose another offset",
