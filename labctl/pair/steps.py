@@ -227,7 +227,7 @@ class Session:
         crash=False: the kexec (reboot) slot instead (no ON_CRASH; `kexec -l`).
         """
         self.phase, start = "loading", time.monotonic()
-        self.progress.say(f"loading the capture kernel ({method}, image {image})")
+        self.progress.say(f"loading the {'capture' if crash else 'reboot'} kernel ({method}, image {image})")
         kernel = guest_path(image)
         if method == "kexec_load":
             args = ["-p" if crash else "-l", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
