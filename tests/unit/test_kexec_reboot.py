@@ -28,6 +28,7 @@ from labctl.guest.memory import GuestMemory
 from labctl.kernel.providers import resolve_kernel
 from labctl.pair import snapshot
 from labctl.pair.reboot import loaded_kernel, page_copies, reboot_cmdline, segment_bytes
+from labctl.pair.steps import OOPS_LINE, Loaded
 from labctl.result import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,3 +250,36 @@ def test_kernel_from_resolves_through_the_catalogue_and_keeps_to_one_architectur
         with pytest.raises(ConfigError, match=words) as err:
             loaded_kernel(lab, run, LoadStep(kernel_from=name))
         assert err.value.key == ("load", "kernel_from")
+
+
+# ------------------------------------------------------------ a kernel failing inside the load
+
+ARM64 = "tiny-6.12-arm64"  # oopses in machine_kexec_post_load() on any reboot (non-crash) load
+
+
+def tool_reply(kernel: str) -> dict:
+    """kexec-tools' reply to the recorded `kexec -l` of kexec-reboot-intact-kexec-load."""
+    return next(m for m in control_messages(kernel, "kexec-reboot-intact-kexec-load") if m["type"] == "kexec-tool")
+
+
+def test_an_oops_inside_kexec_load_is_in_the_load_evidence():
+    reply = tool_reply(ARM64)
+    loaded = Loaded(message=reply, table=parse_segment_table(reply["output"] + reply["log"]))
+    assert reply["rc"] == 139 and loaded.rejected  # kexec-tools was killed with the oops
+    oops = loaded.evidence()["kernel_oops"]
+    assert oops[0].startswith("Unable to handle kernel paging request") and any("Oops: " in o for o in oops)
+    assert result(ARM64, "kexec-reboot-intact-kexec-load")["evidence"]["load"]["kernel_oops"] == oops
+    clean = tool_reply("debian-6.12")
+    assert "kernel_oops" not in Loaded(message=clean, table=parse_segment_table(clean["log"])).evidence()
+
+
+def test_an_oops_inside_kexec_file_load_is_named_from_the_console():
+    """The helper dies in the syscall and never answers: the console's line is the evidence."""
+    serial = (DATA / ARM64 / "kexec-reboot-intact" / "serial.log").read_text()
+    lines = OOPS_LINE.findall(serial)
+    assert lines and lines[0].startswith("Unable to handle kernel paging request at virtual address")
+    recorded = result(ARM64, "kexec-reboot-intact")
+    assert recorded["outcome"] == "infra-error" and lines[0].strip() in recorded["reason"]
+    assert recorded["timings"]["total"] < 60  # named at once, not after the load timeout
+    clean = (DATA / "debian-6.12" / "kexec-reboot-intact" / "serial.log").read_text()
+    assert not OOPS_LINE.findall(clean)
