@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl.config.schema import Corruption, LabConfig, LoadStep, MachineConfig
+from labctl.config.schema import Corruption, LabConfig, LoadStep, MachineConfig, Scenario
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence.reboot import CONSOLE_CMDLINE, TOKEN_PARAM, rebooted_evidence
 from labctl.evidence.segments import SegmentTable
@@ -71,9 +71,18 @@ REBOOT_REPLY_SECONDS = 10.0  # the helper says "rebooting" before the syscall
 
 # ---------------------------------------------------------------- mixed versions
 
-def loaded_kernel(lab: LabConfig, kernel: Kernel, load: LoadStep, progress=print) -> Kernel:
-    """The kernel the scenario loads: the run's own, or load.kernel_from's (same arch)."""
-    name = load.kernel_from
+def loaded_kernel(lab: LabConfig, kernel: Kernel, scenario: Scenario, progress=print) -> Kernel:
+    """The kernel the scenario loads: the run's own, or load.kernel_from's (same arch);
+    checked before any boot for what a reboot corruption needs of it."""
+    other = _other_kernel(lab, kernel, scenario.load.kernel_from, progress)
+    corrupt = scenario.corrupt
+    if scenario.trigger == "kexec-reboot" and corrupt and corrupt.segment == "kernel":
+        with open(other.capture_image, "rb") as f:
+            segment_bytes("kernel", f.read(0x210), b"")
+    return other
+
+
+def _other_kernel(lab: LabConfig, kernel: Kernel, name: str | None, progress) -> Kernel:
     if name is None:
         return kernel
     if name not in lab.kernels:

@@ -110,7 +110,7 @@ class PairRun:
     @cached_property
     def loaded_kernel(self) -> Kernel:
         """The kernel the scenario loads: this one, or load.kernel_from's (pair/reboot.py)."""
-        return reboot.loaded_kernel(self.lab, self.kernel, self.scenario.load, self.progress.say)
+        return reboot.loaded_kernel(self.lab, self.kernel, self.scenario, self.progress.say)
 
     @property
     def arch(self) -> Arch:

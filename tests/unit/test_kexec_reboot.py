@@ -5,6 +5,7 @@ search for a reboot load's pages in a real RAM file."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -244,12 +245,18 @@ def test_kernel_from_resolves_through_the_catalogue_and_keeps_to_one_architectur
             "arm": {"path": "Image", "arch": "arm64"}}}))
     lab = load_lab(tmp_path / "lab.yaml")
     run = resolve_kernel(lab, "x86")
-    assert loaded_kernel(lab, run, LoadStep()) is run
-    assert loaded_kernel(lab, run, LoadStep(kernel_from="x86-b")).name == "x86-b"
+    reboot = load_scenario(REBOOT_DIR / "kexec-reboot-intact.yaml")
+    assert loaded_kernel(lab, run, reboot) is run
+    assert loaded_kernel(lab, run, replace(reboot, load=LoadStep(kernel_from="x86-b"))).name == "x86-b"
     for name, words in (("nope", "not in the catalogue"), ("arm", "same architecture")):
         with pytest.raises(ConfigError, match=words) as err:
-            loaded_kernel(lab, run, LoadStep(kernel_from=name))
+            loaded_kernel(lab, run, replace(reboot, load=LoadStep(kernel_from=name)))
         assert err.value.key == ("load", "kernel_from")
+    # a reboot corruption of the kernel segment needs a bzImage: said before any boot
+    corrupt = load_scenario(REBOOT_DIR / "kexec-reboot-corrupt.yaml")
+    with pytest.raises(ConfigError, match="x86 bzImage only") as err:
+        loaded_kernel(lab, run, corrupt)
+    assert err.value.key == ("corrupt", "segment")
 
 
 # ------------------------------------------------------------ a kernel failing inside the load
