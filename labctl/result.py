@@ -33,6 +33,7 @@ class Outcome(StrEnum):
     DUMP_MISMATCH = "dump-mismatch"
     CAPTURE_HALTED = "capture-halted"
     CAPTURE_DAMAGED = "capture-damaged"
+    REBOOTED = "rebooted"  # a kexec reboot's new kernel said hello with the run's token
     NO_VERDICT = "no-verdict"  # a bounded look (labctl console) ended before any evidence
     INFRA_ERROR = "infra-error"
     CONFIG_ERROR = "config-error"
@@ -43,7 +44,7 @@ class Outcome(StrEnum):
 VERDICTS = (Outcome.CAPTURE_BOOTED, Outcome.PURGATORY_REFUSED, Outcome.LOAD_REJECTED,
             Outcome.LOAD_ACCEPTED, Outcome.PANIC_HALTED, Outcome.CAPTURE_PANICKED,
             Outcome.GUEST_RESET, Outcome.HANG, Outcome.DUMP_MISMATCH, Outcome.CAPTURE_HALTED,
-            Outcome.CAPTURE_DAMAGED)
+            Outcome.CAPTURE_DAMAGED, Outcome.REBOOTED)
 # No verdict was reached: the lab, the input or the person stopped the pair.
 ERRORS = (Outcome.INFRA_ERROR, Outcome.CONFIG_ERROR, Outcome.INTERRUPTED)
 NOT_JSON = {"extra", "directory"}

@@ -34,6 +34,8 @@
  *   cpu-online N                        wait for cpuN (hot-added) and online it
  *   memory-online N                     online offline memory blocks until N are
  *                                       online (hot-added DIMMs), or 30 s pass
+ *   reboot                              reboot(LINUX_REBOOT_CMD_KEXEC) into the kernel
+ *                                       loaded without the crash flag (kexec reboot)
  *
  * Replies (guest -> host): {"type": "hello"|"loaded"|"unloaded"|"panicking"|
  * "cpus"|"memory"|"error", ...}.  Kernel log records produced during a load are forwarded in
@@ -52,6 +54,8 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/reboot.h>
+#include <linux/reboot.h>
 #include <dirent.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -999,6 +1003,17 @@ static void cmd_panic(char *args)
 	}
 }
 
+/* A kexec reboot, as `kexec -e` does it: say so first, since success never returns. */
+static void cmd_reboot(void)
+{
+	fputs("{\"type\":\"rebooting\"", out);
+	put_file_field("kexec_loaded", "/sys/kernel/kexec_loaded");
+	reply_end();
+	sync();
+	if (reboot(LINUX_REBOOT_CMD_KEXEC) < 0)
+		reply_error("reboot(LINUX_REBOOT_CMD_KEXEC)", errno);
+}
+
 static void dispatch(char *line)
 {
 	char *verb = strsep(&line, " ");
@@ -1027,6 +1042,8 @@ static void dispatch(char *line)
 		cmd_cpu_online(line);
 	else if (!strcmp(verb, "memory-online"))
 		cmd_memory_online(line);
+	else if (!strcmp(verb, "reboot"))
+		cmd_reboot();
 	else
 		reply_error(verb, ENOSYS);
 }

@@ -35,8 +35,9 @@ PATTERNS = ("flip", "zero", "random", "bit")
 # start/middle/end of the data (bufsz), tail = first byte past bufsz (zero-filled up to
 # memsz), page = the page-aligned start of the page holding the middle
 PLACEMENTS = ("start", "middle", "end", "tail", "page")
-# none = stop after the load (for scenarios about what the syscall accepts)
-TRIGGERS = ("sysrq", "nmi", "init-exit", "none")
+# none = stop after the load (for scenarios about what the syscall accepts);
+# kexec-reboot = reboot(LINUX_REBOOT_CMD_KEXEC) into a kernel loaded without the crash flag
+TRIGGERS = ("sysrq", "nmi", "init-exit", "none", "kexec-reboot")
 LOAD_METHODS = ("kexec_file_load", "kexec_load")
 KERNEL_IMAGES = ("default", "garbage", "empty", "truncated", "elf-vmlinux",
                  "signed", "unsigned", "wrong-key", "tampered")  # kernel/load_images.py, signing.py
@@ -408,6 +409,10 @@ SCENARIO_SCHEMA = {
         "cmdline_length": Field(int, default=None, check=lambda v: None if 1 <= v <= 4000 else
                                 "must be between 1 and 4000 (the control line limit)"),
         "unload": Field(bool, default=False),
+        # false: load into the kexec (reboot) slot, not the crash one (trigger kexec-reboot)
+        "crash": Field(bool, default=True),
+        # another catalogue kernel as the capture or reboot kernel (pair/reboot.py)
+        "kernel_from": Field(str, default=None),
     }, default={}),
     "corrupt": Field(dict, default=None, schema={
         "segment": Field(str, choices=SEGMENT_ROLES),
@@ -469,6 +474,8 @@ class LoadStep:
     cmdline: str = ""
     cmdline_length: int | None = None  # pad the capture command line to this many bytes
     unload: bool = False  # unload again before the trigger
+    crash: bool = True  # False: kexec_file_load without KEXEC_FILE_ON_CRASH (`kexec -l`)
+    kernel_from: str | None = None  # another catalogue kernel is the one loaded
 
 
 @dataclass(frozen=True)
@@ -582,6 +589,40 @@ def _check_combinations(raw: dict, check: Validator) -> None:
     if raw["corrupt"] and raw["corrupt"]["segment"] == "backup" and raw["load"]["method"] != "kexec_load":
         check.fail(("corrupt", "segment"), "only kexec_load (kexec-tools) loads a backup segment")
     _check_cpus(raw, check)
+    _check_reboot(raw, check)
+
+
+# What the host can find again in guest RAM after a reboot load: segments whose bytes it
+# knows (pair/reboot.py); purgatory and boot_params are built by the loader.
+REBOOT_CORRUPTIBLE = ("kernel", "initrd")
+
+
+def _check_reboot(raw: dict, check: Validator) -> None:
+    """A kexec reboot needs a load without the crash flag, and nothing crash-only."""
+    load, reboot = raw["load"], raw["trigger"]["kind"] == "kexec-reboot"
+    if reboot and load["crash"]:
+        check.fail(("load", "crash"), "kexec-reboot reboots into the kexec image: set load.crash: false")
+    if not load["crash"] and not reboot:
+        check.fail(("load", "crash"), "a load without the crash flag is entered by a kexec reboot "
+                   "only: set trigger: kexec-reboot")
+    if load["kernel_from"] is not None and load["kernel"] != "default":
+        check.fail(("load", "kernel_from"), f"loads another catalogue kernel, not the "
+                   f"{load['kernel']!r} image: drop one of them")
+    if not reboot:
+        return
+    if raw["hotplug"]:
+        check.fail(("hotplug",), "hot-adds for a dump; a kexec reboot writes none")
+    if raw["then_intact"]:
+        check.fail(("then_intact",), "follows a load that is the question; a kexec reboot "
+                   "reboots after its load")
+    if load["unload"]:
+        check.fail(("load", "unload"), "unloads the crash kernel; a kexec reboot has none")
+    if load["kernel"] != "default":
+        check.fail(("load", "kernel"), "a kexec reboot loads the default image")
+    if raw["corrupt"] and raw["corrupt"]["segment"] not in REBOOT_CORRUPTIBLE:
+        check.fail(("corrupt", "segment"), f"a reboot load's segments sit in scattered pages of "
+                   f"ordinary memory until the reboot; the lab finds them by their bytes, which "
+                   f"it knows only for {' and '.join(REBOOT_CORRUPTIBLE)}")
 
 
 def _check_cpus(raw: dict, check: Validator) -> None:
@@ -640,6 +681,8 @@ def find_scenario(name_or_path: str, scenarios_dir: Path) -> Path:
         raise ConfigError(f"bad scenario name {name_or_path!r}: use letters, digits, '.', '_', '-' "
                           "(or give a path to a .yaml file)")
     found = scenarios_dir / f"{name_or_path}.yaml"
+    if not found.is_file():  # scenarios outside the all-kernel matrix: kexec-reboot/, mixed/
+        found = next(iter(sorted(scenarios_dir.glob(f"*/{name_or_path}.yaml"))), found)
     if not found.is_file():
         known = sorted(p.stem for p in scenarios_dir.glob("*.yaml"))
         raise ConfigError(f"unknown scenario {name_or_path!r}; known: {', '.join(known) or 'none'} "

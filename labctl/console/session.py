@@ -351,6 +351,9 @@ def cmd_console(args: argparse.Namespace) -> int:
     if args.stop_at == "corrupted" and scenario.corrupt is None:
         raise ConfigError(f"--stop-at corrupted: scenario {scenario.name} has no corrupt step "
                           "(stop at loaded and use `corrupt ROLE` at the lab prompt)")
+    if scenario.trigger == "kexec-reboot":
+        raise ConfigError(f"scenario {scenario.name} is a kexec reboot, which `labctl console` does "
+                          "not drive yet: use `labctl run`")
     check_writable(lab.artifacts_dir)
     kernel = resolve_kernel(lab, args.kernel, progress=say)
     run_id = new_run_id()

@@ -21,6 +21,9 @@ guest.  An outcome is only ever declared on positive evidence:
   inside the crashkernel reservation (not in purgatory) on a jump-to-self or
   just past a `hlt` with interrupts off: purgatory went on into a capture
   kernel that stopped for good (a decompressor's error() halts like that);
+- rebooted: after a kexec reboot, the new kernel's helper said hello and both its
+  /proc/cmdline and the console's `Kernel command line:` carry the run's token
+  (reboot.py);
 - guest-reset: QEMU exited after the panic (the guest rebooted or powered
   off; the lab runs QEMU with -no-reboot);
 - hang: none of the above before the deadline.
@@ -33,6 +36,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.config.arch import HOST, Arch
+from labctl.evidence.reboot import kexec_problem
 from labctl.evidence.segments import SegmentTable
 from labctl.evidence.smp import cpu_problem
 from labctl.result import Outcome
@@ -167,8 +171,8 @@ def console_contradiction(outcome: str, evidence: dict) -> str | None:
         return None
     if outcome == Outcome.PURGATORY_REFUSED and report["boots_next_kernel"]:
         return f"a vCPU is parked in purgatory, but purgatory said on COM1: {report['line']!r}"
-    if outcome == Outcome.CAPTURE_BOOTED and not report["boots_next_kernel"]:
-        return f"the capture kernel booted, but purgatory said on COM1: {report['line']!r}"
+    if outcome in (Outcome.CAPTURE_BOOTED, Outcome.REBOOTED) and not report["boots_next_kernel"]:
+        return f"the next kernel booted, but purgatory said on COM1: {report['line']!r}"
     return None
 
 
@@ -190,6 +194,8 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if problem := cpu_problem(evidence):
         return False, f"{outcome} as expected, but the CPUs disagree: {problem}"
+    if problem := kexec_problem(outcome, evidence):
+        return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if outcome == Outcome.CAPTURE_BOOTED and (problem := _vmcore_problem(evidence)):
         return False, f"capture kernel booted but /proc/vmcore is not sane: {problem}"
     if expected_errno:

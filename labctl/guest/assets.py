@@ -208,9 +208,11 @@ def _userland(arch: Arch, cache_dir: Path, dump_tools: bool) -> Userland:
 
 
 def modules_layer_bytes(modules: tuple[tuple[str, Path], ...]) -> bytes:
-    """Kernel modules guests/init loads at boot, in name order (/lib/modules/NN-name.ko)."""
+    """Kernel modules guests/init loads at boot, in name order (/lib/modules/NN-name.ko, or
+    /lib/modules/RELEASE/NN-name.ko with two kernels in the guest: pair/reboot.py)."""
     cpio = CpioWriter()
-    for directory in ("lib", "lib/modules"):
+    releases = sorted({name.rpartition("/")[0] for name, _ in modules} - {""})
+    for directory in ("lib", "lib/modules", *(f"lib/modules/{r}" for r in releases)):
         cpio.directory(directory)
     for name, path in modules:
         cpio.file(f"lib/modules/{name}", path.read_bytes(), 0o644)

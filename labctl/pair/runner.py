@@ -29,9 +29,9 @@ from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import KernelFacts, UnknownFact, from_sysfs, needed_symbols
 from labctl.kernel.facts import resolve as resolve_expectation
 from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES
-from labctl.kernel.other_arch import control_port_modules
 from labctl.kernel.providers import Kernel
 from labctl.kernel.signing import trusted_lab_keys
+from labctl.pair import reboot
 from labctl.pair.hotplug import (
     bytes_changed,
     describe_headers,
@@ -91,6 +91,7 @@ class PairRun:
     images: dict | None = None  # guest image kind -> signatures (guest_assets manifest)
     facts: KernelFacts = field(default_factory=KernelFacts)
     save_vmcore: bool = False  # --save-vmcore: makedumpfile in the capture initramfs
+    assets: GuestAssets | None = None  # the run's initramfs images, once built
 
     def __post_init__(self) -> None:
         if self.kernel.config and self.kernel.config.exists():
@@ -105,6 +106,11 @@ class PairRun:
         if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
             self.facts.config_gz = session.kernel_config()
     snapshots: bool = False  # fork from a snapshot of the booted or loaded guest where the scenario can
+
+    @cached_property
+    def loaded_kernel(self) -> Kernel:
+        """The kernel the scenario loads: this one, or load.kernel_from's (pair/reboot.py)."""
+        return reboot.loaded_kernel(self.lab, self.kernel, self.scenario, self.progress.say)
 
     @property
     def arch(self) -> Arch:
@@ -233,7 +239,8 @@ class PairRun:
         """The load step as it shapes a snapshot (part of its key)."""
         load = self.scenario.load
         return {"method": load.method, "image": load.kernel,
-                "capture_cmdline": capture_cmdline(self.lab.machine, load)}
+                "capture_cmdline": capture_cmdline(self.lab.machine, load),
+                **({"kernel_from": self.loaded_kernel.describe()} if load.kernel_from else {})}
 
     def prepare_snapshot(self) -> Snapshot:
         """The snapshot this pair would fork from, made now if needed, without running the
@@ -291,9 +298,17 @@ class PairRun:
 
     def step_load(self, session: Session) -> Loaded:
         load = self.scenario.load
-        loaded = session.load(capture_cmdline(self.lab.machine, load, self.arch), load.method,
-                              load.kernel)
-        self.evidence["load"] = {"method": load.method, "image": load.kernel, **loaded.evidence()}
+        if load.crash:
+            cmdline = capture_cmdline(self.lab.machine, load, self.arch)
+        else:  # a kexec reboot: this run's token on the loaded kernel's command line
+            self.evidence["reboot"] = {"token": reboot.new_token()}
+            cmdline = reboot.reboot_cmdline(self.lab.machine, load, self.arch.kernel_params,
+                                            self.evidence["reboot"]["token"])
+        loaded = session.load(cmdline, load.method, load.kernel, crash=load.crash)
+        self.evidence["load"] = {"method": load.method, "image": load.kernel, "crash": load.crash,
+                                 **loaded.evidence()}
+        if load.kernel_from:
+            self.evidence["load"]["kernel_from"] = reboot.describe_loaded(self.loaded_kernel)
         if self.images and load.kernel in self.images:
             self.evidence["load"]["image_facts"] = self.images[load.kernel]
         return loaded
@@ -349,6 +364,8 @@ class PairRun:
             if self.then_intact:
                 self.evidence["recovery"] = self.step_recovery(session)
             return finding
+        if self.scenario.trigger == "kexec-reboot":
+            return reboot.run_reboot(self, session, loaded.table)
         if self.scenario.hotplug:
             loaded = self.step_hotplug(session, loaded)
         if self.scenario.corrupt:
@@ -357,6 +374,8 @@ class PairRun:
             self.evidence["unload"] = session.unload(self.scenario.load.method)
         self.step_trigger(session)
         finding = session.observe(loaded.table, self.kernel.release)
+        if self.scenario.load.kernel_from:
+            finding.evidence["loaded_kernel"] = reboot.describe_loaded(self.loaded_kernel)
         if self.scenario.corrupt and finding.outcome in (Outcome.CAPTURE_BOOTED, Outcome.CAPTURE_PANICKED):
             self.evidence["corruption"].update(corruption_at_verdict(session, self.evidence["corruption"]))
         return finding
@@ -365,12 +384,12 @@ class PairRun:
         """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
         self.progress.say("preparing guest assets")
         image = self.scenario.load.kernel
-        assets = build_assets(self.lab.cache_dir, self.kernel.capture_image,
+        assets = build_assets(self.lab.cache_dir, self.loaded_kernel.capture_image,
                               bad_images=image in BAD_IMAGES, signed_images=image in SIGNED_IMAGES,
                               sign_default="lab" in (self.trusted_keys or ()),
                               dump_tools=self.save_vmcore, arch=self.arch,
-                              modules=control_port_modules(self.kernel))
-        self.images = assets.images
+                              modules=reboot.guest_modules(self.kernel, self.loaded_kernel))
+        self.images, self.assets = assets.images, assets
         accel = choose_accel(self.chooser, self.lab.accel, self.arch)
         self.progress.say(f"accelerator {accel.name}: {accel.reason}")
         try:

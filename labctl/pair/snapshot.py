@@ -409,6 +409,8 @@ def load_reason(scenario) -> str | None:
         return f"loads the {scenario.load.kernel} image, not the default one loaded snapshots hold"
     if scenario.trigger == "none" or scenario.then_intact:
         return "stops after the load: the load itself is under test"
+    if scenario.trigger == "kexec-reboot":
+        return "a kexec reboot's load carries this run's own token on its command line"
     return None
 
 

@@ -70,6 +70,10 @@ STRERROR_ERRNO = {os.strerror(n): n for n in errno.errorcode}
 # Kernel log lines that say why a load was refused: the lockdown LSM, the signature check.
 SIGNATURE_LOG = re.compile(r"Lockdown:|signature|PKCS#?7|PEFILE|X\.509", re.I)
 SIGNATURE_LOG_MAX = 10
+# The running kernel failing inside the load (tiny-6.12-arm64's machine_kexec_post_load()
+# on a reboot load): kexec-tools dies with it, or the helper does, inside the syscall.
+KERNEL_OOPS = re.compile(r"\bOops: |Unable to handle kernel|general protection fault")
+OOPS_LINE = re.compile(rf"(?:{KERNEL_OOPS.pattern})[^\r\n]*\r?\n")  # whole console lines
 
 
 def kexec_tools_errno(output: list[str]) -> dict:
@@ -109,6 +113,8 @@ class Loaded:
         said = [line for line in self.message.get("log", []) if SIGNATURE_LOG.search(line)]
         if said:
             facts["kernel_log"] = said[:SIGNATURE_LOG_MAX]
+        if oops := [line for line in self.message.get("log", []) if KERNEL_OOPS.search(line)]:
+            facts["kernel_oops"] = oops[:SIGNATURE_LOG_MAX]
         return {**facts, "segments": self.table.to_json()}
 
 
@@ -203,26 +209,29 @@ class Session:
         message = self._await_message(("kernel-config",), self.timeouts.load, "/proc/config.gz")
         return from_config_gz(message.get("gz"))
 
-    def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default") -> Loaded:
+    def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default",
+             crash: bool = True) -> Loaded:
         """Load a capture kernel and parse the segment table its loader printed.
 
         kexec_file_load goes through the helper's raw syscall with ON_CRASH|DEBUG;
         kexec_load through kexec-tools (`kexec -p -d -c`), as distributions do.
+        crash=False: the kexec (reboot) slot instead (no ON_CRASH; `kexec -l`).
         """
         self.phase, start = "loading", time.monotonic()
-        self.progress.say(f"loading the capture kernel ({method}, image {image})")
+        self.progress.say(f"loading the {'capture' if crash else 'reboot'} kernel ({method}, image {image})")
         kernel = guest_path(image)
         if method == "kexec_load":
-            args = ["-p", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
+            args = ["-p" if crash else "-l", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
             self.control.send("kexec-tool " + "\t".join(args))
             message = self._await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
             lines = message.get("output", []) + message.get("log", [])
             if message.get("rc"):
                 message.update(kexec_tools_errno(message.get("output", [])))
         else:
-            flags = KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG
+            flags = (KEXEC_FILE_ON_CRASH if crash else 0) | KEXEC_FILE_DEBUG
+            self.console.forget()  # an oops in what the console said before is not this load's
             self.control.send(f"load {flags:x} {kernel} {GUEST_INITRD} {cmdline}")
-            message = self._await_message(("loaded", "error"), self.timeouts.load, "the load to finish")
+            message = self._await_load_reply()
             lines = message.get("log", [])
         if message["type"] == "error":
             raise InfraError(f"the guest helper could not load: {message.get('what')}: "
@@ -232,6 +241,18 @@ class Session:
         loaded = Loaded(message=message, table=parse_segment_table(lines, unlogged))
         self._say_loaded(loaded)
         return loaded
+
+    def _await_load_reply(self) -> dict:
+        """The helper's answer to a load; an oops on the console instead is said at once (the
+        helper died in the syscall and will never answer)."""
+        def found(messages: list[dict], hits: list[tuple[str, str]]) -> dict | None:
+            if oops := [line for name, line in hits if name == "oops"]:
+                raise InfraError(f"the running kernel oopsed inside kexec_file_load: "
+                                 f"{oops[0].strip()!r} (see serial.log)")
+            return next((m for m in messages if m["type"] in ("loaded", "error")), None)
+        return self._wait(found, self.timeouts.load, "the load to finish",
+                          f"timed out after {self.timeouts.load:g} s waiting for the load to finish",
+                          patterns={"oops": OOPS_LINE})
 
     def _say_loaded(self, loaded: Loaded) -> None:
         message = loaded.message

@@ -169,7 +169,8 @@ SCENARIO = st.fixed_dictionaries({"expect": EXPECT}, optional={
         "crashkernel": st.booleans(), "cmdline": BOOT_WORDS.map(" ".join)}),
     "load": st.fixed_dictionaries({}, optional={
         "method": leaf(LOAD_METHODS), "kernel": leaf(KERNEL_IMAGES), "cmdline": TEXT,
-        "cmdline_length": st.integers(1, 4000), "unload": st.booleans()}),
+        "cmdline_length": st.integers(1, 4000), "unload": st.booleans(), "crash": st.booleans(),
+        "kernel_from": leaf(["debian-6.1", "tiny-6.12-serial"])}),
     "corrupt": CORRUPT, "trigger": leaf(TRIGGERS), "then_intact": st.booleans()})
 
 
@@ -177,7 +178,8 @@ def outcome_of(doc: dict) -> str:
     return doc["expect"] if isinstance(doc["expect"], str) else doc["expect"]["outcome"]
 
 
-RULE_KEYS = ("trigger", "then_intact", "corrupt.segment")
+RULE_KEYS = ("trigger", "then_intact", "corrupt.segment", "load.crash", "load.kernel_from",
+             "load.unload", "load.kernel")
 
 
 def breaks_a_rule(doc: dict) -> str | None:
@@ -188,6 +190,26 @@ def breaks_a_rule(doc: dict) -> str | None:
         return "then_intact"
     if doc.get("corrupt", {}).get("segment") == "backup" and \
             doc.get("load", {}).get("method", "kexec_file_load") != "kexec_load":
+        return "corrupt.segment"
+    return breaks_a_reboot_rule(doc)
+
+
+def breaks_a_reboot_rule(doc: dict) -> str | None:
+    """The kexec reboot and kernel_from rules (schema._check_reboot), in its order."""
+    load, reboot = doc.get("load", {}), doc.get("trigger") == "kexec-reboot"
+    if reboot == load.get("crash", True):
+        return "load.crash"
+    if "kernel_from" in load and load.get("kernel", "default") != "default":
+        return "load.kernel_from"
+    if not reboot:
+        return None
+    if doc.get("then_intact"):
+        return "then_intact"
+    if load.get("unload"):
+        return "load.unload"
+    if load.get("kernel", "default") != "default":
+        return "load.kernel"
+    if doc.get("corrupt", {}).get("segment", "kernel") not in ("kernel", "initrd"):
         return "corrupt.segment"
     return None
 
