@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.config.arch import HOST, Arch
+from labctl.evidence.identity import disagreement
 from labctl.evidence.segments import SegmentTable
 from labctl.evidence.smp import cpu_problem
 from labctl.result import Outcome
@@ -66,7 +67,7 @@ def parse_registers(text: str, arch: Arch = HOST) -> dict[int, int]:
     return arch.parse_pcs(text)
 
 
-def _per_cpu(text: str) -> dict[int, str]:
+def cpu_parts(text: str) -> dict[int, str]:
     """CPU index -> its part of an `info registers -a` dump."""
     headers = list(CPU_HEADER.finditer(text))
     if not headers:
@@ -78,7 +79,7 @@ def _per_cpu(text: str) -> dict[int, str]:
 def parse_halted(text: str) -> set[int]:
     """CPUs halted with interrupts off: a `hlt` that only an NMI could end."""
     halted = set()
-    for cpu, part in _per_cpu(text).items():
+    for cpu, part in cpu_parts(text).items():
         hlt, flags = HLT_STATE.search(part), RFLAGS.search(part)
         if hlt and flags and hlt[1] == "1" and not int(flags[1], 16) & RFLAGS_IF:
             halted.add(cpu)
@@ -202,7 +203,10 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
         problems = (evidence.get("dump") or {}).get("problems") if outcome == DUMP_MISMATCH else None
         return False, f"expected {expected}, got {outcome}" + \
             (f": {'; '.join(problems[:3])}" if problems else "") + \
-            (f" (purgatory said on COM1: {report['line']!r})" if report else "")
+            (f" (purgatory said on COM1: {report['line']!r})" if report else "") + \
+            (f" (and the identity signals disagree: {problem})" if (problem := disagreement(evidence)) else "")
+    if problem := disagreement(evidence):
+        return False, f"{outcome} as expected, but the identity signals disagree: {problem}"
     if problem := console_contradiction(outcome, evidence):
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if problem := cpu_problem(evidence):
@@ -217,6 +221,9 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
         if recovery.get("outcome") != CAPTURE_BOOTED:
             return False, f"{outcome} as expected, but the guest was not healthy afterwards: " \
                           f"the follow-up intact crash gave {recovery.get('outcome')}"
+        if problem := disagreement(recovery):
+            return False, f"{outcome} as expected, but in the follow-up intact crash the identity " \
+                          f"signals disagree: {problem}"
         if problem := _vmcore_problem(recovery):
             return False, f"{outcome} as expected, but after it /proc/vmcore is not sane: {problem}"
         return True, f"{outcome} as expected{' (' + expected_errno + ')' if expected_errno else ''}, " \

@@ -23,6 +23,18 @@ from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence import dump_check
+from labctl.evidence.identity import (
+    CAPTURE,
+    IdentityWatch,
+    Position,
+    confirm,
+    decide_end,
+    new_token,
+    page_table_root,
+    parse_gpa,
+    where_votes,
+    with_token,
+)
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import (
@@ -38,6 +50,7 @@ from labctl.evidence.verdict import (
     PURGATORY_REFUSED,
     PURGATORY_REPORT,
     ParkWatch,
+    cpu_parts,
     parse_halted,
     parse_registers,
     purgatory_report,
@@ -117,7 +130,8 @@ class Loaded:
 
     def evidence(self) -> dict:
         """The facts a result records about the load, for either method."""
-        keys = ("rc", "errno", "strerror", "flags", "dynamic_debug", "kexec_crash_loaded")
+        keys = ("rc", "errno", "strerror", "flags", "dynamic_debug", "kexec_crash_loaded",
+                "capture_token")
         facts = {k: self.message[k] for k in keys if k in self.message}
         if "output" in self.message:  # kexec-tools says why in its last words
             facts["tool_output_tail"] = self.message["output"][-5:]
@@ -160,6 +174,7 @@ class Session:
         self.primary: dict = {}  # the primary kernel's hello: its RAM, reservation, facts
         self.panic_lines: list[str] = []  # what the console showed of the panic
         self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
+        self.token: str | None = None  # on the loaded capture kernel's command line (identity.py)
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -227,6 +242,8 @@ class Session:
         self.phase, start = "loading", time.monotonic()
         self.progress.say(f"loading the capture kernel ({method}, image {image})")
         kernel = guest_path(image)
+        self.token = new_token()
+        cmdline = with_token(cmdline, self.token)
         if method == "kexec_load":
             args = ["-p", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
             self.control.send("kexec-tool " + "\t".join(args))
@@ -243,6 +260,7 @@ class Session:
             raise InfraError(f"the guest helper could not load: {message.get('what')}: "
                              f"{message.get('strerror')}")
         self._timed("load", start)
+        message["capture_token"] = self.token
         unlogged = self.arch.file_kernel_unlogged and method == "kexec_file_load"
         loaded = Loaded(message=message, table=parse_segment_table(lines, unlogged))
         self._say_loaded(loaded)
@@ -357,6 +375,7 @@ class Session:
         """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
         watch = ParkWatch(table, self.arch)
+        identity = IdentityWatch(self.token)
         registers = ""
         every = REGISTER_SAMPLE_SECONDS if self.cpus else SINGLE_VCPU_SAMPLE_SECONDS
         next_sample = time.monotonic() + every
@@ -365,25 +384,32 @@ class Session:
             messages, hits = self._events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
                                            "banner": LINUX_BANNER, "damaged": INITRAMFS_DAMAGED,
                                            "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
+                                           **IdentityWatch.patterns,
                                            **(CpuWatch.patterns if self.cpus else {})},
                                           strict=False)
             self._mark_console(hits, start)
+            identity.console(hits)
             if self.cpus:
                 self.cpus.console(hits)
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
             if damaged := [line for name, line in hits if name == "damaged"]:
-                return self._finish(start, Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
+                finding = Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]})
+                return self._finish(start, self._identify(finding, identity, identity.token_vote(
+                    "init-line", damaged[0]), identity.unended_vote()))
             if ended := [line for name, line in hits if name == "end"]:
-                # Before a capture kernel's banner, the crashed kernel gave up on kexec;
-                # after it, the capture kernel itself panicked.
-                outcome = CAPTURE_PANICKED if "capture_banner" in self.marks else PANIC_HALTED
-                return self._finish(start, Finding(outcome, {"console": ended[0].strip()}))
+                # Whose panic ended: the crashed kernel's (it gave up on kexec) or a capture
+                # kernel's, on the signals of identity.py, never on a banner alone.
+                positions = self._positions()
+                claim, evidence = decide_end(identity, ended[0], where_votes(
+                    positions, self.primary.get("crashkernel")), positions)
+                return self._finish(start, Finding(CAPTURE_PANICKED if claim == CAPTURE else PANIC_HALTED,
+                                                   {"console": ended[0].strip(), "identity": evidence}))
             for message in messages:
                 # After the panic only a kexec'd kernel can say hello, even one that
                 # failed to set up /proc/vmcore (its role then reads "primary").
                 if message["type"] == "hello":
-                    return self._finish(start, self._capture_booted(message, release))
+                    return self._finish(start, self._capture_booted(message, release, identity))
             if not self.machine.alive():
                 return self._finish(start, self._reset(start))
             now = time.monotonic()
@@ -403,8 +429,9 @@ class Session:
                                                        {"registers.txt": registers}))
                 if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
-                    return self._finish(start, Finding(CAPTURE_HALTED, {"halted": stopped},
-                                                       {"registers.txt": registers}))
+                    finding = Finding(CAPTURE_HALTED, {"halted": stopped}, {"registers.txt": registers})
+                    return self._finish(start, self._identify(finding, identity, identity.console_vote(),
+                                                              identity.unended_vote()))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(HANG, {
                     "waited": self.timeouts.verdict, **self._seen(watch, start)},
@@ -441,6 +468,30 @@ class Session:
         except ValueError:
             return b""
 
+    def _positions(self) -> list[Position]:
+        """Each vCPU's program counter, QEMU's translation of it to a physical address
+        (gva2gpa through that vCPU's page tables) and its page-table root."""
+        try:
+            registers = self.machine.hmp("info registers -a")
+            parts = cpu_parts(registers)
+            return [Position(cpu, pc, parse_gpa(self.machine.command(
+                "human-monitor-command", **{"command-line": f"gva2gpa {pc:#x}", "cpu-index": cpu})),
+                page_table_root(self.arch.name, parts.get(cpu, "")))
+                for cpu, pc in sorted(parse_registers(registers, self.arch).items())]
+        except InfraError:
+            if self.machine.alive():
+                raise
+            return []  # QEMU ended meanwhile: the where-signals have nothing to say
+
+    def _identify(self, finding: Finding | None, identity: IdentityWatch, *votes) -> Finding:
+        """Add the identity evidence (identity.py) for an outcome that says a capture
+        kernel ran: these votes and where the vCPUs are now."""
+        positions = self._positions()
+        finding = finding or Finding(CAPTURE_BOOTED)
+        finding.evidence["identity"] = confirm(CAPTURE, [*votes, *where_votes(
+            positions, self.primary.get("crashkernel"))], positions)
+        return finding
+
     def _reset(self, start: float) -> Finding:
         """QEMU ended after the panic: a reset (exit 0 under -no-reboot) is a finding; QEMU
         killed from outside or failing is not, and is the guest-gone infrastructure error."""
@@ -449,13 +500,17 @@ class Session:
         return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
-    def _capture_booted(self, hello: dict, release: str) -> Finding:
+    def _capture_booted(self, hello: dict, release: str, identity: IdentityWatch | None = None) -> Finding:
         """The capture kernel said hello: a healthy capture only if its dump is the
-        crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed."""
+        crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed.
+        Which kernel said it: this load's token in its /proc/cmdline, and identity.py's signals."""
+        identity = identity or IdentityWatch(self.token)
+        said = self._identify(None, identity, identity.token_vote("hello-cmdline", hello.get("cmdline")),
+                              identity.console_vote(), identity.unended_vote()).evidence
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
         evidence = {"capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
                     "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"),
-                    "vmcore": vmcore}
+                    "vmcore": vmcore, **said}
         if not vmcore["ok"] or not self.primary:
             return Finding(CAPTURE_BOOTED, evidence)
         dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
