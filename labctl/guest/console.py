@@ -65,6 +65,7 @@ class Console:
         self.spawn.logfile_read = log
         self._partial = ""  # the start of a line whose newline has not come yet
         self.lines_seen = 0  # complete lines matched so far
+        self.last_output = time.monotonic()  # when the guest last printed anything
 
     def _read(self) -> str:
         """Everything the guest printed since the last read (pexpect logs it)."""
@@ -73,6 +74,8 @@ class Console:
             try:
                 chunks.append(self.spawn.read_nonblocking(READ_SIZE, timeout=0))
             except (pexpect.TIMEOUT, pexpect.EOF):
+                if chunks:
+                    self.last_output = time.monotonic()
                 return "".join(chunks)
 
     def _lines(self) -> list[str]:

@@ -27,6 +27,7 @@ from labctl.evidence.identity import (
     CAPTURE,
     IdentityWatch,
     Position,
+    RamLog,
     confirm,
     decide_end,
     new_token,
@@ -79,6 +80,10 @@ REGISTER_SAMPLE_SECONDS = 0.25
 # crash-intact-cpu1 on 6.1 seeing vCPU 0 at two RIPs in NMI context (0 of 8 at 0.25 s).
 SINGLE_VCPU_SAMPLE_SECONDS = 0.1
 STATUS_SAMPLE_SECONDS = 1.0
+# identity.RamLog: read the capture kernel's log from its memory once the console has been
+# silent this long, at most this often (a first scan of a 256 MiB reservation takes ~0.2 s).
+RAM_SCAN_QUIET_SECONDS = 1.0
+RAM_SCAN_SECONDS = 2.0
 EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
 # Whole lines (up to their newline): a pattern that matched a line still arriving recorded
@@ -375,7 +380,8 @@ class Session:
         """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
         watch = ParkWatch(table, self.arch)
-        identity = IdentityWatch(self.token)
+        identity = IdentityWatch(self.token, RamLog(self.token, self.primary.get("crashkernel")))
+        next_scan = 0.0
         registers = ""
         every = REGISTER_SAMPLE_SECONDS if self.cpus else SINGLE_VCPU_SAMPLE_SECONDS
         next_sample = time.monotonic() + every
@@ -427,6 +433,10 @@ class Session:
                 if parked := watch.parked(self._code_at):
                     return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
                                                        {"registers.txt": registers}))
+                if now >= next_scan and now - self.console.last_output >= RAM_SCAN_QUIET_SECONDS:
+                    next_scan = now + RAM_SCAN_SECONDS
+                    if ended_in_ram := self._scan_ram(identity):
+                        return self._finish(start, ended_in_ram)
                 if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
                     finding = Finding(CAPTURE_HALTED, {"halted": stopped}, {"registers.txt": registers})
@@ -434,7 +444,8 @@ class Session:
                                                               identity.unended_vote()))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(HANG, {
-                    "waited": self.timeouts.verdict, **self._seen(watch, start)},
+                    "waited": self.timeouts.verdict, **self._seen(watch, start),
+                    "positions": [p.to_json() for p in self._positions()]},
                     {"registers.txt": registers}))
             if window_end is not None and now > window_end:
                 return Finding(NO_VERDICT, self._seen(watch, start))
@@ -483,12 +494,30 @@ class Session:
                 raise
             return []  # QEMU ended meanwhile: the where-signals have nothing to say
 
+    def _scan_ram(self, identity: IdentityWatch) -> Finding | None:
+        """While the console is silent and a vCPU runs in the reservation, read the capture
+        kernel's own log from its memory (identity.RamLog): a panic it did not print ends
+        there too."""
+        positions = self._positions()
+        where = where_votes(positions, self.primary.get("crashkernel"))
+        if identity.ram is None or not any(v.says == CAPTURE for v in where):
+            return None
+        began = time.monotonic()
+        identity.ram.scan(self.memory.find, self.memory.read, self.memory.written_ranges())
+        self.timings["log_in_ram_scans"] = round(self.timings.get("log_in_ram_scans", 0.0)
+                                                 + time.monotonic() - began, 3)
+        if identity.ram.end_line is None:
+            return None
+        claim, evidence = decide_end(identity, identity.ram.end_line, where, positions)
+        return Finding(CAPTURE_PANICKED if claim == CAPTURE else PANIC_HALTED,
+                       {"log_in_ram": identity.ram.end_line, "identity": evidence})
+
     def _identify(self, finding: Finding | None, identity: IdentityWatch, *votes) -> Finding:
         """Add the identity evidence (identity.py) for an outcome that says a capture
         kernel ran: these votes and where the vCPUs are now."""
         positions = self._positions()
         finding = finding or Finding(CAPTURE_BOOTED)
-        finding.evidence["identity"] = confirm(CAPTURE, [*votes, *where_votes(
+        finding.evidence["identity"] = confirm(CAPTURE, [*votes, *identity.ram_votes(), *where_votes(
             positions, self.primary.get("crashkernel"))], positions)
         return finding
 
