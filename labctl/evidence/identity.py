@@ -6,7 +6,7 @@ replays its log during panic prints its own; so every outcome about the capture
 kernel rests here on signals that do not depend on console verbosity, and on
 the console only as extra evidence:
 
-- token: the lab puts `kexec_lab_run=<token>` on the capture kernel's command
+- token: the lab puts `labctl_run=<token>` on the capture kernel's command
   line (and nowhere else).  The capture helper's hello reports /proc/cmdline,
   the capture init names the token it was given (its environment) in its own
   lines, and a verbose capture kernel prints it in `Kernel command line:`.  A
@@ -43,7 +43,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-TOKEN_PARAM = "kexec_lab_run"
+TOKEN_PARAM = "labctl_run"  # kexec_lab_run= never reached init's environment on 6.12; labctl_* do
 TOKEN = re.compile(TOKEN_PARAM + r"=([0-9a-f]{16})\b")
 KERNEL_CMDLINE = re.compile(r"Kernel command line:[^\r\n]*\r?\n")  # whole lines
 PANIC_MESSAGE = re.compile(r"Kernel panic - not syncing: ?(.*?)\s*(\]---)?\s*$")
@@ -288,12 +288,13 @@ class RamLog:
         ranges = list(ranges)
         self.scans += 1
         if self.log_at is None:
-            for at in self._find_all(find, f"{TOKEN_PARAM}={self.token}".encode(), ranges, *self.region):
+            needle = f"{TOKEN_PARAM}={self.token}".encode()
+            for at in self._find_all(find, needle, ranges, *self.region):
                 head = read(max(self.region[0], at - RECORD_MAX), min(RECORD_MAX, at - self.region[0]))
                 record = head.rfind(CMDLINE_RECORD)
                 if record >= 0 and b"\0" not in head[record:] and b"\n" not in head[record:]:
                     self.log_at = at - len(head) + record
-                    self.cmdline = _record_text(read(self.log_at, RECORD_MAX))
+                    self.cmdline = _record_text(read(self.log_at, len(head) - record + len(needle)))
                     break
         if self.log_at is not None and self.end_at is None:
             low, high = max(self.region[0], self.log_at - LOG_WINDOW), min(self.region[1], self.log_at + LOG_WINDOW)

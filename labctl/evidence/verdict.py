@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.config.arch import HOST, Arch
+from labctl.evidence.causes import cause_problem
 from labctl.evidence.identity import disagreement
 from labctl.evidence.segments import SegmentTable
 from labctl.evidence.smp import cpu_problem
@@ -191,12 +192,13 @@ def console_contradiction(outcome: str, evidence: dict) -> str | None:
 
 
 def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | None = None,
-          recovery: dict | None = None) -> tuple[bool, str]:
+          recovery: dict | None = None, expected_cause: str | None = None) -> tuple[bool, str]:
     """(passed, one-line reason) for an outcome against the scenario's expectation.
 
     expected_errno names the errno a rejection must carry (e.g. "ENOEXEC");
     recovery is the follow-up intact crash of a then_intact scenario, which
-    must boot the capture kernel with a sane vmcore in the same guest.
+    must boot the capture kernel with a sane vmcore in the same guest; expected_cause
+    is the cause a failure outcome must have (causes.py).
     """
     if outcome != expected:
         report = evidence.get("purgatory_console")
@@ -207,6 +209,8 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
             (f" (and the identity signals disagree: {problem})" if (problem := disagreement(evidence)) else "")
     if problem := disagreement(evidence):
         return False, f"{outcome} as expected, but the identity signals disagree: {problem}"
+    if problem := cause_problem(expected_cause, evidence):
+        return False, f"{outcome} as expected, but {problem}"
     if problem := console_contradiction(outcome, evidence):
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if problem := cpu_problem(evidence):
@@ -230,5 +234,8 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
                      "then an intact crash booted the capture kernel"
     if outcome == DUMP_MISMATCH:  # say what the lab found wrong with the dump
         problems = (evidence.get("dump") or {}).get("problems") or []
-        return True, f"{outcome} as expected: {'; '.join(problems[:2])}"
+        return True, f"{outcome} as expected" + (f" ({expected_cause})" if expected_cause else "") + \
+            f": {'; '.join(problems[:2])}"
+    if expected_cause:
+        return True, f"{outcome} as expected ({expected_cause})"
     return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")

@@ -453,12 +453,19 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.expected, result.expected_errno = expected.outcome, expected.errno
         result.expectation_reason = expected.reason
         passed, reason = judge(expected.outcome, finding.outcome, finding.evidence,
-                               expected.errno, pair.evidence.get("recovery"))
+                               expected.errno, pair.evidence.get("recovery"), expected.cause)
         pair.evidence["verdict"] = finding.evidence
         result.accelerator, result.outcome = accel.to_json(), finding.outcome
         result.passed, result.reason = passed, reason
         if why := known_failure(lab, kernel, scenario):
-            result.extra["expected_failure" if not passed else "unexpected_pass"] = why
+            named = lab.kernels[kernel.name].expect_fail_outcomes.get(scenario.name, ())
+            if passed:
+                result.extra["unexpected_pass"] = why
+            elif finding.outcome in named:
+                result.extra["expected_failure"] = why
+            else:  # a failure, but not the one the catalogue names: a plain FAIL
+                result.extra["unexpected_failure"] = f"expect_fail names {', '.join(named)}"
+                result.reason += f" (not the failure expect_fail names: {', '.join(named)})"
     except (KeyboardInterrupt, Interrupted):
         phase = pair.session.phase if pair.session else "preparing"
         result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted while {phase}"

@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence import dump_check
+from labctl.evidence import causes, dump_check
 from labctl.evidence.identity import (
     CAPTURE,
     IdentityWatch,
@@ -81,9 +81,10 @@ REGISTER_SAMPLE_SECONDS = 0.25
 SINGLE_VCPU_SAMPLE_SECONDS = 0.1
 STATUS_SAMPLE_SECONDS = 1.0
 # identity.RamLog: read the capture kernel's log from its memory once the console has been
-# silent this long, at most this often (a first scan of a 256 MiB reservation takes ~0.2 s).
-RAM_SCAN_QUIET_SECONDS = 1.0
-RAM_SCAN_SECONDS = 2.0
+# silent this long, at most this often (a first scan of a 256 MiB reservation takes 0.2-0.5 s
+# on a loaded 2-core host; a verbose capture kernel is rarely silent that long).
+RAM_SCAN_QUIET_SECONDS = 3.0
+RAM_SCAN_SECONDS = 3.0
 EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
 # Whole lines (up to their newline): a pattern that matched a line still arriving recorded
@@ -180,6 +181,7 @@ class Session:
         self.panic_lines: list[str] = []  # what the console showed of the panic
         self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
         self.token: str | None = None  # on the loaded capture kernel's command line (identity.py)
+        self.tool_output: list[str] = []  # what kexec-tools said at the load (causes.py)
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -266,6 +268,7 @@ class Session:
                              f"{message.get('strerror')}")
         self._timed("load", start)
         message["capture_token"] = self.token
+        self.tool_output = message.get("output", [])
         unlogged = self.arch.file_kernel_unlogged and method == "kexec_file_load"
         loaded = Loaded(message=message, table=parse_segment_table(lines, unlogged))
         self._say_loaded(loaded)
@@ -482,6 +485,7 @@ class Session:
     def _positions(self) -> list[Position]:
         """Each vCPU's program counter, QEMU's translation of it to a physical address
         (gva2gpa through that vCPU's page tables) and its page-table root."""
+        began = time.monotonic()
         try:
             registers = self.machine.hmp("info registers -a")
             parts = cpu_parts(registers)
@@ -493,6 +497,12 @@ class Session:
             if self.machine.alive():
                 raise
             return []  # QEMU ended meanwhile: the where-signals have nothing to say
+        finally:
+            self._cost("identity_checks", began)
+
+    def _cost(self, name: str, began: float) -> None:
+        """Add the seconds since `began` to timings[name] (what a check costs the run)."""
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - began, 3)
 
     def _scan_ram(self, identity: IdentityWatch) -> Finding | None:
         """While the console is silent and a vCPU runs in the reservation, read the capture
@@ -500,12 +510,12 @@ class Session:
         there too."""
         positions = self._positions()
         where = where_votes(positions, self.primary.get("crashkernel"))
-        if identity.ram is None or not any(v.says == CAPTURE for v in where):
+        if identity.ram is None or not any(v.says == CAPTURE for v in where) or \
+                all(p.physical in (None, p.pc) for p in positions):  # nothing runs mapped yet
             return None
         began = time.monotonic()
         identity.ram.scan(self.memory.find, self.memory.read, self.memory.written_ranges())
-        self.timings["log_in_ram_scans"] = round(self.timings.get("log_in_ram_scans", 0.0)
-                                                 + time.monotonic() - began, 3)
+        self._cost("identity_checks", began)
         if identity.ram.end_line is None:
             return None
         claim, evidence = decide_end(identity, identity.ram.end_line, where, positions)
@@ -608,6 +618,8 @@ class Session:
 
     def _finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)
+        if cause := causes.classify(finding.outcome, finding.evidence, self.tool_output, self.arch.name):
+            finding.evidence["cause"] = cause
         if self.purgatory_line:
             finding.evidence["purgatory_console"] = purgatory_report(self.purgatory_line)
         if self.cpus:
