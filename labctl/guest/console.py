@@ -110,7 +110,14 @@ class Console:
 
 
 def match_line(line: str, patterns: dict[str, re.Pattern]) -> list[tuple[str, str]]:
-    """(name, matched text) for each match in one line, left to right."""
-    found = [(m.start(), name, m[0].rstrip("\r\n")) for name, pattern in patterns.items()
-             for m in pattern.finditer(line)]
-    return [(name, text) for _, name, text in sorted(found, key=lambda f: f[0])]
+    """(name, matched text) for the matches in one line, left to right; a match takes its
+    characters, so no character counts twice (the leftmost match wins, then the first
+    pattern named)."""
+    found = sorted((m.start(), order, -m.end(), name, m) for order, (name, pattern) in
+                   enumerate(patterns.items()) for m in pattern.finditer(line))
+    hits, taken = [], 0
+    for start, _, _, name, m in found:
+        if start >= taken and m.end() > start:
+            hits.append((name, m[0].rstrip("\r\n")))
+            taken = m.end()
+    return hits
