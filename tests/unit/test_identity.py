@@ -243,3 +243,20 @@ def test_the_token_goes_on_the_command_line_once():
     line = with_token("irqpoll nr_cpus=1", "0123456789abcdef")
     assert line == "irqpoll nr_cpus=1 labctl_run=0123456789abcdef"
     assert token_in(line) == "0123456789abcdef" and token_in("labctl_run=0123456789abcdefab") is None
+
+
+@pytest.mark.parametrize("kernel, run, signals", [
+    ("tiny-6.12-arm64", "crash-intact-kexec-load-identity", {"hello-cmdline", "console-cmdline",
+                                                              "panic-unended", "pc"}),
+    ("tiny-6.12-riscv64", "crash-intact-identity", {"hello-cmdline", "console-cmdline", "panic-unended",
+                                                    "ram-cmdline", "pc", "page-tables"}),
+])
+def test_other_architectures_are_identified_by_pc_too(kernel, run, signals):
+    """QEMU translates arm64's PC and riscv64's pc as it does RIP; riscv64's satp is a
+    page-table root, arm64's dump shows none."""
+    result = json.loads((DATA / kernel / run / "result.json").read_text())
+    identity = result["evidence"]["verdict"]["identity"]
+    assert {v["signal"] for v in identity["votes"]} == signals and "disagreement" not in identity
+    positions = positions_of(result)
+    assert where_votes(positions, region_of(result))[0].says == CAPTURE
+    assert all(p.pc != p.physical for p in positions)  # a kernel virtual address, translated
