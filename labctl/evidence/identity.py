@@ -245,6 +245,9 @@ CMDLINE_RECORD = b"Kernel command line: "
 END_RECORD = b"---[ end Kernel panic - not syncing: "
 RECORD_MAX = 1024  # printk's longest record text (PRINTKRB_RECORD_MAX)
 LOG_WINDOW = 4 << 20  # printk's ring buffer lies within this of the record found first
+# start_kernel() logs the command line first thing: a running kernel whose log has no record
+# with the token after this many whole-reservation scans will not get one
+FULL_SCANS = 3
 
 
 def _record_text(data: bytes) -> str:
@@ -286,6 +289,8 @@ class RamLog:
         if not self.region or not self.token:
             return
         ranges = list(ranges)
+        if self.log_at is None and self.scans >= FULL_SCANS:
+            return
         self.scans += 1
         if self.log_at is None:
             needle = f"{TOKEN_PARAM}={self.token}".encode()

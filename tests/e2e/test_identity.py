@@ -35,7 +35,6 @@ def test_a_quiet_capture_kernel_that_panics_is_capture_panicked(run):
     assert "disagreement" not in verdict["identity"]
     serial = (result["_dir"] / "serial.log").read_text()
     assert "Kernel command line:" not in serial and "end Kernel panic" not in serial
-    assert result["timings"]["identity_checks"] < 2.0, result["timings"]
 
 
 def test_a_crashed_kernel_replaying_its_log_is_panic_halted(run):

@@ -20,6 +20,7 @@ from recorded import DATA, KERNELS
 
 from labctl.evidence.identity import (
     CAPTURE,
+    FULL_SCANS,
     PRIMARY,
     IdentityWatch,
     Position,
@@ -157,6 +158,10 @@ def test_a_quiet_capture_kernel_that_panics_is_capture_panicked(kernel, tmp_path
 def test_another_runs_token_finds_no_log_and_the_format_string_is_no_record(kernel):
     log = ram_log(kernel, token="0" * 16)
     assert log.log_at is None and log.end_line is None and log.votes() == []
+    ram = Ram(json.loads((DATA / kernel / "capture-quiet-panic" / "ram-excerpts.json").read_text())["excerpts"])
+    for _ in range(5):
+        log.scan(ram.find, ram.read, ram.ranges())
+    assert log.scans == FULL_SCANS  # whole-reservation scans stop: the record will not come
     assert ram_log(kernel).end_line.endswith(" ]---")  # cut at its own end, not the ring's leftovers
 
 
