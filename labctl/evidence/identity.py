@@ -185,6 +185,12 @@ class IdentityWatch:
         return Vote("panic-message", CAPTURE, f"the panic that ended ({ended[1]!r}) is not the "
                                               f"crashed kernel's ({first!r})")
 
+    def needs_ram(self) -> bool:
+        """Whether the capture kernel's log must be read from RAM: not once the console
+        printed its command line, since a console that shows notices shows its panic too."""
+        vote = self.console_vote()
+        return self.ram is not None and (vote is None or vote.says != CAPTURE)
+
     def ram_votes(self) -> list[Vote]:
         return self.ram.votes() if self.ram else []
 

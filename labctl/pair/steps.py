@@ -23,19 +23,7 @@ from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence import causes, dump_check
-from labctl.evidence.identity import (
-    CAPTURE,
-    IdentityWatch,
-    Position,
-    RamLog,
-    confirm,
-    decide_end,
-    new_token,
-    page_table_root,
-    parse_gpa,
-    where_votes,
-    with_token,
-)
+from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, decide_end, new_token, where_votes, with_token
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import (
@@ -51,7 +39,6 @@ from labctl.evidence.verdict import (
     PURGATORY_REFUSED,
     PURGATORY_REPORT,
     ParkWatch,
-    cpu_parts,
     parse_halted,
     parse_registers,
     purgatory_report,
@@ -65,6 +52,7 @@ from labctl.guest.machine import Machine
 from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
+from labctl.pair import identify
 from labctl.pair.vmcore_save import DumpReceiver
 from labctl.progress import Progress
 
@@ -81,8 +69,8 @@ REGISTER_SAMPLE_SECONDS = 0.25
 SINGLE_VCPU_SAMPLE_SECONDS = 0.1
 STATUS_SAMPLE_SECONDS = 1.0
 # identity.RamLog: read the capture kernel's log from its memory once the console has been
-# silent this long, at most this often (a first scan of a 256 MiB reservation takes 0.2-0.5 s
-# on a loaded 2-core host; a verbose capture kernel is rarely silent that long).
+# silent this long, at most this often, unless the console showed its command line (a first
+# scan of a 256 MiB reservation takes 0.2-0.6 s on a loaded 2-core host).
 RAM_SCAN_QUIET_SECONDS = 3.0
 RAM_SCAN_SECONDS = 3.0
 EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
@@ -403,13 +391,14 @@ class Session:
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
             if damaged := [line for name, line in hits if name == "damaged"]:
-                finding = Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]})
-                return self._finish(start, self._identify(finding, identity, identity.token_vote(
-                    "init-line", damaged[0]), identity.unended_vote()))
+                said = identify.confirm_capture(self, identity, identity.token_vote("init-line", damaged[0]),
+                                                identity.unended_vote())
+                return self._finish(start, Finding(CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000],
+                                                                     "identity": said}))
             if ended := [line for name, line in hits if name == "end"]:
                 # Whose panic ended: the crashed kernel's (it gave up on kexec) or a capture
                 # kernel's, on the signals of identity.py, never on a banner alone.
-                positions = self._positions()
+                positions = identify.positions(self)
                 claim, evidence = decide_end(identity, ended[0], where_votes(
                     positions, self.primary.get("crashkernel")), positions)
                 return self._finish(start, Finding(CAPTURE_PANICKED if claim == CAPTURE else PANIC_HALTED,
@@ -436,19 +425,23 @@ class Session:
                 if parked := watch.parked(self._code_at):
                     return self._finish(start, Finding(PURGATORY_REFUSED, {"parked": parked},
                                                        {"registers.txt": registers}))
-                if now >= next_scan and now - self.console.last_output >= RAM_SCAN_QUIET_SECONDS:
+                if now >= next_scan and now - self.console.last_output >= RAM_SCAN_QUIET_SECONDS \
+                        and identity.needs_ram():
                     next_scan = now + RAM_SCAN_SECONDS
-                    if ended_in_ram := self._scan_ram(identity):
-                        return self._finish(start, ended_in_ram)
+                    if ended_in_ram := identify.scan_ram(self, identity):
+                        claim, evidence = ended_in_ram
+                        return self._finish(start, Finding(
+                            CAPTURE_PANICKED if claim == CAPTURE else PANIC_HALTED, evidence))
                 if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
-                    finding = Finding(CAPTURE_HALTED, {"halted": stopped}, {"registers.txt": registers})
-                    return self._finish(start, self._identify(finding, identity, identity.console_vote(),
-                                                              identity.unended_vote()))
+                    said = identify.confirm_capture(self, identity, identity.console_vote(),
+                                                    identity.unended_vote())
+                    return self._finish(start, Finding(CAPTURE_HALTED, {"halted": stopped, "identity": said},
+                                                       {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(HANG, {
                     "waited": self.timeouts.verdict, **self._seen(watch, start),
-                    "positions": [p.to_json() for p in self._positions()]},
+                    "positions": [p.to_json() for p in identify.positions(self)]},
                     {"registers.txt": registers}))
             if window_end is not None and now > window_end:
                 return Finding(NO_VERDICT, self._seen(watch, start))
@@ -482,55 +475,6 @@ class Session:
         except ValueError:
             return b""
 
-    def _positions(self) -> list[Position]:
-        """Each vCPU's program counter, QEMU's translation of it to a physical address
-        (gva2gpa through that vCPU's page tables) and its page-table root."""
-        began = time.monotonic()
-        try:
-            registers = self.machine.hmp("info registers -a")
-            parts = cpu_parts(registers)
-            return [Position(cpu, pc, parse_gpa(self.machine.command(
-                "human-monitor-command", **{"command-line": f"gva2gpa {pc:#x}", "cpu-index": cpu})),
-                page_table_root(self.arch.name, parts.get(cpu, "")))
-                for cpu, pc in sorted(parse_registers(registers, self.arch).items())]
-        except InfraError:
-            if self.machine.alive():
-                raise
-            return []  # QEMU ended meanwhile: the where-signals have nothing to say
-        finally:
-            self._cost("identity_checks", began)
-
-    def _cost(self, name: str, began: float) -> None:
-        """Add the seconds since `began` to timings[name] (what a check costs the run)."""
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - began, 3)
-
-    def _scan_ram(self, identity: IdentityWatch) -> Finding | None:
-        """While the console is silent and a vCPU runs in the reservation, read the capture
-        kernel's own log from its memory (identity.RamLog): a panic it did not print ends
-        there too."""
-        positions = self._positions()
-        where = where_votes(positions, self.primary.get("crashkernel"))
-        if identity.ram is None or not any(v.says == CAPTURE for v in where) or \
-                all(p.physical in (None, p.pc) for p in positions):  # nothing runs mapped yet
-            return None
-        began = time.monotonic()
-        identity.ram.scan(self.memory.find, self.memory.read, self.memory.written_ranges())
-        self._cost("identity_checks", began)
-        if identity.ram.end_line is None:
-            return None
-        claim, evidence = decide_end(identity, identity.ram.end_line, where, positions)
-        return Finding(CAPTURE_PANICKED if claim == CAPTURE else PANIC_HALTED,
-                       {"log_in_ram": identity.ram.end_line, "identity": evidence})
-
-    def _identify(self, finding: Finding | None, identity: IdentityWatch, *votes) -> Finding:
-        """Add the identity evidence (identity.py) for an outcome that says a capture
-        kernel ran: these votes and where the vCPUs are now."""
-        positions = self._positions()
-        finding = finding or Finding(CAPTURE_BOOTED)
-        finding.evidence["identity"] = confirm(CAPTURE, [*votes, *identity.ram_votes(), *where_votes(
-            positions, self.primary.get("crashkernel"))], positions)
-        return finding
-
     def _reset(self, start: float) -> Finding:
         """QEMU ended after the panic: a reset (exit 0 under -no-reboot) is a finding; QEMU
         killed from outside or failing is not, and is the guest-gone infrastructure error."""
@@ -544,12 +488,12 @@ class Session:
         crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed.
         Which kernel said it: this load's token in its /proc/cmdline, and identity.py's signals."""
         identity = identity or IdentityWatch(self.token)
-        said = self._identify(None, identity, identity.token_vote("hello-cmdline", hello.get("cmdline")),
-                              identity.console_vote(), identity.unended_vote()).evidence
+        said = identify.confirm_capture(self, identity, identity.token_vote("hello-cmdline", hello.get("cmdline")),
+                                        identity.console_vote(), identity.unended_vote())
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
         evidence = {"capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
                     "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"),
-                    "vmcore": vmcore, **said}
+                    "vmcore": vmcore, "identity": said}
         if not vmcore["ok"] or not self.primary:
             return Finding(CAPTURE_BOOTED, evidence)
         dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))

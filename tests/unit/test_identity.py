@@ -150,6 +150,9 @@ def test_a_quiet_capture_kernel_that_panics_is_capture_panicked(kernel, tmp_path
     assert claim == CAPTURE and "disagreement" not in evidence
     assert {v["signal"] for v in evidence["votes"]} == {"pc", "page-tables", "panic-message",
                                                         "ram-cmdline", "ram-end"}
+    assert watch.needs_ram()  # the console never showed the capture kernel's command line
+    watch.console([("cmdline", f"Kernel command line: x labctl_run={watch.token}")])
+    assert not watch.needs_ram()  # a console that shows notices shows a panic too
     assert result["outcome"] == "capture-panicked" and result["passed"]
     assert result["evidence"]["verdict"]["cause"] == {"causes": ["no-root-fs"]}
 
