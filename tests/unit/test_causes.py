@@ -152,3 +152,13 @@ def test_a_failure_that_is_not_the_named_one_is_a_plain_fail():
     failing = {"outcome": "capture-booted", "passed": False, "matrix": {"expect_fail": "known bug"}}
     assert status(failing) == XFAIL
     assert status({**failing, "unexpected_failure": "expect_fail names capture-halted"}) == FAIL
+
+
+def test_expect_fail_accepts_only_the_failures_it_names():
+    from labctl.pair.runner import failure_note
+
+    named = ("capture-halted",)
+    assert failure_note("bug", named, False, "capture-halted") == ("expected_failure", "bug")
+    assert failure_note("bug", named, True, "purgatory-refused") == ("unexpected_pass", "bug")
+    assert failure_note("bug", named, False, "hang") == ("unexpected_failure",
+                                                        "expect_fail names capture-halted, not hang")
