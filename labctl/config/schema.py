@@ -18,6 +18,7 @@ from typing import Any, Callable
 import yaml
 
 from labctl.config.arch import ARCHES
+from labctl.config.cause_names import CAUSES
 from labctl.errors import ConfigError
 from labctl.result import VERDICTS, Outcome
 
@@ -28,6 +29,7 @@ ARCH_NAMES = tuple(ARCHES)
 DEFAULT_CMDLINE = "no_timer_check"
 DEFAULT_CAPTURE_CMDLINE = "irqpoll nr_cpus=1 reset_devices no_timer_check"
 OUTCOMES = tuple(o.value for o in VERDICTS)
+CAUSE_NAMES = tuple(sorted({c for names in CAUSES.values() for c in names}))
 # backup: the copy of the first 640 KiB that kexec-tools (kexec_load) adds;
 # dtb: the device tree arm64 and riscv64 hand the capture kernel (x86_64: boot_params)
 SEGMENT_ROLES = ("elfcorehdr", "purgatory", "boot_params", "kernel", "initrd", "backup", "dtb")
@@ -216,8 +218,12 @@ KERNEL_SCHEMA = {
     # the guest architecture of a Debian package or path kernel (a recipe names its own)
     "arch": Field(str, default=None, choices=ARCH_NAMES),
     "description": Field(str, default=""),
-    # scenario name -> why this kernel is known to fail it (shown, never hidden)
-    "expect_fail": Field(dict, default={}, values=Field(str)),
+    # scenario name -> why this kernel is known to fail it (shown, never hidden) and the
+    # outcome(s) it must fail with: another failure is not the expected one
+    "expect_fail": Field(dict, default={}, values=Field(dict, schema={
+        "reason": Field(str),
+        "outcomes": Field(list, items=Field(str, choices=OUTCOMES)),
+    })),
 }
 
 LAB_SCHEMA = {
@@ -275,6 +281,7 @@ class KernelEntry:
     description: str = ""
     expect_fail: dict[str, str] = field(default_factory=dict)
     arch: str | None = None  # None: x86_64, or the recipe's own
+    expect_fail_outcomes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -314,7 +321,14 @@ def load_lab(path: Path, accel: str | None = None, artifacts_dir: str | Path | N
         if entry["recipe"] and entry["arch"]:
             check.fail(("kernels", name, "arch"), "a recipe names its architecture itself "
                        "(arch: in the recipe file)")
-        kernels[name] = KernelEntry(name=name, **entry)
+        for scenario, known in entry["expect_fail"].items():
+            if not known["outcomes"]:
+                check.fail(("kernels", name, "expect_fail", scenario, "outcomes"),
+                           "names no outcome: list the failing outcome(s) this kernel must show")
+        failing = entry.pop("expect_fail")
+        kernels[name] = KernelEntry(name=name, **entry,
+                                    expect_fail={s: k["reason"] for s, k in failing.items()},
+                                    expect_fail_outcomes={s: tuple(k["outcomes"]) for s, k in failing.items()})
     if raw["default_kernel"] not in kernels:
         check.fail(("default_kernel",), f"{raw['default_kernel']!r} is not in 'kernels' "
                    f"(known: {', '.join(sorted(kernels))})")
@@ -377,6 +391,7 @@ EXPECT_CASE_SCHEMA = {
     "lab_key": Field(bool, default=None),
     "outcome": Field(str, choices=OUTCOMES),
     "errno": Field(str, default=None, choices=ERRNO_NAMES),
+    "cause": Field(str, default=None, choices=CAUSE_NAMES),  # a failure outcome's (causes.py)
     "reason": Field(str),
     **DUMP_EXPECT_SCHEMA,
     # false: this kernel accepts no image the lab has, so no follow-up load can work
@@ -386,6 +401,7 @@ EXPECT_CASE_SCHEMA = {
 EXPECT_SCHEMA = {
     "outcome": Field(str, choices=OUTCOMES),
     "errno": Field(str, default=None, choices=ERRNO_NAMES),
+    "cause": Field(str, default=None, choices=CAUSE_NAMES),  # a failure outcome's (causes.py)
     "reason": Field(str, default=""),
     **DUMP_EXPECT_SCHEMA,
     "when": Field(list, default=[], items=Field(dict, schema=EXPECT_CASE_SCHEMA)),
@@ -488,6 +504,7 @@ class Expected:
     prstatus_notes: int | None = None  # None: one per CPU online at the crash
     elfcorehdr: str | None = None  # after a CPU hot-add: changed | unchanged | not judged
     then_intact: bool | None = None  # None: as the scenario says
+    cause: str | None = None  # what a failure outcome must be caused by (causes.py)
 
 
 @dataclass(frozen=True)
@@ -502,6 +519,7 @@ class ExpectCase:
     lab_key: bool | None = None
     then_intact: bool | None = None
     arch: str | None = None  # alone or beside config / lab_key: both must hold
+    cause: str | None = None
 
     def matches(self, kernel: str, symbols: dict[str, str], facts: dict | None = None,
                 arch: str = "x86_64") -> bool:
@@ -528,14 +546,16 @@ class Expectation:
     cases: tuple[ExpectCase, ...] = ()
     prstatus_notes: int | None = None
     elfcorehdr: str | None = None
+    cause: str | None = None
 
     def resolve(self, kernel: str, symbols: dict[str, str], facts: dict | None = None,
                 arch: str = "x86_64") -> Expected:
         for case in self.cases:
             if case.matches(kernel, symbols, facts, arch):
                 return Expected(case.outcome, case.errno, case.reason, case.prstatus_notes,
-                                case.elfcorehdr, then_intact=case.then_intact)
-        return Expected(self.outcome, self.errno, self.reason, self.prstatus_notes, self.elfcorehdr)
+                                case.elfcorehdr, then_intact=case.then_intact, cause=case.cause)
+        return Expected(self.outcome, self.errno, self.reason, self.prstatus_notes, self.elfcorehdr,
+                        cause=self.cause)
 
 
 @dataclass(frozen=True)
@@ -555,7 +575,22 @@ class Scenario:
     boot_cmdline: str = ""  # extra primary kernel parameters
 
 
+def _check_cause(entry: dict, keypath: tuple, check: Validator) -> None:
+    """A failure outcome names the cause it expects, one its outcome can have; no other
+    outcome takes one."""
+    names = CAUSES.get(entry["outcome"])
+    if names and entry["cause"] is None:
+        check.fail(keypath + ("cause",), f"is required: {entry['outcome']} names the cause this "
+                   f"kernel must show (one of: {', '.join(names)})")
+    if entry["cause"] is not None and not names:
+        check.fail(keypath + ("cause",), f"only a failure outcome ({', '.join(CAUSES)}) takes a cause")
+    if names and entry["cause"] not in names:
+        check.fail(keypath + ("cause",), f"{entry['cause']!r} is not a cause of {entry['outcome']} "
+                   f"(one of: {', '.join(names)})")
+
+
 def _expectation(raw: dict, check: Validator) -> Expectation:
+    _check_cause(raw, ("expect",), check)
     cases = []
     for i, case in enumerate(raw["when"]):
         if sum(case[k] is not None for k in ("kernel", "config", "lab_key")) > 1:
@@ -568,9 +603,10 @@ def _expectation(raw: dict, check: Validator) -> Expectation:
         if case["then_intact"] and case["outcome"] not in ("load-rejected", "load-accepted"):
             check.fail(("expect", "when", i, "then_intact"),
                        "only follows a load-rejected or load-accepted expectation")
+        _check_cause(case, ("expect", "when", i), check)
         cases.append(ExpectCase(**case))
     return Expectation(raw["outcome"], raw["errno"], raw["reason"], tuple(cases),
-                       raw["prstatus_notes"], raw["elfcorehdr"])
+                       raw["prstatus_notes"], raw["elfcorehdr"], raw["cause"])
 
 
 def _trigger(value: str | dict, check: Validator) -> dict:

@@ -269,7 +269,7 @@ class ConsolePair(PairRun):
         if expected.outcome == "unknown":
             return None, expected.reason
         return judge(expected.outcome, finding.outcome, finding.evidence, expected.errno,
-                     self.evidence.get("recovery"))
+                     self.evidence.get("recovery"), expected.cause)
 
     def machine_spec(self, accel, assets):
         return replace(super().machine_spec(accel, assets), gdb_port=self.gdb_port)

@@ -36,6 +36,8 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.config.arch import HOST, Arch
+from labctl.evidence.causes import cause_problem
+from labctl.evidence.identity import disagreement
 from labctl.evidence.reboot import kexec_problem
 from labctl.evidence.segments import SegmentTable
 from labctl.evidence.smp import cpu_problem
@@ -53,7 +55,7 @@ def parse_registers(text: str, arch: Arch = HOST) -> dict[int, int]:
     return arch.parse_pcs(text)
 
 
-def _per_cpu(text: str) -> dict[int, str]:
+def cpu_parts(text: str) -> dict[int, str]:
     """CPU index -> its part of an `info registers -a` dump."""
     headers = list(CPU_HEADER.finditer(text))
     if not headers:
@@ -65,7 +67,7 @@ def _per_cpu(text: str) -> dict[int, str]:
 def parse_halted(text: str) -> set[int]:
     """CPUs halted with interrupts off: a `hlt` that only an NMI could end."""
     halted = set()
-    for cpu, part in _per_cpu(text).items():
+    for cpu, part in cpu_parts(text).items():
         hlt, flags = HLT_STATE.search(part), RFLAGS.search(part)
         if hlt and flags and hlt[1] == "1" and not int(flags[1], 16) & RFLAGS_IF:
             halted.add(cpu)
@@ -177,19 +179,25 @@ def console_contradiction(outcome: str, evidence: dict) -> str | None:
 
 
 def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | None = None,
-          recovery: dict | None = None) -> tuple[bool, str]:
+          recovery: dict | None = None, expected_cause: str | None = None) -> tuple[bool, str]:
     """(passed, one-line reason) for an outcome against the scenario's expectation.
 
     expected_errno names the errno a rejection must carry (e.g. "ENOEXEC");
     recovery is the follow-up intact crash of a then_intact scenario, which
-    must boot the capture kernel with a sane vmcore in the same guest.
+    must boot the capture kernel with a sane vmcore in the same guest; expected_cause
+    is the cause a failure outcome must have (causes.py).
     """
     if outcome != expected:
         report = evidence.get("purgatory_console")
         problems = (evidence.get("dump") or {}).get("problems") if outcome == Outcome.DUMP_MISMATCH else None
         return False, f"expected {expected}, got {outcome}" + \
             (f": {'; '.join(problems[:3])}" if problems else "") + \
-            (f" (purgatory said on COM1: {report['line']!r})" if report else "")
+            (f" (purgatory said on COM1: {report['line']!r})" if report else "") + \
+            (f" (and the identity signals disagree: {problem})" if (problem := disagreement(evidence)) else "")
+    if problem := disagreement(evidence):
+        return False, f"{outcome} as expected, but the identity signals disagree: {problem}"
+    if problem := cause_problem(expected_cause, evidence):
+        return False, f"{outcome} as expected, but {problem}"
     if problem := console_contradiction(outcome, evidence):
         return False, f"{outcome} as expected, but the evidence disagrees: {problem}"
     if problem := cpu_problem(evidence):
@@ -206,11 +214,17 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
         if recovery.get("outcome") != Outcome.CAPTURE_BOOTED:
             return False, f"{outcome} as expected, but the guest was not healthy afterwards: " \
                           f"the follow-up intact crash gave {recovery.get('outcome')}"
+        if problem := disagreement(recovery):
+            return False, f"{outcome} as expected, but in the follow-up intact crash the identity " \
+                          f"signals disagree: {problem}"
         if problem := _vmcore_problem(recovery):
             return False, f"{outcome} as expected, but after it /proc/vmcore is not sane: {problem}"
         return True, f"{outcome} as expected{' (' + expected_errno + ')' if expected_errno else ''}, " \
                      "then an intact crash booted the capture kernel"
     if outcome == Outcome.DUMP_MISMATCH:  # say what the lab found wrong with the dump
         problems = (evidence.get("dump") or {}).get("problems") or []
-        return True, f"{outcome} as expected: {'; '.join(problems[:2])}"
+        return True, f"{outcome} as expected" + (f" ({expected_cause})" if expected_cause else "") + \
+            f": {'; '.join(problems[:2])}"
+    if expected_cause:
+        return True, f"{outcome} as expected ({expected_cause})"
     return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")

@@ -2,7 +2,7 @@
 
 Guest output is untrusted: it is decoded with replacement, logged line by line
 with the host time since the run started, and only ever matched against
-patterns; the in-memory buffer is bounded.
+patterns, one complete line at a time; the in-memory buffer is bounded.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 import pexpect
 import pexpect.fdpexpect
 
-SEARCH_WINDOW = 8192
-ANY_OUTPUT = re.compile(r".+", re.DOTALL)
-BUFFER_LIMIT = 64 * 1024
+READ_SIZE = 65536
+BUFFER_LIMIT = 64 * 1024  # the longest line kept waiting for its newline
 
 
 class StampedLog:
@@ -52,38 +51,73 @@ class StampedLog:
 
 
 class Console:
-    """Non-blocking pattern watch over the guest's ttyS0."""
+    """Non-blocking pattern watch over the guest's ttyS0.
+
+    Every character read is matched exactly once, however large a read is: the
+    reader splits what arrives into complete lines and matches each line against
+    every pattern once (a line still arriving waits for its newline); nothing is
+    searched twice and nothing is skipped.  pexpect reads (and logs) the bytes."""
 
     def __init__(self, fd: int, log: StampedLog):
         self.log = log
         self.spawn = pexpect.fdpexpect.fdspawn(fd, encoding="utf-8", codec_errors="replace",
-                                               searchwindowsize=SEARCH_WINDOW, maxread=65536)
+                                               maxread=READ_SIZE)
         self.spawn.logfile_read = log
-        self.tail: list[str] = []
+        self._partial = ""  # the start of a line whose newline has not come yet
+        self.lines_seen = 0  # complete lines matched so far
+        self.last_output = time.monotonic()  # when the guest last printed anything
+
+    def _read(self) -> str:
+        """Everything the guest printed since the last read (pexpect logs it)."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.spawn.read_nonblocking(READ_SIZE, timeout=0))
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                if chunks:
+                    self.last_output = time.monotonic()
+                return "".join(chunks)
+
+    def _lines(self) -> list[str]:
+        """The complete lines (with their newline) now there; a line longer than
+        BUFFER_LIMIT without a newline counts as complete, so memory stays bounded."""
+        text = self._partial + self._read()
+        *lines, self._partial = text.split("\n")
+        complete = [line + "\n" for line in lines]
+        if len(self._partial) > BUFFER_LIMIT:
+            complete.append(self._partial)
+            self._partial = ""
+        self.lines_seen += len(complete)
+        return complete
 
     def poll(self, patterns: dict[str, re.Pattern]) -> list[tuple[str, str]]:
-        """Read what is there; return (name, matched line) for every pattern seen."""
-        names = list(patterns)
-        compiled = [patterns[n] for n in names] + [pexpect.TIMEOUT, pexpect.EOF]
-        found = []
-        while True:
-            index = self.spawn.expect_list(compiled, timeout=0)
-            if index >= len(names):
-                break
-            found.append((names[index], self.spawn.after.rstrip("\r\n")))
-        if len(self.spawn.buffer) > BUFFER_LIMIT:
-            self.spawn.buffer = self.spawn.buffer[-SEARCH_WINDOW:]
-        return found
+        """Read what is there; return (name, matched text) for every match of every
+        pattern in every complete line, in the order they were printed."""
+        return [hit for line in self._lines() for hit in match_line(line, patterns)]
 
     def forget(self) -> None:
         """Drop what was read so far from the match buffer (the log keeps it), so that
         later patterns only see new output: the primary kernel's own boot banner must
         not pass for a capture kernel's."""
-        while self.spawn.expect_list([ANY_OUTPUT, pexpect.TIMEOUT, pexpect.EOF], timeout=0) == 0:
-            pass  # a match is the one way pexpect lets go of what it has read
+        self._lines()
+        self._partial = ""
 
     def send(self, text: str) -> None:
         self.spawn.send(text)
 
     def close(self) -> None:
         self.log.close()
+
+
+def match_line(line: str, patterns: dict[str, re.Pattern]) -> list[tuple[str, str]]:
+    """(name, matched text) for the matches in one line, left to right; a match takes its
+    characters, so no character counts twice (the leftmost match wins, then the first
+    pattern named)."""
+    found = sorted((m.start(), order, -m.end(), name, m) for order, (name, pattern) in
+                   enumerate(patterns.items()) for m in pattern.finditer(line))
+    hits, taken = [], 0
+    for start, _, _, name, m in found:
+        if start >= taken and m.end() > start:
+            hits.append((name, m[0].rstrip("\r\n")))
+            taken = m.end()
+    return hits

@@ -126,6 +126,9 @@ def resolve(expect: Expectation, kernel: str, facts: KernelFacts, found: dict | 
     for case in expect.cases:
         if case.arch is not None and case.arch != arch:
             continue  # another architecture's answer: its options do not matter here
+        if case.lab_key is not None and (found or {}).get("lab_key") is None:
+            raise UnknownFact("lab_key (whether the lab's signing key is built into the kernel: "
+                              "its image could not be read for it)")
         if case.config is None:  # a kernel name, a lab key or an architecture alone
             if case.matches(kernel, symbols, found, arch):
                 break

@@ -438,6 +438,16 @@ def known_failure(lab: LabConfig, kernel: Kernel, scenario: Scenario) -> str | N
     return entry.expect_fail.get(scenario.name) if entry else None
 
 
+def failure_note(why: str, named: tuple[str, ...], passed: bool, outcome: str) -> tuple[str, str]:
+    """For a pair lab.yaml's expect_fail lists: unexpected_pass, expected_failure (one of
+    the outcomes it names), or unexpected_failure (another failure: a plain FAIL)."""
+    if passed:
+        return "unexpected_pass", why
+    if outcome in named:
+        return "expected_failure", why
+    return "unexpected_failure", f"expect_fail names {', '.join(named)}, not {outcome}"
+
+
 def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
              chooser: AccelChooser, quiet: bool = False, save_vmcore: bool = False,
              fresh: bool = False) -> PairResult:
@@ -472,12 +482,16 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.expected, result.expected_errno = expected.outcome, expected.errno
         result.expectation_reason = expected.reason
         passed, reason = judge(expected.outcome, finding.outcome, finding.evidence,
-                               expected.errno, pair.evidence.get("recovery"))
+                               expected.errno, pair.evidence.get("recovery"), expected.cause)
         pair.evidence["verdict"] = finding.evidence
         result.accelerator, result.outcome = accel.to_json(), finding.outcome
         result.passed, result.reason = passed, reason
         if why := known_failure(lab, kernel, scenario):
-            result.extra["expected_failure" if not passed else "unexpected_pass"] = why
+            named = lab.kernels[kernel.name].expect_fail_outcomes.get(scenario.name, ())
+            key, note = failure_note(why, named, passed, finding.outcome)
+            result.extra[key] = note
+            if key == "unexpected_failure":  # a failure, but not the one the catalogue names
+                result.reason += f" (not the failure expect_fail names: {', '.join(named)})"
     except (KeyboardInterrupt, Interrupted):
         phase = pair.session.phase if pair.session else "preparing"
         result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted while {phase}"

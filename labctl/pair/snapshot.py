@@ -47,7 +47,7 @@ from labctl.guest.memory import GuestMemory
 from labctl.guest.ramcopy import allocated_bytes, sparse_copy
 from labctl.pair.steps import Loaded, Session
 
-FORMAT = 2  # bump when what a snapshot holds or means changes: old ones become stale
+FORMAT = 4  # bump when what a snapshot holds or means changes: old ones become stale
 RAM, STATE, META = "ram", "state", "snapshot.json"
 EVIDENCE_LOGS = ("serial.log", "control.log", "qemu.log")
 TMP_PREFIX = ".tmp-"
@@ -535,4 +535,6 @@ def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tu
     pair.progress.say(f"restored in {session.timings['restore']:.2f} s ({note}, {snap.stage})")
     if not snap.loaded:
         return meta_hello, None
+    session.token = meta["load"]["message"].get("capture_token")  # on the loaded command line
+    session.tool_output = meta["load"]["message"].get("output", [])
     return meta_hello, Loaded(message=meta["load"]["message"], table=snap.table)

@@ -22,7 +22,8 @@ from typing import Callable, TypeVar
 from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence import dump_check
+from labctl.evidence import causes, dump_check
+from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, decide_end, new_token, where_votes, with_token
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers, purgatory_report
@@ -35,6 +36,7 @@ from labctl.guest.machine import Machine
 from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
+from labctl.pair import identify
 from labctl.pair.vmcore_save import DumpReceiver
 from labctl.progress import Progress
 from labctl.result import Outcome
@@ -51,6 +53,11 @@ REGISTER_SAMPLE_SECONDS = 0.25
 # crash-intact-cpu1 on 6.1 seeing vCPU 0 at two RIPs in NMI context (0 of 8 at 0.25 s).
 SINGLE_VCPU_SAMPLE_SECONDS = 0.1
 STATUS_SAMPLE_SECONDS = 1.0
+# identity.RamLog: read the capture kernel's log from its memory once the console has been
+# silent this long, at most this often, unless the console showed its command line (a first
+# scan of a 256 MiB reservation takes 0.2-0.6 s on a loaded 2-core host).
+RAM_SCAN_QUIET_SECONDS = 3.0
+RAM_SCAN_SECONDS = 3.0
 EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
 # Whole lines (up to their newline): a pattern that matched a line still arriving recorded
@@ -106,7 +113,8 @@ class Loaded:
 
     def evidence(self) -> dict:
         """The facts a result records about the load, for either method."""
-        keys = ("rc", "errno", "strerror", "flags", "dynamic_debug", "kexec_crash_loaded")
+        keys = ("rc", "errno", "strerror", "flags", "dynamic_debug", "kexec_crash_loaded",
+                "capture_token")
         facts = {k: self.message[k] for k in keys if k in self.message}
         if "output" in self.message:  # kexec-tools says why in its last words
             facts["tool_output_tail"] = self.message["output"][-5:]
@@ -151,6 +159,8 @@ class Session:
         self.primary: dict = {}  # the primary kernel's hello: its RAM, reservation, facts
         self.panic_lines: list[str] = []  # what the console showed of the panic
         self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
+        self.token: str | None = None  # on the loaded capture kernel's command line (identity.py)
+        self.tool_output: list[str] = []  # what kexec-tools said at the load (causes.py)
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -220,6 +230,8 @@ class Session:
         self.phase, start = "loading", time.monotonic()
         self.progress.say(f"loading the {'capture' if crash else 'reboot'} kernel ({method}, image {image})")
         kernel = guest_path(image)
+        self.token = new_token()
+        cmdline = with_token(cmdline, self.token)
         if method == "kexec_load":
             args = ["-p" if crash else "-l", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
             self.control.send("kexec-tool " + "\t".join(args))
@@ -237,6 +249,8 @@ class Session:
             raise InfraError(f"the guest helper could not load: {message.get('what')}: "
                              f"{message.get('strerror')}")
         self._timed("load", start)
+        message["capture_token"] = self.token
+        self.tool_output = message.get("output", [])
         unlogged = self.arch.file_kernel_unlogged and method == "kexec_file_load"
         loaded = Loaded(message=message, table=parse_segment_table(lines, unlogged))
         self._say_loaded(loaded)
@@ -363,6 +377,8 @@ class Session:
         """
         self.phase, start = "observing", self.marks.get("trigger", time.monotonic())
         watch = ParkWatch(table, self.arch)
+        identity = IdentityWatch(self.token, RamLog(self.token, self.primary.get("crashkernel")))
+        next_scan = 0.0
         registers = ""
         every = REGISTER_SAMPLE_SECONDS if self.cpus else SINGLE_VCPU_SAMPLE_SECONDS
         next_sample = time.monotonic() + every
@@ -371,25 +387,33 @@ class Session:
             messages, hits = self._events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
                                            "banner": LINUX_BANNER, "damaged": INITRAMFS_DAMAGED,
                                            "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
+                                           **IdentityWatch.patterns,
                                            **(CpuWatch.patterns if self.cpus else {})},
                                           strict=False)
             self._mark_console(hits, start)
+            identity.console(hits)
             if self.cpus:
                 self.cpus.console(hits)
             self.purgatory_line = self.purgatory_line or next(
                 (line for name, line in hits if name == "purgatory"), None)
             if damaged := [line for name, line in hits if name == "damaged"]:
-                return self._finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
+                said = identify.confirm_capture(self, identity, identity.token_vote("init-line", damaged[0]),
+                                                identity.unended_vote())
+                return self._finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000],
+                                                                     "identity": said}))
             if ended := [line for name, line in hits if name == "end"]:
-                # Before a capture kernel's banner, the crashed kernel gave up on kexec;
-                # after it, the capture kernel itself panicked.
-                outcome = Outcome.CAPTURE_PANICKED if "capture_banner" in self.marks else Outcome.PANIC_HALTED
-                return self._finish(start, Finding(outcome, {"console": ended[0].strip()}))
+                # Whose panic ended: the crashed kernel's (it gave up on kexec) or a capture
+                # kernel's, on the signals of identity.py, never on a banner alone.
+                positions = identify.positions(self)
+                claim, evidence = decide_end(identity, ended[0], where_votes(
+                    positions, self.primary.get("crashkernel")), positions)
+                outcome = Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED
+                return self._finish(start, Finding(outcome, {"console": ended[0].strip(), "identity": evidence}))
             for message in messages:
                 # After the panic only a kexec'd kernel can say hello, even one that
                 # failed to set up /proc/vmcore (its role then reads "primary").
                 if message["type"] == "hello":
-                    return self._finish(start, self._capture_booted(message, release))
+                    return self._finish(start, self._capture_booted(message, release, identity))
             if not self.machine.alive():
                 return self._finish(start, self._reset(start))
             now = time.monotonic()
@@ -407,13 +431,23 @@ class Session:
                 if parked := watch.parked(self._code_at):
                     return self._finish(start, Finding(Outcome.PURGATORY_REFUSED, {"parked": parked},
                                                        {"registers.txt": registers}))
+                if now >= next_scan and now - self.console.last_output >= RAM_SCAN_QUIET_SECONDS \
+                        and identity.needs_ram():
+                    next_scan = now + RAM_SCAN_SECONDS
+                    if ended_in_ram := identify.scan_ram(self, identity):
+                        claim, evidence = ended_in_ram
+                        return self._finish(start, Finding(
+                            Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED, evidence))
                 if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
-                    return self._finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": stopped},
+                    said = identify.confirm_capture(self, identity, identity.console_vote(),
+                                                    identity.unended_vote())
+                    return self._finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": stopped, "identity": said},
                                                        {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
                 return self._finish(start, Finding(Outcome.HANG, {
-                    "waited": self.timeouts.verdict, **self._seen(watch, start)},
+                    "waited": self.timeouts.verdict, **self._seen(watch, start),
+                    "positions": [p.to_json() for p in identify.positions(self)]},
                     {"registers.txt": registers}))
             if window_end is not None and now > window_end:
                 return Finding(Outcome.NO_VERDICT, self._seen(watch, start))
@@ -455,13 +489,17 @@ class Session:
         return Finding(Outcome.GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
-    def _capture_booted(self, hello: dict, release: str) -> Finding:
+    def _capture_booted(self, hello: dict, release: str, identity: IdentityWatch | None = None) -> Finding:
         """The capture kernel said hello: a healthy capture only if its dump is the
-        crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed."""
+        crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed.
+        Which kernel said it: this load's token in its /proc/cmdline, and identity.py's signals."""
+        identity = identity or IdentityWatch(self.token)
+        said = identify.confirm_capture(self, identity, identity.token_vote("hello-cmdline", hello.get("cmdline")),
+                                        identity.console_vote(), identity.unended_vote())
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
         evidence = {"capture_release": hello.get("release"), "capture_cmdline": hello.get("cmdline"),
                     "helper_role": hello.get("role"), "capture_cpus": hello.get("cpus"),
-                    "vmcore": vmcore}
+                    "vmcore": vmcore, "identity": said}
         if not vmcore["ok"] or not self.primary:
             return Finding(Outcome.CAPTURE_BOOTED, evidence)
         dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
@@ -530,6 +568,8 @@ class Session:
 
     def _finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)
+        if cause := causes.classify(finding.outcome, finding.evidence, self.tool_output, self.arch.name):
+            finding.evidence["cause"] = cause
         if self.purgatory_line:
             finding.evidence["purgatory_console"] = purgatory_report(self.purgatory_line)
         if self.cpus:

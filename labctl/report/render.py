@@ -44,7 +44,7 @@ def classify(result: dict) -> str:
     expected_to_fail = bool((result.get("matrix") or {}).get("expect_fail"))
     if result.get("passed"):
         return XPASS if expected_to_fail else PASS
-    return XFAIL if expected_to_fail else FAIL
+    return XFAIL if expected_to_fail and not result.get("unexpected_failure") else FAIL
 
 
 def evidence_summary(result: dict) -> str:

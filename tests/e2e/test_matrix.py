@@ -38,7 +38,7 @@ def run_dir(run) -> Path:
 
 
 def make_lab(tmp_path: Path, scenarios: dict[str, str], boot_timeout: int = 90,
-             expect_fail: dict[str, str] | None = None) -> Path:
+             expect_fail: dict[str, dict] | None = None) -> Path:
     """lab.yaml's settings with its own scenarios/, the two Debian kernels (debian-6.12 with
     the given expect_fail) and `truncated`, whose bzImage is cut short (QEMU or the guest
     fails on it: a real infrastructure error)."""
@@ -236,8 +236,10 @@ def test_sigterm_stops_every_guest_and_still_reports(tmp_path, no_leaks):
 def test_expect_fail_is_an_xfail_and_an_unexpected_pass_fails(tmp_path, no_leaks):
     lab = make_lab(tmp_path, {"intact-expect-refused": WRONG_EXPECTATION,
                               "crash-intact": (ROOT / "scenarios/crash-intact.yaml").read_text()},
-                   expect_fail={"intact-expect-refused": "demo: known to fail",
-                                "crash-intact": "demo: listed but passes"})
+                   expect_fail={"intact-expect-refused": {"reason": "demo: known to fail",
+                                                          "outcomes": ["capture-booted"]},
+                                "crash-intact": {"reason": "demo: listed but passes",
+                                                 "outcomes": ["purgatory-refused"]}})
     run = labctl("--lab", str(lab), "matrix", "--kernels", "debian-6.12", "--jobs", "2")
     assert run.returncode == 1, run.stdout + run.stderr  # the unexpected pass
     assert "2 pairs" in run.stdout and "0 fail, 0 error, 1 xfail, 1 xpass" in run.stdout

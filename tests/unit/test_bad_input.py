@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from labctl import cli, stopping
+from labctl.config.cause_names import CAUSES
 from labctl.config.schema import (
     ERRNO_NAMES,
     KERNEL_IMAGES,
@@ -154,6 +155,14 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20)
 CORRUPT = st.fixed_dictionaries({"segment": leaf(SEGMENT_ROLES)}, optional={
     "offset": st.one_of(leaf(PLACEMENTS), st.integers(0, 2 ** 40)),
     "length": st.integers(1, 2 ** 20), "pattern": leaf(PATTERNS), "seed": st.integers()})
+PLAIN_OUTCOMES = tuple(o for o in OUTCOMES if o not in CAUSES)  # a failure outcome names a cause
+
+
+def with_cause(entry: dict) -> dict:
+    """A failure outcome's expectation with a cause it can have (config/cause_names.py)."""
+    return {**entry, "cause": CAUSES[entry["outcome"]][0]} if entry["outcome"] in CAUSES else entry
+
+
 CASE = st.one_of(st.fixed_dictionaries({"kernel": TEXT, "outcome": leaf(OUTCOMES), "reason": TEXT}),
                  st.fixed_dictionaries({"config": st.from_regex(r"CONFIG_[A-Z0-9_]{1,12}=[ymn]", fullmatch=True),
                                         "outcome": leaf(OUTCOMES), "reason": TEXT}),
@@ -162,8 +171,9 @@ CASE = st.one_of(st.fixed_dictionaries({"kernel": TEXT, "outcome": leaf(OUTCOMES
 BOOT_WORDS = st.lists(st.from_regex(r"[a-z][a-z0-9_.]{0,10}(=[a-z0-9,]{1,8})?", fullmatch=True)
                       .filter(lambda w: w.split("=")[0] not in ("console", "crashkernel", "panic",
                                                                 "earlyprintk")), max_size=4)
-EXPECT = st.one_of(leaf(OUTCOMES), st.fixed_dictionaries({"outcome": leaf(OUTCOMES)}, optional={
-    "errno": leaf(ERRNO_NAMES), "reason": TEXT, "when": st.lists(CASE, max_size=2)}))
+EXPECT = st.one_of(leaf(PLAIN_OUTCOMES), st.fixed_dictionaries({"outcome": leaf(OUTCOMES)}, optional={
+    "errno": leaf(ERRNO_NAMES), "reason": TEXT, "when": st.lists(CASE.map(with_cause), max_size=2)}
+).map(with_cause))
 SCENARIO = st.fixed_dictionaries({"expect": EXPECT}, optional={
     "description": TEXT, "boot": st.fixed_dictionaries({}, optional={
         "crashkernel": st.booleans(), "cmdline": BOOT_WORDS.map(" ".join)}),

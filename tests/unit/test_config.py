@@ -209,6 +209,7 @@ expect:
     - arch: arm64
       config: CONFIG_KEXEC_FILE=y
       outcome: capture-panicked
+      cause: oops
       reason: arm64 has no purgatory
     - arch: riscv64
       outcome: hang

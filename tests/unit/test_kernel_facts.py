@@ -73,13 +73,26 @@ def test_a_bare_image_resolves_every_scenario_as_its_config_file_does(name, kern
     file_facts = {"CONFIG_CRASH_HOTPLUG": HELLOS[kernel][1], "CONFIG_SECURITY_LOCKDOWN_LSM": "y"}
     if kernel.startswith("tiny"):
         file_facts = parse_config((DATA / "recipes" / "tiny-6.12" / "config").read_text())
-    catalogue = resolve(scenario.expect, kernel, KernelFacts(config_file=file_facts))
+    found = {"lab_key": False}  # what signing.trusted_lab_keys finds in these images
+    catalogue = resolve(scenario.expect, kernel, KernelFacts(config_file=file_facts), found)
     running = from_sysfs(sysfs(kernel))
     if set(needed_symbols(scenario.expect)) - set(running):
         with pytest.raises(UnknownFact):
-            resolve(scenario.expect, kernel, KernelFacts(running=running))
+            resolve(scenario.expect, kernel, KernelFacts(running=running), found)
         return
-    assert resolve(scenario.expect, kernel, KernelFacts(running=running)) == catalogue
+    assert resolve(scenario.expect, kernel, KernelFacts(running=running), found) == catalogue
+
+
+def test_an_unknown_lab_key_is_unknown_not_the_default():
+    """A `lab_key:` case the lab could not decide (the image was unreadable) makes the
+    expectation unknown, where it used to fall through to the scenario's default."""
+    scenario = load_scenario(SCENARIOS / "lockdown-signed-intact.yaml")
+    facts = KernelFacts(config_file={"CONFIG_SECURITY_LOCKDOWN_LSM": "y"})
+    for found in ({"lab_key": None}, {}, None):
+        with pytest.raises(UnknownFact, match="depends on lab_key"):
+            resolve(scenario.expect, "bzImage", facts, found)
+    assert resolve(scenario.expect, "bzImage", facts, {"lab_key": False}).outcome == "load-rejected"
+    assert resolve(scenario.expect, "bzImage", facts, {"lab_key": True}).outcome == "capture-booted"
 
 
 def test_an_expectation_on_an_unknown_option_is_not_guessed():

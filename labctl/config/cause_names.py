@@ -1,0 +1,22 @@
+"""The causes a failure outcome can have: what a scenario's `cause:` may name.
+
+evidence/causes.py says how each is recognised; this is the vocabulary the
+scenario schema validates against, per failure outcome.
+"""
+
+from __future__ import annotations
+
+from labctl.result import Outcome
+
+LAB_TIMEOUT = "lab-timeout"
+HALT_HOWS = {"hlt with interrupts off": "hlt", "jump-to-self": "self-jump"}
+HALT_PLACES = ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory", "backup", "dtb",
+               "reservation")
+CAUSES: dict[str, tuple[str, ...]] = {
+    Outcome.DUMP_MISMATCH: ("pt-load-offset", "page-content", "unreadable-page", "opensbi-region",
+                            "pt-load-range", "missing-symbol", "dump-log"),
+    Outcome.CAPTURE_PANICKED: ("no-root-fs", "no-init", "init-exited", "out-of-memory", "oops", "other"),
+    Outcome.CAPTURE_DAMAGED: ("initramfs-checksum", "initramfs-missing-file"),
+    Outcome.CAPTURE_HALTED: tuple(f"{how}-in-{place}" for how in HALT_HOWS.values() for place in HALT_PLACES),
+}
+FAILURE_CLASSES = tuple(CAUSES)
