@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence import dump_check
+from labctl.evidence import dump_check, kernel_symbols
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import (
@@ -30,7 +30,6 @@ from labctl.evidence.verdict import (
     CAPTURE_DAMAGED,
     CAPTURE_HALTED,
     CAPTURE_PANICKED,
-    DUMP_MISMATCH,
     GUEST_RESET,
     HANG,
     NO_VERDICT,
@@ -51,6 +50,7 @@ from labctl.guest.machine import Machine
 from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
+from labctl.pair.hotplug import read_headers
 from labctl.pair.vmcore_save import DumpReceiver
 from labctl.progress import Progress
 
@@ -160,6 +160,8 @@ class Session:
         self.primary: dict = {}  # the primary kernel's hello: its RAM, reservation, facts
         self.panic_lines: list[str] = []  # what the console showed of the panic
         self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
+        self.low_memory: bytes | None = None  # RAM below 1 MiB at the trigger (dump_check.py)
+        self.hot_memory_files: list[tuple[int, Path]] = []  # hot-added DIMMs: address, file
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -335,6 +337,7 @@ class Session:
         self.progress.say(f"triggering a panic ({trigger}" + (f" on CPU {cpu})" if cpu is not None else ")"))
         self.console.forget()
         self.purgatory_line, self.panic_lines = None, []
+        self.low_memory = dump_check.low_memory_now(self.memory)
         self.marks["trigger"] = time.monotonic()
         self.control.send(f"panic {trigger}" + (f" {cpu}" if cpu is not None else ""))
         if trigger == "nmi" or cpu is not None:
@@ -383,7 +386,7 @@ class Session:
                 # After the panic only a kexec'd kernel can say hello, even one that
                 # failed to set up /proc/vmcore (its role then reads "primary").
                 if message["type"] == "hello":
-                    return self._finish(start, self._capture_booted(message, release))
+                    return self._finish(start, self._capture_booted(message, release, table))
             if not self.machine.alive():
                 return self._finish(start, self._reset(start))
             now = time.monotonic()
@@ -449,7 +452,7 @@ class Session:
         return Finding(GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
-    def _capture_booted(self, hello: dict, release: str) -> Finding:
+    def _capture_booted(self, hello: dict, release: str, table: SegmentTable) -> Finding:
         """The capture kernel said hello: a healthy capture only if its dump is the
         crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed."""
         vmcore = check_vmcore(hello.get("vmcore_size"), hello.get("vmcore_head"), release)
@@ -458,11 +461,11 @@ class Session:
                     "vmcore": vmcore}
         if not vmcore["ok"] or not self.primary:
             return Finding(CAPTURE_BOOTED, evidence)
-        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
+        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]), table)
         evidence["dump"] = dump
         if self.save_vmcore_to is not None:
             evidence["saved_vmcore"] = self.save_vmcore(self.save_vmcore_to)
-        return Finding(CAPTURE_BOOTED if dump["ok"] else DUMP_MISMATCH, evidence, attachments)
+        return Finding(CAPTURE_BOOTED if dump["ok"] else dump_check.outcome(dump), evidence, attachments)
 
     def save_vmcore(self, directory: Path) -> dict:
         """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""
@@ -493,14 +496,26 @@ class Session:
         finally:
             receiver.close()
 
-    def _check_dump(self, head: bytes) -> tuple[dict, dict[str, str]]:
+    def _check_dump(self, head: bytes, table: SegmentTable) -> tuple[dict, dict[str, str]]:
         """Ask the capture helper for page hashes and the log out of the dump; compare."""
+        hot = [GuestMemory(path, address) for address, path in self.hot_memory_files]
+        try:
+            return self._compare_dump(head, table, hot)
+        finally:
+            for region in hot:
+                region.close()
+
+    def _compare_dump(self, head: bytes, table: SegmentTable, hot: list[GuestMemory]) -> tuple[dict, dict[str, str]]:
         start = time.monotonic()
-        dimm = ((self.cpus.hotplug or {}).get("memory") or {}).get("dimm") if self.cpus else None
-        hot_added = [(int(dimm["address"], 16), int(dimm["address"], 16) + int(dimm["size"], 16))] \
-            if dimm else []
+        headers = read_headers(self.memory, table)
+        symbols, symbols_missing = kernel_symbols.kallsyms(head, [self.memory, *hot])
+        self._timed("dump_kallsyms", start)
         facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
-                                     seed=random.randrange(1 << 32), hot_added=hot_added)
+                                     seed=random.randrange(1 << 32),
+                                     hot_added=[(m.base, m.end) for m in hot], hot_memory=hot,
+                                     low_memory=self.low_memory, headers=headers and headers[1],
+                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch),
+                                     symbols=symbols, symbols_missing=symbols_missing)
         for command in facts.requests().values():
             self.control.send(command)
         wanted = set(facts.requests())
