@@ -156,3 +156,9 @@ def _stopped(cpu: int, note: Note, symbols: Symbols | None, problems: list[str])
     if symbols.name(note.pc) is None:
         problems.append(f"CPU {cpu}'s PRSTATUS note has PC {note.pc:#x}, outside the kernel's "
                         "text: not registers the crash NMI saved")
+
+
+def name_vcpus(symbols: Symbols | None, rips: dict[int, int]) -> dict[str, str | None]:
+    """QMP's last RIP of each vCPU, named with the crashed kernel's symbols (the vCPU that
+    went on runs the capture kernel, whose addresses these names do not fit)."""
+    return {} if symbols is None else {str(vcpu): symbols.name(rip) for vcpu, rip in sorted(rips.items())}

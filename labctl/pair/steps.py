@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence import dump_check, kernel_symbols
+from labctl.evidence import dump_check, dump_cpus, kernel_symbols
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import (
@@ -530,6 +530,9 @@ class Session:
             if not self.machine.alive():
                 raise self._guest_gone()
         dump = dump_check.verify(facts)
+        if self.cpus and self.cpus.samples:
+            dump["cpus"]["qmp_rips"] = dump_cpus.name_vcpus(
+                symbols, {vcpu: state.rip for vcpu, state in self.cpus.samples[-1].items()})
         if wanted:
             dump["problems"].append(f"the capture helper did not answer {', '.join(sorted(wanted))} "
                                     f"within {DUMP_REPLY_SECONDS:g} s (reading /proc/vmcore hung?)")
