@@ -29,12 +29,13 @@ from labctl.kernel.providers import resolve_kernel
 from labctl.pair.runner import run_pair
 from labctl.progress import say
 from labctl.report import cli as report_cli
+from labctl.report import dump_open
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, interactive.register, coverage.register,
-                         fuzz.register]
+                         fuzz.register, dump_open.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 
