@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "riscv64: an ELF vmlinux)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     run.add_argument("--save-vmcore", action="store_true",
-                     help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "
+                     help="keep a filtered, compressed dump (makedumpfile -c -d 23) of every capture "
                           "in the pair's artifacts as 'vmcore' (streamed over the serial line: slow)")
     run.add_argument("--fresh", action="store_true", help="boot every pair cold instead of "
                      "forking it from a snapshot of the loaded guest")

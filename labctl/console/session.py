@@ -390,7 +390,7 @@ def register(subparsers) -> None:
                          help=f"QEMU gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT}); "
                               "the lab prints the gdb command line")
     console.add_argument("--save-vmcore", action="store_true",
-                         help="keep a filtered, compressed dump (makedumpfile -c -d 31) as 'vmcore' "
+                         help="keep a filtered, compressed dump (makedumpfile -c -d 23) as 'vmcore' "
                               "in the artifacts when the verdict is a capture")
     add_common_opts(console)
     console.set_defaults(func=cmd_console)

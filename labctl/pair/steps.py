@@ -470,7 +470,7 @@ class Session:
     def save_vmcore(self, directory: Path) -> dict:
         """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""
         start = time.monotonic()
-        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 31)")
+        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 23)")
         receiver = DumpReceiver(directory)
         self.control.send("save-vmcore")
         try:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_saved_vmcore_opens_on_the_host_with_the_panic_in_it(tmp_path, no_leaks):
-    """makedumpfile -c -d 31 in the capture kernel, streamed out, rebuilt on the host; the
+    """makedumpfile -c -d 23 in the capture kernel, streamed out, rebuilt on the host; the
     host's makedumpfile --dump-dmesg reads the crashed kernel's log out of it."""
     run = labctl("run", "crash-intact", "--kernel", "tiny-6.12-serial", "--save-vmcore", timeout=1200)
     assert run.returncode == 0, run.stdout + run.stderr
