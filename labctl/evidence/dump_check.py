@@ -460,7 +460,7 @@ def check_cpus(facts: DumpFacts) -> dict:
     """The per-CPU notes and the panicking CPU, as the dump records them (dump_cpus.py)."""
     evidence = dump_cpus.check(facts.head, dump_log(facts), facts.primary, facts.symbols)
     evidence["causes"] = ["cpu-notes"] if evidence["problems"] else []
-    if facts.symbols is None:
+    if facts.symbols is None and facts.symbols_missing:
         evidence["unchecked"] = f"the PCs in the notes are not named: {facts.symbols_missing}"
     return evidence
 

@@ -224,4 +224,11 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
     if outcome == DUMP_MISMATCH:  # say what the lab found wrong with the dump
         problems = (evidence.get("dump") or {}).get("problems") or []
         return True, f"{outcome} as expected: {'; '.join(problems[:2])}"
-    return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")
+    return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "") + \
+        _unchecked(evidence)
+
+
+def _unchecked(evidence: dict) -> str:
+    """What the dump check could not check on this run, said in the PASS line."""
+    unchecked = (evidence.get("dump") or {}).get("unchecked") or []
+    return f"; not checked: {'; '.join(unchecked)}" if unchecked else ""

@@ -341,3 +341,13 @@ def test_a_capture_initramfs_without_its_reader_is_damaged(ram):
     facts.no_reader = "riscv64: Debian 12 has no riscv64 port, so the lab has no vmcore-dmesg for it"
     evidence = verify(facts)
     assert evidence["ok"] and evidence["unchecked"][0].startswith("log: riscv64: Debian 12")
+
+
+def test_what_the_dump_check_could_not_check_is_said_in_the_pass_line(ram):
+    facts = facts_for(GOOD_LOADS, ram)
+    facts.no_reader, facts.symbols_missing = "Debian 12 has no riscv64 port", "drgn is not installed"
+    facts.replies = {"vmcore-pages": serve(facts, ram),
+                     "vmcore-dmesg": {"type": "error", "what": "/sbin/vmcore-dmesg", "errno": 2}}
+    passed, reason = judge("capture-booted", "capture-booted", {"dump": verify(facts), "vmcore": {"ok": True}})
+    assert passed and reason == ("capture-booted as expected; not checked: log: Debian 12 has no "
+                                 "riscv64 port; cpus: the PCs in the notes are not named: drgn is not installed")
