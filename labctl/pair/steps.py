@@ -162,6 +162,7 @@ class Session:
         self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
         self.low_memory: bytes | None = None  # RAM below 1 MiB at the trigger (dump_check.py)
         self.hot_memory_files: list[tuple[int, Path]] = []  # hot-added DIMMs: address, file
+        self.symbols_cache: Path | None = None  # decoded kallsyms per kernel build (kernel_symbols.py)
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -508,16 +509,17 @@ class Session:
     def _compare_dump(self, head: bytes, table: SegmentTable, hot: list[GuestMemory]) -> tuple[dict, dict[str, str]]:
         start = time.monotonic()
         headers = read_headers(self.memory, table)
-        symbols, symbols_missing = kernel_symbols.kallsyms(head, [self.memory, *hot])
-        self._timed("dump_kallsyms", start)
         facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
                                      seed=random.randrange(1 << 32),
                                      hot_added=[(m.base, m.end) for m in hot], hot_memory=hot,
                                      low_memory=self.low_memory, headers=headers and headers[1],
-                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch),
-                                     symbols=symbols, symbols_missing=symbols_missing)
+                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch))
         for command in facts.requests().values():
             self.control.send(command)
+        # while the capture helper hashes pages and runs vmcore-dmesg
+        facts.symbols, facts.symbols_missing = kernel_symbols.kallsyms(head, [self.memory, *hot],
+                                                                       self.symbols_cache)
+        self._timed("dump_kallsyms", start)
         wanted = set(facts.requests())
         while wanted and time.monotonic() - start < DUMP_REPLY_SECONDS:
             messages, _ = self._events({}, strict=False)
@@ -532,7 +534,7 @@ class Session:
         dump = dump_check.verify(facts)
         if self.cpus and self.cpus.samples:
             dump["cpus"]["qmp_rips"] = dump_cpus.name_vcpus(
-                symbols, {vcpu: state.rip for vcpu, state in self.cpus.samples[-1].items()})
+                facts.symbols, {vcpu: state.rip for vcpu, state in self.cpus.samples[-1].items()})
         if wanted:
             dump["problems"].append(f"the capture helper did not answer {', '.join(sorted(wanted))} "
                                     f"within {DUMP_REPLY_SECONDS:g} s (reading /proc/vmcore hung?)")
