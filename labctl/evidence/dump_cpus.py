@@ -112,9 +112,9 @@ def check(head: bytes, log: list[str] | None, primary: dict, symbols: Symbols | 
     problems = evidence["problems"]
     logged = panic_cpu_in_log(log) if log is not None else None
     evidence["log"] = logged
-    if log is not None and logged is None and any(PANIC_LINE.search(line) for line in log):
-        problems.append("the crashed kernel's log in the dump has no `CPU: N ... PID:` line after "
-                        "the panic")
+    if log is not None and logged is None:
+        evidence["log_why"] = ("no `CPU: N ... PID:` line after the panic in the dump's log: "
+                               "kernel/panic.c calls dump_stack() only under CONFIG_DEBUG_BUGVERBOSE")
     if len(notes) != len(online) or not notes:
         evidence["by_cpu"] = None  # which note is whose is not known; smp.py counts them
         return evidence
@@ -123,13 +123,19 @@ def check(head: bytes, log: list[str] | None, primary: dict, symbols: Symbols | 
     crash_path = [cpu for cpu, note in by_cpu.items()
                   if symbols is not None and _function(symbols.name(note.pc)) in CRASH_PATH]
     evidence["crash_path_cpus"] = crash_path if symbols is not None else None
+    panic = None
     if logged is not None:
-        evidence["panic_cpu"] = logged["cpu"]
+        panic = evidence["panic_cpu"] = logged["cpu"]
         _panicking(by_cpu.get(logged["cpu"]), logged, crash_path, symbols, problems)
+    elif symbols is not None:  # the notes alone: exactly one saved in the crash path
+        if len(crash_path) == 1:
+            panic = evidence["panic_cpu"] = crash_path[0]
+        else:
+            problems.append(f"{len(crash_path)} PRSTATUS notes were saved in the crash path "
+                            f"({', '.join(CRASH_PATH[:2])}), one expected")
     for cpu, note in by_cpu.items():
-        if logged is not None and cpu == logged["cpu"]:
-            continue
-        _stopped(cpu, note, symbols, problems)
+        if cpu != panic:
+            _stopped(cpu, note, symbols, problems)
     return evidence
 
 

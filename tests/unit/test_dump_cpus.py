@@ -63,9 +63,15 @@ def test_a_log_that_names_another_cpu_or_pid_is_a_problem():
     wrong_pid = PANIC_LOG[:2] + [PANIC_LOG[2].replace("PID: 142", "PID: 77")]
     assert dump_cpus.check(head, wrong_pid, {"cpus_online": "0-1"}, Excerpt(head))["problems"] == [
         "the log in the dump says PID 77 panicked on CPU 1, but CPU 1's PRSTATUS note has pid 142"]
-    no_line = PANIC_LOG[:2]
-    assert dump_cpus.check(head, no_line, {"cpus_online": "0-1"}, None)["problems"] == [
-        "the crashed kernel's log in the dump has no `CPU: N ... PID:` line after the panic"]
+
+def test_without_dump_stack_in_the_log_the_crash_path_note_names_the_cpu():
+    """kernel/panic.c prints dump_stack() only under CONFIG_DEBUG_BUGVERBOSE (tiny-6.12-serial
+    has none): then the one note saved in the crash path names the panicking CPU."""
+    head = head_of("crash-intact-cpu1")
+    evidence = dump_cpus.check(head, PANIC_LOG[:2], {"cpus_online": "0-1"}, Excerpt(head))
+    assert evidence["problems"] == [] and evidence["panic_cpu"] == 1
+    assert evidence["log_why"].endswith("only under CONFIG_DEBUG_BUGVERBOSE")
+    assert "panic_cpu" not in dump_cpus.check(head, PANIC_LOG[:2], {"cpus_online": "0-1"}, None)
 
 
 def test_a_note_whose_pc_is_nowhere_was_not_saved_by_the_crash_path():
