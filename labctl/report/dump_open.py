@@ -100,11 +100,20 @@ def open_dump(directory: Path, vmlinux: Path | None) -> Opened:
         prog.load_debug_info([str(vmlinux)])
         opened.debug_info = f"vmlinux {vmlinux}"
     opened.seconds["open"] = round(time.monotonic() - start, 3)
-    if vmlinux is not None:
+    if vmlinux is not None and _has_types(prog):
         _with_debug_info(prog, directory, opened)
     else:
-        _from_kallsyms(prog, directory, opened)
+        _without_types(prog, directory, opened, symbols_loaded=vmlinux is not None)
     return opened
+
+
+def _has_types(prog) -> bool:
+    """Whether the debug info has DWARF (a recipe kernel's vmlinux may have symbols only)."""
+    try:
+        prog.type("struct task_struct")
+    except LookupError:
+        return False
+    return True
 
 
 def _release(directory: Path) -> str | None:
@@ -135,11 +144,14 @@ def _with_debug_info(prog, directory: Path, opened: Opened) -> None:
     opened.seconds["unwind"] = round(time.monotonic() - start, 3)
 
 
-def _from_kallsyms(prog, directory: Path, opened: Opened) -> None:
+def _without_types(prog, directory: Path, opened: Opened, symbols_loaded: bool) -> None:
+    """Symbols only: the vmlinux's symbol table, else kallsyms from VMCOREINFO."""
     from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
     start = time.monotonic()
+    # kallsyms first: drgn 0.3.0 does not move a symbols-only vmlinux by the KASLR offset
     prog.register_symbol_finder("kallsyms", load_vmlinux_kallsyms(prog), enable_index=0)
-    opened.debug_info = "none: kallsyms from VMCOREINFO (no types, no CFI)"
+    opened.debug_info = (f"{opened.debug_info}: no DWARF, so " if symbols_loaded else "none: ") + \
+        "kallsyms from VMCOREINFO (no types, no CFI)"
     opened.seconds["kallsyms"] = round(time.monotonic() - start, 3)
     log = host_dmesg(opened.vmcore)
     panics = [m[0] for line in log for m in [PANIC.search(line)] if m]
@@ -159,10 +171,10 @@ def _unwind_crash_note(prog, directory: Path, opened: Opened, how: str) -> None:
     if crashed is None:
         opened.unwound_by = "no PRSTATUS note in the crash path"
         return
-    cpu, note_regs, logged = crashed
+    cpu, note_regs, logged, pid = crashed
     if opened.task is None or opened.task.startswith("not readable"):
-        opened.task = (f"pid {logged['pid']} ({logged['line'].split('Comm: ')[-1].split(' ')[0]}) "
-                       f"on CPU {cpu}") if logged else f"CPU {cpu}"
+        comm = f" ({logged['line'].split('Comm: ')[-1].split(' ')[0]})" if logged else ""
+        opened.task = f"pid {pid}{comm} on CPU {cpu}"
     u64 = prog.int_type("unsigned long", 8, False)
     pt_regs = prog.struct_type("pt_regs", 8 * len(PT_REGS),
                                [drgn.TypeMember(u64, name, 64 * i) for i, name in enumerate(PT_REGS)])
@@ -172,8 +184,9 @@ def _unwind_crash_note(prog, directory: Path, opened: Opened, how: str) -> None:
     opened.seconds["unwind"] = round(time.monotonic() - start, 3)
 
 
-def _crashed_note(head: bytes, log: list[str], prog) -> tuple[int, bytes, dict | None] | None:
-    """(CPU, its pt_regs bytes, the log's CPU line) of the note saved in the crash path."""
+def _crashed_note(head: bytes, log: list[str], prog) -> tuple[int, bytes, dict | None, int] | None:
+    """(CPU, its pt_regs bytes, the log's CPU line, its pid) of the note saved in the crash path
+    (the note's index is the CPU's when the log does not say: one note per online CPU)."""
     logged = dump_cpus.panic_cpu_in_log(log)
     descs = [note["n_desc"] for seg in ELFFile(io.BytesIO(head)).iter_segments() if seg["p_type"] == "PT_NOTE"
              for note in seg.iter_notes() if note["n_type"] == "NT_PRSTATUS"]
@@ -184,7 +197,7 @@ def _crashed_note(head: bytes, log: list[str], prog) -> tuple[int, bytes, dict |
             continue
         if name in dump_cpus.CRASH_PATH:
             regs = descs[index][dump_cpus.PR_REG:dump_cpus.PR_REG + 8 * len(PT_REGS)]
-            return (logged["cpu"] if logged else index), regs, logged
+            return (logged["cpu"] if logged else index), regs, logged, note.pid
     return None
 
 

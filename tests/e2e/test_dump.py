@@ -34,6 +34,13 @@ def test_saved_vmcore_opens_on_the_host_with_the_panic_in_it(tmp_path, no_leaks)
     for line in result["evidence"]["verdict"]["dump"]["log"]["console_lines"]:
         assert line in log
     assert "Kernel panic - not syncing: sysrq triggered crash" in log
+    # as users open it: drgn with the recipe build's vmlinux (symbols, no DWARF) and kallsyms
+    opened = labctl("dump", str(result["_dir"]))
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    crashed = result["evidence"]["verdict"]["dump"]["cpus"]["by_cpu"]["0"]
+    assert f"crashed task: pid {crashed['pid']} on CPU 0" in opened.stdout, opened.stdout
+    assert "sysrq_handle_crash+" in opened.stdout.split("backtrace (", 1)[1], opened.stdout
+    assert "panic: Kernel panic - not syncing: sysrq triggered crash (" in opened.stdout
 
 
 def test_a_bare_image_by_path_learns_its_options_from_the_running_kernel(tmp_path, no_leaks):
