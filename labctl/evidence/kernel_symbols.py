@@ -22,6 +22,8 @@ from elftools.elf.elffile import ELFFile
 
 from labctl.guest.memory import GuestMemory
 
+# the dump's e_machine -> drgn.Architecture (the guest's, not the host's)
+ARCHITECTURES = {"EM_X86_64": "X86_64", "EM_AARCH64": "AARCH64", "EM_RISCV": "RISCV64"}
 NOT_INSTALLED = "drgn is not installed (pip install 'kexec-lab[dump]'): PCs are not named"
 
 
@@ -81,25 +83,29 @@ def kallsyms(head: bytes, regions: list[GuestMemory], cache: Path | None = None)
     cached = cache / f"{pairs['BUILD-ID']}.kallsyms" if cache and pairs.get("BUILD-ID") else None
     if cached is not None and cached.is_file():
         return Table.load(cached, offset), None
-    table, why = _decode(info, regions, offset)
+    table, why = _decode(info, ELFFile(io.BytesIO(head))["e_machine"], regions, offset)
     if table is not None and cached is not None:
         table.save(cached)
     return table, why
 
 
-def _decode(info: bytes, regions: list[GuestMemory], offset: int) -> tuple[Table | None, str | None]:
+def _decode(info: bytes, machine: str, regions: list[GuestMemory], offset: int) -> tuple[Table | None, str | None]:
     try:
         import drgn
         from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
     except ImportError:
         return None, NOT_INSTALLED
-    prog = drgn.Program(drgn.host_platform)
+    arch = ARCHITECTURES.get(machine)
+    if arch is None:
+        return None, f"drgn has no platform here for {machine} dumps"
+    flags = drgn.PlatformFlags.IS_64_BIT | drgn.PlatformFlags.IS_LITTLE_ENDIAN
+    prog = drgn.Program(drgn.Platform(getattr(drgn.Architecture, arch), flags))
     for region in regions:
         prog.add_memory_segment(region.base, region.size, _reader(region), physical=True)
     try:
         prog.set_linux_kernel_custom(info, False)
         index = load_vmlinux_kallsyms(prog)
-    except (drgn.FaultError, LookupError, ValueError) as exc:
+    except (drgn.FaultError, LookupError, ValueError, OverflowError) as exc:
         return None, f"drgn could not read the kernel's kallsyms: {exc}"
     functions = sorted((s.address - offset, s.size, s.name) for s in index(prog, None, None, False)
                        if s.kind == drgn.SymbolKind.FUNC and s.size)
