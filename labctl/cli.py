@@ -26,10 +26,10 @@ from labctl.guest.accel import AccelChooser
 from labctl.kernel.build import build_entry
 from labctl.kernel.catalogue import catalogue_table
 from labctl.kernel.providers import resolve_kernel
+from labctl.pair import dump_open
 from labctl.pair.runner import run_pair
 from labctl.progress import say
 from labctl.report import cli as report_cli
-from labctl.report import dump_open
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)

@@ -50,8 +50,9 @@ from labctl.guest.machine import Machine
 from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
+from labctl.pair.dump_open import check_saved
 from labctl.pair.hotplug import read_headers
-from labctl.pair.vmcore_save import DumpReceiver
+from labctl.pair.vmcore_save import VMCORE, DumpReceiver
 from labctl.progress import Progress
 
 T = TypeVar("T")
@@ -465,7 +466,10 @@ class Session:
         dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]), table)
         evidence["dump"] = dump
         if self.save_vmcore_to is not None:
-            evidence["saved_vmcore"] = self.save_vmcore(self.save_vmcore_to)
+            evidence["saved_vmcore"] = saved = self.save_vmcore(self.save_vmcore_to)
+            if saved.get("file") == VMCORE:
+                saved["drgn"] = check_saved(self.save_vmcore_to, self.panic_lines, dump.get("cpus") or {})
+                saved["problems"] += saved["drgn"]["problems"]
         return Finding(CAPTURE_BOOTED if dump["ok"] else dump_check.outcome(dump), evidence, attachments)
 
     def save_vmcore(self, directory: Path) -> dict:

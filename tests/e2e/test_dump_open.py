@@ -43,6 +43,8 @@ def test_labctl_dump_prints_the_crashed_helper_and_sysrq_handle_crash(no_leaks):
     assert run.returncode == 0, run.stdout + run.stderr
     result = run.results["crash-intact"]
     assert_dump_verified(result)
+    seen = result["evidence"]["verdict"]["saved_vmcore"]["drgn"]  # opened by the run itself
+    assert seen["opened"] and seen["problems"] == [] and any("sysrq_handle_crash+" in f for f in seen["frames"])
     opened = labctl("dump", str(result["_dir"]), "--no-debug-info")
     assert opened.returncode == 0, opened.stdout + opened.stderr
     out = opened.stdout

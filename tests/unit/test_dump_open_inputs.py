@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from recorded import DATA, message
 
-from labctl.report import dump_open
+from labctl.pair import dump_open
 
 DEBIAN = {"name": "debian-6.12", "release": "6.12.117+deb12-cloud-amd64",
           "package": "linux-image-6.12.117+deb12-cloud-amd64", "version": "6.12.117-1~deb12u1"}

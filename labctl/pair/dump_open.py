@@ -276,3 +276,28 @@ def cmd_dump(args) -> int:
         print(f"debug info: {why}")
     print(open_dump(args.directory, vmlinux).text())
     return 0
+
+
+def check_saved(directory: Path, console_lines: list[str], dump_cpus_evidence: dict) -> dict:
+    """--save-vmcore: the saved dump opened with drgn right away, as a user would (kallsyms
+    only: no download during a run), and compared with what the run saw: the panic message
+    read out of the dump is the console's, the crashed task is the one the dump's log and
+    notes name, and there is a backtrace."""
+    try:
+        opened = open_dump(directory, None)
+    except ConfigError as exc:  # drgn not installed
+        return {"opened": False, "why": str(exc), "problems": []}
+    evidence: dict = {"opened": True, "panic": opened.panic, "task": opened.task,
+                      "frames": opened.frames, "unwound_by": opened.unwound_by,
+                      "seconds": opened.seconds, "problems": []}
+    console = next((line for line in console_lines if PANIC.search(line)), None)
+    if console is not None and opened.panic != console:
+        evidence["problems"].append(f"drgn: the panic in the saved dump is {opened.panic!r}, the "
+                                    f"console's {console!r}")
+    logged = dump_cpus_evidence.get("log") or {}
+    if logged.get("pid") is not None and not (opened.task or "").startswith(f"pid {logged['pid']} "):
+        evidence["problems"].append(f"drgn: the crashed task in the saved dump is {opened.task}, the "
+                                    f"dump's log says PID {logged['pid']}")
+    if not opened.frames:
+        evidence["problems"].append(f"drgn: no backtrace of the crashed task ({opened.unwound_by})")
+    return evidence
