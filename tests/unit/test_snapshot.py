@@ -124,7 +124,8 @@ def test_which_catalogue_scenarios_fork_from_a_loaded_a_booted_or_no_snapshot():
     assert "garbage image" in load_reason(scenarios["load-garbage"])
     assert "hot-adds CPUs" in fresh_reason(scenarios["cpu-hotplug"])
     assert len(loaded) >= 18 and forked == set(scenarios) - {"cpu-hotplug", "cpu-hotplug-reload",
-                                                              "memory-hotplug", "memory-hotplug-reload"}
+                                                              "memory-hotplug", "memory-hotplug-reload",
+                                                              "memory-hotplug-capture-acpi"}
 
 
 TABLE_LINES = ["kexec_file: segment[0]: buf=0x0 bufsz=0x1000 mem=0x2e000000 memsz=0xe1000",
