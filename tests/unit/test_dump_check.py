@@ -6,7 +6,7 @@ import hashlib
 import struct
 
 import pytest
-from recorded import message, result
+from recorded import DATA, message, result
 
 from labctl.evidence import dump_check
 from labctl.evidence.dump_check import PAGE, DumpFacts, expected_ranges, merge, subtract, verify
@@ -351,3 +351,19 @@ def test_what_the_dump_check_could_not_check_is_said_in_the_pass_line(ram):
     passed, reason = judge("capture-booted", "capture-booted", {"dump": verify(facts), "vmcore": {"ok": True}})
     assert passed and reason == ("capture-booted as expected; not checked: log: Debian 12 has no "
                                  "riscv64 port; cpus: the PCs in the notes are not named: drgn is not installed")
+
+
+def test_recorded_hot_added_dimm_the_capture_kernel_took_is_unreadable():
+    """memory-hotplug-capture-acpi on debian-6.12: the headers describe the DIMM, but the
+    capture kernel hot-added it as its own RAM ("ioremap on RAM"), so every sampled page of
+    that PT_LOAD is unreadable: dump-mismatch, cause page-unreadable, naming PT_LOAD 3 only."""
+    recorded = result("debian-6.12", "memory-hotplug-capture-acpi")
+    dump = recorded["evidence"]["verdict"]["dump"]
+    assert (recorded["outcome"], recorded["passed"], dump["causes"]) == (DUMP_MISMATCH, True, ["page-unreadable"])
+    unreadable = [p for p in dump["pages"]["pages"] if p["dump"] is None]
+    assert {p["pt_load"] for p in unreadable} == {3} and {p["truth"] for p in unreadable} == {"dimm"}
+    assert all(p["dump"] == p["ram_file"] for p in dump["pages"]["pages"] if p["pt_load"] != 3)
+    assert all(problem.startswith("PT_LOAD 3 (paddr 0x100000000-0x108000000): /proc/vmcore could not "
+                                  "be read") and problem.endswith("errno 14)") for problem in dump["problems"])
+    log = (DATA / "debian-6.12" / "memory-hotplug-capture-acpi" / "serial-ioremap.log").read_text()
+    assert "ioremap on RAM at 0x0000000100000000" in log
