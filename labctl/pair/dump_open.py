@@ -95,32 +95,25 @@ def open_dump(directory: Path, vmlinux: Path | None) -> Opened:
     start = time.monotonic()
     prog = drgn.Program()
     prog.set_core_dump(str(vmcore))
-    opened.release = prog["UTS_RELEASE"].string_().decode() if vmlinux else _release(directory)
+    opened.release = prog["UTS_RELEASE"].string_().decode()  # from VMCOREINFO
     if vmlinux is not None:
         prog.load_debug_info([str(vmlinux)])
         opened.debug_info = f"vmlinux {vmlinux}"
     opened.seconds["open"] = round(time.monotonic() - start, 3)
-    if vmlinux is not None and _has_types(prog):
+    if vmlinux is not None and _took_debug_file(prog):
         _with_debug_info(prog, directory, opened)
     else:
-        _without_types(prog, directory, opened, symbols_loaded=vmlinux is not None)
+        if vmlinux is not None:  # a recipe kernel's vmlinux without DWARF, or another build's
+            opened.debug_info += " not taken by drgn (no DWARF, or another build)"
+        _without_types(prog, directory, opened)
     return opened
 
 
-def _has_types(prog) -> bool:
-    """Whether the debug info has DWARF (a recipe kernel's vmlinux may have symbols only)."""
+def _took_debug_file(prog) -> bool:
     try:
-        prog.type("struct task_struct")
+        return prog.main_module().debug_file_path is not None
     except LookupError:
         return False
-    return True
-
-
-def _release(directory: Path) -> str | None:
-    result = directory / "result.json"
-    if not result.is_file():
-        return None
-    return json.loads(result.read_text()).get("kernel", {}).get("release")
 
 
 def _with_debug_info(prog, directory: Path, opened: Opened) -> None:
@@ -144,14 +137,13 @@ def _with_debug_info(prog, directory: Path, opened: Opened) -> None:
     opened.seconds["unwind"] = round(time.monotonic() - start, 3)
 
 
-def _without_types(prog, directory: Path, opened: Opened, symbols_loaded: bool) -> None:
-    """Symbols only: the vmlinux's symbol table, else kallsyms from VMCOREINFO."""
+def _without_types(prog, directory: Path, opened: Opened) -> None:
+    """No types: kallsyms from VMCOREINFO names addresses."""
     from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
     start = time.monotonic()
-    # kallsyms first: drgn 0.3.0 does not move a symbols-only vmlinux by the KASLR offset
     prog.register_symbol_finder("kallsyms", load_vmlinux_kallsyms(prog), enable_index=0)
-    opened.debug_info = (f"{opened.debug_info}: no DWARF, so " if symbols_loaded else "none: ") + \
-        "kallsyms from VMCOREINFO (no types, no CFI)"
+    opened.debug_info = ("none" if opened.debug_info == "none" else opened.debug_info) + \
+        ": kallsyms from VMCOREINFO (no types, no CFI)"
     opened.seconds["kallsyms"] = round(time.monotonic() - start, 3)
     log = host_dmesg(opened.vmcore)
     panics = [m[0] for line in log for m in [PANIC.search(line)] if m]
