@@ -181,6 +181,7 @@ class Truth:
     memory: GuestMemory
     hot_memory: list[GuestMemory] = field(default_factory=list)
     low_memory: bytes | None = None
+    _extents: dict = field(default_factory=dict)  # region -> its allocated extents
 
     def spans(self) -> list[tuple[int, int, str]]:
         """(start, end, kind) of every range the host knows the crashed kernel's memory of."""
@@ -190,6 +191,17 @@ class Truth:
         out.append((max(self.memory.base, LOW_MEMORY_END), self.memory.end, "ram-file"))
         out += [(dimm.base, dimm.end, "dimm") for dimm in self.hot_memory]
         return [(s, e, k) for s, e, k in out if e > s]
+
+    def data(self, start: int, end: int, kind: str) -> list[Range]:
+        """The parts of [start, end) that hold data on the host: the allocated extents of
+        a RAM or DIMM file (reading a hole would only allocate a page of zeros), all of
+        the low-memory copy."""
+        if kind == "ram-at-trigger":
+            return [(start, end)]
+        region = next(m for m in [self.memory, *self.hot_memory] if m.base <= start < m.end)
+        if region not in self._extents:
+            self._extents[region] = list(region.written_ranges())
+        return [(max(a, start), min(b, end)) for a, b in self._extents[region] if a < end and b > start]
 
     def page(self, paddr: int, kind: str) -> bytes:
         if kind == "ram-at-trigger":
@@ -256,9 +268,20 @@ def choose_pages(loads: list[Load], seed: int, truth: Truth) -> list[Sample]:
 
 
 def _page_with_data(rng: random.Random, first: int, last: int, truth: Truth, kind: str) -> int:
+    """A random page of [first, last], drawn among the pages the host holds data for (a page
+    of zeros only if every try found zeros, or there is no data there at all)."""
+    pages = [(a // PAGE * PAGE, -(-b // PAGE) * PAGE) for a, b in truth.data(first, last + PAGE, kind)]
+    total = sum(b - a for a, b in pages) // PAGE
     page = first
-    for _ in range(RANDOM_TRIES):
-        page = rng.randrange(first, last + PAGE, PAGE)
+    for _ in range(RANDOM_TRIES if total else 1):
+        if not total:
+            return rng.randrange(first, last + PAGE, PAGE)
+        n = rng.randrange(total)
+        for a, b in pages:
+            if n < (b - a) // PAGE:
+                page = a + n * PAGE
+                break
+            n -= (b - a) // PAGE
         if truth.page(page, kind) != ZERO_PAGE:
             break
     return page

@@ -41,10 +41,22 @@ def raw_vmcoreinfo(head: bytes) -> bytes | None:
 class Table:
     """A kernel's function symbols, addresses without the KASLR offset, cached per build
     (VMCOREINFO's BUILD-ID): decoding kallsyms takes drgn a second or two under TCG load,
-    loading this table a tenth of that."""
+    loading this table a few milliseconds (names are decoded only when looked up)."""
 
-    def __init__(self, addresses: array, sizes: array, names: list[str], offset: int = 0):
-        self.addresses, self.sizes, self.names, self.offset = addresses, sizes, names, offset
+    def __init__(self, addresses: array, sizes: array, names: bytes, starts: array, offset: int = 0):
+        self.addresses, self.sizes, self.names, self.starts = addresses, sizes, names, starts
+        self.offset = offset
+
+    @classmethod
+    def of(cls, functions: list[tuple[int, int, str]], offset: int = 0) -> "Table":
+        """From (address without the offset, size, name), sorted by address."""
+        blob = "\n".join(f[2] for f in functions).encode()
+        starts, at = array("Q"), 0
+        for f in functions:
+            starts.append(at)
+            at += len(f[2].encode()) + 1
+        return cls(array("Q", [f[0] for f in functions]), array("Q", [f[1] for f in functions]),
+                   blob, starts, offset)
 
     def name(self, address: int) -> str | None:
         """function+0xoff, or None outside every function."""
@@ -52,24 +64,25 @@ class Table:
         i = bisect.bisect_right(self.addresses, at) - 1
         if i < 0 or at >= self.addresses[i] + self.sizes[i]:
             return None
-        return f"{self.names[i]}+{at - self.addresses[i]:#x}"
+        end = self.starts[i + 1] - 1 if i + 1 < len(self.starts) else len(self.names)
+        return f"{self.names[self.starts[i]:end].decode()}+{at - self.addresses[i]:#x}"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         count = len(self.addresses).to_bytes(8, "little")
-        tmp.write_bytes(count + self.addresses.tobytes() + self.sizes.tobytes()
-                        + "\n".join(self.names).encode())
+        tmp.write_bytes(count + self.addresses.tobytes() + self.sizes.tobytes() + self.starts.tobytes()
+                        + self.names)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path, offset: int) -> "Table":
         data = path.read_bytes()
         count = int.from_bytes(data[:8], "little")
-        addresses, sizes = array("Q"), array("Q")
-        addresses.frombytes(data[8:8 + 8 * count])
-        sizes.frombytes(data[8 + 8 * count:8 + 16 * count])
-        return cls(addresses, sizes, data[8 + 16 * count:].decode().split("\n"), offset)
+        columns = [array("Q") for _ in range(3)]
+        for i, column in enumerate(columns):
+            column.frombytes(data[8 + 8 * count * i:8 + 8 * count * (i + 1)])
+        return cls(columns[0], columns[1], data[8 + 24 * count:], columns[2], offset)
 
 
 def kallsyms(head: bytes, regions: list[GuestMemory], cache: Path | None = None) -> tuple[Table | None, str | None]:
@@ -80,7 +93,7 @@ def kallsyms(head: bytes, regions: list[GuestMemory], cache: Path | None = None)
         return None, "the dump has no VMCOREINFO"
     pairs = dict(line.split("=", 1) for line in info.decode(errors="replace").splitlines() if "=" in line)
     offset = int(pairs.get("KERNELOFFSET", "0"), 16)
-    cached = cache / f"{pairs['BUILD-ID']}.kallsyms" if cache and pairs.get("BUILD-ID") else None
+    cached = cache / f"{pairs['BUILD-ID']}.v2.kallsyms" if cache and pairs.get("BUILD-ID") else None
     if cached is not None and cached.is_file():
         return Table.load(cached, offset), None
     table, why = _decode(info, ELFFile(io.BytesIO(head))["e_machine"], regions, offset)
@@ -109,8 +122,7 @@ def _decode(info: bytes, machine: str, regions: list[GuestMemory], offset: int) 
         return None, f"drgn could not read the kernel's kallsyms: {exc}"
     functions = sorted((s.address - offset, s.size, s.name) for s in index(prog, None, None, False)
                        if s.kind == drgn.SymbolKind.FUNC and s.size)
-    return Table(array("Q", [f[0] for f in functions]), array("Q", [f[1] for f in functions]),
-                 [f[2] for f in functions], offset), None
+    return Table.of(functions, offset), None
 
 
 def _reader(region: GuestMemory):

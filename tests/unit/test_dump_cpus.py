@@ -99,10 +99,8 @@ def test_the_cpu_watch_takes_the_panicking_cpu_from_the_dump_and_names_qmp_rips(
 
 def test_a_decoded_kallsyms_table_is_cached_per_build_and_moved_by_kaslr(tmp_path):
     """kernel_symbols.Table: function symbols without the KASLR offset, saved and loaded."""
-    from array import array
-
     from labctl.evidence.kernel_symbols import Table
-    table = Table(array("Q", [0x1000, 0x2000]), array("Q", [0x130, 0x20]), ["__crash_kexec", "native_halt"])
+    table = Table.of([(0x1000, 0x130, "__crash_kexec"), (0x2000, 0x20, "native_halt")])
     table.save(tmp_path / "build.kallsyms")
     moved = Table.load(tmp_path / "build.kallsyms", offset=0x38e00000)
     assert moved.name(0x38e0111c) == "__crash_kexec+0x11c" and moved.name(0x38e0200e) == "native_halt+0xe"
