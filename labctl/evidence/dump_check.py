@@ -54,6 +54,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from labctl.evidence import dump_cpus
+from labctl.evidence.smp import parse_cpulist
 from labctl.evidence.verdict import CAPTURE_DAMAGED, DUMP_MISMATCH
 from labctl.guest.memory import GuestMemory
 
@@ -233,6 +234,7 @@ class DumpFacts:
     no_reader: str | None = None  # why this architecture has no dump-log reader (arch.py)
     symbols: dump_cpus.Symbols | None = None  # the crashed kernel's kallsyms (kernel_symbols.py)
     symbols_missing: str | None = None  # why there are none
+    online: list[int] | None = None  # CPUs online at the crash (None: the primary's hello)
     loads: list[Load] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     replies: dict[str, dict] = field(default_factory=dict)  # reply type -> message
@@ -481,7 +483,8 @@ def check_log(facts: DumpFacts) -> dict:
 
 def check_cpus(facts: DumpFacts) -> dict:
     """The per-CPU notes and the panicking CPU, as the dump records them (dump_cpus.py)."""
-    evidence = dump_cpus.check(facts.head, dump_log(facts), facts.primary, facts.symbols)
+    online = facts.online if facts.online is not None else parse_cpulist(facts.primary.get("cpus_online"))
+    evidence = dump_cpus.check(facts.head, dump_log(facts), online, facts.symbols)
     evidence["causes"] = ["cpu-notes"] if evidence["problems"] else []
     if facts.symbols is None and facts.symbols_missing:
         evidence["unchecked"] = f"the PCs in the notes are not named: {facts.symbols_missing}"

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from elftools.elf.elffile import ELFFile
 
-from labctl.evidence.smp import STACK_CPU, parse_cpulist
+from labctl.evidence.smp import STACK_CPU
 
 # struct elf_prstatus on 64-bit (include/linux/elfcore.h): pr_pid at 32, pr_reg at 112.
 PR_PID = 32
@@ -103,10 +103,10 @@ def _function(symbol: str | None) -> str | None:
     return symbol.split("+")[0] if symbol else None
 
 
-def check(head: bytes, log: list[str] | None, primary: dict, symbols: Symbols | None) -> dict:
-    """Which CPU panicked by the dump's log and notes; every other online CPU's note read."""
+def check(head: bytes, log: list[str] | None, online: list[int], symbols: Symbols | None) -> dict:
+    """Which CPU panicked by the dump's log and notes; every other CPU online at the crash
+    (the helper's last report: hot-added CPUs included) has its note read."""
     notes = prstatus_notes(head)
-    online = parse_cpulist(primary.get("cpus_online"))
     evidence: dict = {"online": online, "notes": [n.to_json(symbols) for n in notes],
                       "symbols": symbols is not None, "problems": []}
     problems = evidence["problems"]

@@ -517,7 +517,8 @@ class Session:
                                      seed=random.randrange(1 << 32),
                                      hot_added=[(m.base, m.end) for m in hot], hot_memory=hot,
                                      low_memory=self.low_memory, headers=headers and headers[1],
-                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch))
+                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch),
+                                     online=self.cpus.online if self.cpus else None)
         for command in facts.requests().values():
             self.control.send(command)
         # while the capture helper hashes pages and runs vmcore-dmesg

@@ -45,8 +45,7 @@ def test_prstatus_notes_are_parsed_register_by_register():
 
 def test_the_panicking_cpu_comes_from_the_dump_log_and_its_crash_path_note():
     head = head_of("crash-intact-cpu1")
-    primary = {"cpus_online": "0-1"}
-    evidence = dump_cpus.check(head, PANIC_LOG, primary, Excerpt(head))
+    evidence = dump_cpus.check(head, PANIC_LOG, [0, 1], Excerpt(head))
     assert evidence["problems"] == []
     assert evidence["panic_cpu"] == 1 and evidence["crash_path_cpus"] == [1]
     assert evidence["by_cpu"]["0"]["symbol"] == "pv_native_safe_halt+0xf"  # idle when the NMI came
@@ -56,29 +55,29 @@ def test_the_panicking_cpu_comes_from_the_dump_log_and_its_crash_path_note():
 def test_a_log_that_names_another_cpu_or_pid_is_a_problem():
     head = head_of("crash-intact-cpu1")
     wrong_cpu = PANIC_LOG[:2] + [PANIC_LOG[2].replace("CPU: 1", "CPU: 0").replace("PID: 142", "PID: 0")]
-    problems = dump_cpus.check(head, wrong_cpu, {"cpus_online": "0-1"}, Excerpt(head))["problems"]
+    problems = dump_cpus.check(head, wrong_cpu, [0, 1], Excerpt(head))["problems"]
     assert problems == ["the log in the dump says CPU 0 panicked, but the note(s) saved in the crash "
                         "path (__crash_kexec, crash_kexec) are CPU(s) [1] (CPU 0 at "
                         "pv_native_safe_halt+0xf)"]
     wrong_pid = PANIC_LOG[:2] + [PANIC_LOG[2].replace("PID: 142", "PID: 77")]
-    assert dump_cpus.check(head, wrong_pid, {"cpus_online": "0-1"}, Excerpt(head))["problems"] == [
+    assert dump_cpus.check(head, wrong_pid, [0, 1], Excerpt(head))["problems"] == [
         "the log in the dump says PID 77 panicked on CPU 1, but CPU 1's PRSTATUS note has pid 142"]
 
 def test_without_dump_stack_in_the_log_the_crash_path_note_names_the_cpu():
     """kernel/panic.c prints dump_stack() only under CONFIG_DEBUG_BUGVERBOSE (tiny-6.12-serial
     has none): then the one note saved in the crash path names the panicking CPU."""
     head = head_of("crash-intact-cpu1")
-    evidence = dump_cpus.check(head, PANIC_LOG[:2], {"cpus_online": "0-1"}, Excerpt(head))
+    evidence = dump_cpus.check(head, PANIC_LOG[:2], [0, 1], Excerpt(head))
     assert evidence["problems"] == [] and evidence["panic_cpu"] == 1
     assert evidence["log_why"].endswith("only under CONFIG_DEBUG_BUGVERBOSE")
-    assert "panic_cpu" not in dump_cpus.check(head, PANIC_LOG[:2], {"cpus_online": "0-1"}, None)
+    assert "panic_cpu" not in dump_cpus.check(head, PANIC_LOG[:2], [0, 1], None)
 
 
 def test_a_note_whose_pc_is_nowhere_was_not_saved_by_the_crash_path():
     head = head_of("crash-intact-cpu1")
     at = head.index((0xffffffff87e93f8f).to_bytes(8, "little"))  # CPU 0's saved RIP
     garbage = head[:at] + bytes(8) + head[at + 8:]
-    problems = dump_cpus.check(garbage, PANIC_LOG, {"cpus_online": "0-1"}, Excerpt(head))["problems"]
+    problems = dump_cpus.check(garbage, PANIC_LOG, [0, 1], Excerpt(head))["problems"]
     assert problems == ["CPU 0's PRSTATUS note has PC 0x0, outside the kernel's text: not registers "
                         "the crash NMI saved"]
 
@@ -105,3 +104,12 @@ def test_a_decoded_kallsyms_table_is_cached_per_build_and_moved_by_kaslr(tmp_pat
     moved = Table.load(tmp_path / "build.kallsyms", offset=0x38e00000)
     assert moved.name(0x38e0111c) == "__crash_kexec+0x11c" and moved.name(0x38e0200e) == "native_halt+0xe"
     assert moved.name(0x38e01130) is None and moved.name(0) is None  # between, below
+
+
+def test_a_cpu_without_its_note_leaves_the_notes_unmapped():
+    """cpu-hotplug on debian-6.1: CPU 1, hot-added after the load, panicked; 6.1 does not
+    rewrite the headers, so the dump has CPU 0's note only (smp.py counts it against the
+    scenario's prstatus_notes): which note is whose is not guessed."""
+    head = head_of("crash-intact-cpu1")
+    one = dump_cpus.check(head, PANIC_LOG, [0, 1, 2], Excerpt(head))
+    assert one["by_cpu"] is None and one["problems"] == [] and one["log"]["cpu"] == 1
