@@ -99,11 +99,11 @@ $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e .
+	$(VENV)/bin/python -m pip install -q -e '.[dump]'
 	@touch $@
 
 $(STAMPS)/venv-test: pyproject.toml $(STAMPS)/venv
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,dump]'
 	@touch $@
 
 $(STAMPS)/default-kernel: lab.yaml $(STAMPS)/venv

@@ -26,6 +26,7 @@ from labctl.guest.accel import AccelChooser
 from labctl.kernel.build import build_entry
 from labctl.kernel.catalogue import catalogue_table
 from labctl.kernel.providers import resolve_kernel
+from labctl.pair import dump_open
 from labctl.pair.runner import run_pair
 from labctl.progress import say
 from labctl.report import cli as report_cli
@@ -35,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, session.register, coverage.register,
-                         fuzz.register, scenarios_cli.register]
+                         fuzz.register, scenarios_cli.register, dump_open.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "riscv64: an ELF vmlinux)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     run.add_argument("--save-vmcore", action="store_true",
-                     help="keep a filtered, compressed dump (makedumpfile -c -d 31) of every capture "
+                     help="keep a filtered, compressed dump (makedumpfile -c -d 23) of every capture "
                           "in the pair's artifacts as 'vmcore' (streamed through guest memory; over "
                           "the control port where the kernel gives no page frames: slow)")
     run.add_argument("--fresh", action="store_true", help="boot every pair cold instead of "

@@ -23,7 +23,7 @@
  *   vmcore-dmesg                        the crashed kernel's log read out of the dump by
  *                                       kexec-tools' vmcore-dmesg (its last lines)
  *   kernel-config                       /proc/config.gz, hex encoded, if the kernel has it
- *   save-vmcore                         makedumpfile -F -c -d 31 /proc/vmcore, streamed in
+ *   save-vmcore                         makedumpfile -F -c -d 23 /proc/vmcore, streamed in
  *                                       a guest-memory window or base64 chunks (--save-vmcore)
  *   panic TRIGGER [CPU]                 crash the kernel: sysrq (sysrq 'c', a NULL
  *                                       dereference), nmi (arm unknown_nmi_panic;
@@ -554,7 +554,10 @@ static int pagemap_works(int pagemap, unsigned char *buf)
 
 /*
  * A filtered, compressed dump streamed to the host: makedumpfile -F (flattened,
- * so that it can write to a pipe) -c -d 31.  Where the kernel tells physical
+ * so that it can write to a pipe) -c -d 23: zero, cache and free pages left out,
+ * user pages kept, because Debian 12's makedumpfile 1.7.2 with -d 31 also drops
+ * 6.12 kernel pages as "user" pages (drgn then cannot read the crashed task's
+ * task_struct: "Excluded page"; same dump size, docs/findings-dumps.md).  Where the kernel tells physical
  * addresses (pagemap), the stream goes through guest memory: a locked window
  * of SAVE_WINDOW bytes is filled, its page frames and SHA-256 are sent, and the
  * host reads it from the RAM file and answers "next" before it is refilled.
@@ -563,7 +566,7 @@ static int pagemap_works(int pagemap, unsigned char *buf)
  */
 static void cmd_save_vmcore(void)
 {
-	char *argv[] = { MAKEDUMPFILE, "-F", "-c", "-d", "31", "--message-level", "22",
+	char *argv[] = { MAKEDUMPFILE, "-F", "-c", "-d", "23", "--message-level", "22",
 			 "/proc/vmcore", NULL };
 	unsigned char *buf, digest[32];
 	unsigned long long total = 0;

@@ -13,10 +13,13 @@ HALT_HOWS = {"hlt with interrupts off": "hlt", "jump-to-self": "self-jump"}
 HALT_PLACES = ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory", "backup", "dtb",
                "reservation")
 CAUSES: dict[str, tuple[str, ...]] = {
-    Outcome.DUMP_MISMATCH: ("pt-load-offset", "page-content", "unreadable-page", "opensbi-region",
-                            "pt-load-range", "missing-symbol", "dump-log"),
+    # evidence/dump_check.py's problem kinds, refined by evidence/causes.py (opensbi-region,
+    # missing-symbol)
+    Outcome.DUMP_MISMATCH: ("pt-load-offset", "pt-load-range", "page-content", "hot-added-memory",
+                            "low-memory", "page-unreadable", "opensbi-region", "dump-log",
+                            "missing-symbol", "cpu-notes"),
     Outcome.CAPTURE_PANICKED: ("no-root-fs", "no-init", "init-exited", "out-of-memory", "oops", "other"),
-    Outcome.CAPTURE_DAMAGED: ("initramfs-checksum", "initramfs-missing-file"),
+    Outcome.CAPTURE_DAMAGED: ("initramfs-checksum", "initramfs-missing-file", "missing-reader"),
     Outcome.CAPTURE_HALTED: tuple(f"{how}-in-{place}" for how in HALT_HOWS.values() for place in HALT_PLACES),
 }
 FAILURE_CLASSES = tuple(CAUSES)

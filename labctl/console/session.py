@@ -159,7 +159,7 @@ class LiveGuest:
         have been read by the terminal loop, so the control messages are checked first."""
         self.session.control.pump(strict=False)
         if hello := self._capture_hello():
-            return self.session._capture_booted(hello, self.pair.kernel.release)
+            return self.session._capture_booted(hello, self.pair.kernel.release, self.table())
         return self.session.observe(self.table(), self.pair.kernel.release, within)
 
     def verdict_now(self) -> Finding | None:
@@ -385,7 +385,7 @@ def register(subparsers) -> None:
                          help=f"QEMU gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT}); "
                               "the lab prints the gdb command line")
     console.add_argument("--save-vmcore", action="store_true",
-                         help="keep a filtered, compressed dump (makedumpfile -c -d 31) as 'vmcore' "
+                         help="keep a filtered, compressed dump (makedumpfile -c -d 23) as 'vmcore' "
                               "in the artifacts when the verdict is a capture")
     add_common_opts(console)
     console.set_defaults(func=cmd_console)

@@ -10,13 +10,15 @@ expect).  Every cause is read from what the run recorded:
   pt-load-offset: a sampled page of the dump is another page of the crashed
   kernel's RAM (its PT_LOAD's p_offset points elsewhere: fs/proc/vmcore.c
   serves p_offset); page-content: a sampled page matches no RAM page;
-  unreadable-page: /proc/vmcore could not read a page; opensbi-region: that
+  page-unreadable: /proc/vmcore could not read a page; opensbi-region: that
   page is riscv64 OpenSBI's firmware (the first 2 MiB of RAM, kept from
   S-mode); pt-load-range: a PT_LOAD is not the crashed kernel's System RAM, or
   its RAM is missing; missing-symbol: the dump's log could not be read and
   kexec-tools said it found no kernel symbol it needs (`Cannot get kernel _text
   symbol address`); dump-log: the dump's log could not be read or lacks the
-  console's panic lines.
+  console's panic lines.  dump_check names the kind of each problem itself
+  (its CAUSES: also hot-added-memory, low-memory, cpu-notes); these patterns
+  read the problems of a dump check that did not.
 - capture-panicked (the capture kernel's panic message, from the console or
   its log in RAM): no-root-fs, no-init, init-exited, out-of-memory, oops, other.
 - capture-damaged (the capture init's line): initramfs-checksum (a file differs),
@@ -40,7 +42,7 @@ DUMP_PROBLEMS = (
     (LAB_TIMEOUT, re.compile(r"did not answer .* within")),
     ("pt-load-offset", re.compile(r"differs: .*\(the dump serves the RAM file's page at")),
     ("page-content", re.compile(r"page at paddr 0x[0-9a-f]+ differs")),
-    ("unreadable-page", re.compile(r"could not be read at offset")),
+    ("page-unreadable", re.compile(r"could not be read at offset")),
     ("pt-load-range", re.compile(r"is not System RAM|is not in the dump|did not report its System RAM")),
     ("dump-log", re.compile(r"vmcore-dmesg|the log in the dump")),
 )
@@ -56,19 +58,34 @@ PANIC_CAUSES = (
 
 
 def _dump_causes(evidence: dict, tool_output: list[str], arch: str) -> list[str]:
-    problems = (evidence.get("dump") or {}).get("problems") or []
-    problems = problems + ((evidence.get("vmcore") or {}).get("problems") or [])
+    dump = evidence.get("dump") or {}
+    problems = (dump.get("problems") or []) + ((evidence.get("vmcore") or {}).get("problems") or [])
+    kinds = dump.get("causes") or [_problem_kind(problem) for problem in problems]
     found: list[str] = []
-    for problem in problems:
-        cause = next((c for c, pattern in DUMP_PROBLEMS if pattern.search(problem)), "page-content")
-        if cause == "unreadable-page" and (m := UNREADABLE_PADDR.search(problem)) and \
-                RISCV_RAM_BASE <= int(m[1], 16) < RISCV_RAM_BASE + OPENSBI_SIZE and arch == "riscv64":
-            cause = "opensbi-region"
-        if cause == "dump-log" and any(MISSING_SYMBOL.search(line) for line in tool_output):
-            cause = "missing-symbol"
+    for kind in kinds:
+        cause = _refine(kind, problems, tool_output, arch)
         if cause not in found:
             found.append(cause)
     return found
+
+
+def _problem_kind(problem: str) -> str:
+    return next((c for c, pattern in DUMP_PROBLEMS if pattern.search(problem)), "page-content")
+
+
+def _refine(kind: str, problems: list[str], tool_output: list[str], arch: str) -> str:
+    """A problem kind narrowed by what else the run recorded: an unreadable page that is
+    riscv64's OpenSBI region, a dump log kexec-tools could not find its symbols for, or
+    the capture helper's silence (the lab's own timeout, never a cause)."""
+    if kind == "no-answer":
+        return LAB_TIMEOUT
+    if kind == "page-unreadable" and arch == "riscv64" and any(
+            (m := UNREADABLE_PADDR.search(p)) and RISCV_RAM_BASE <= int(m[1], 16) < RISCV_RAM_BASE + OPENSBI_SIZE
+            for p in problems):
+        return "opensbi-region"
+    if kind == "dump-log" and any(MISSING_SYMBOL.search(line) for line in tool_output):
+        return "missing-symbol"
+    return kind
 
 
 def _panic_cause(evidence: dict) -> list[str]:
@@ -77,6 +94,8 @@ def _panic_cause(evidence: dict) -> list[str]:
 
 
 def _damaged_cause(evidence: dict) -> list[str]:
+    if "missing-reader" in ((evidence.get("dump") or {}).get("causes") or []):
+        return ["missing-reader"]
     line = evidence.get("console") or ""
     return ["initramfs-missing-file" if re.search(r"open or read|No such file", line) else "initramfs-checksum"]
 

@@ -30,6 +30,10 @@ STATE = re.compile(r"\bRIP=([0-9a-f]+) RFL=([0-9a-f]+) \[[^\]]*\] CPL=(\d) .*?\b
 X86_IF = 0x200  # RFLAGS.IF: a halted CPU with IF clear wakes only for NMI, SMI or INIT
 SPIN_BYTES = 16  # a tight loop (pause; jmp) stays within this many bytes
 KERNEL_HALF = 0xFFFF800000000000  # x86_64 kernel addresses (4-level and 5-level paging)
+# Where QMP finds a CPU the crash NMI stopped, named with the crashed kernel's kallsyms
+# (dump_cpus.name_vcpus): crash_nmi_callback's halt() (native_halt, not inlined in Debian's
+# 6.12) or its cpu_relax() loop after it (arch/x86/kernel/reboot.c).
+STOP_PATH = ("native_halt", "crash_nmi_callback", "nmi_panic_self_stop", "halt")
 
 
 def resolve_cpus(machine: MachineConfig, scenario: Scenario) -> tuple[int, int]:
@@ -155,6 +159,11 @@ class CpuWatch:
             self._dump_notes(facts, verdict.get("vmcore") or {})
         self._headers(facts, (verdict.get("vmcore") or {}) if "capture_cpus" in verdict else None)
         panic, facts["panic_cpu_from"] = self._panic_cpu(vcpu)
+        dumped = ((verdict.get("dump") or {}).get("cpus") or {})
+        if dumped.get("panic_cpu") is not None:  # the dump's log and notes (dump_cpus.py)
+            if panic is not None and self.panic_cpu is not None and panic != dumped["panic_cpu"]:
+                problems.append(f"the console says CPU {panic} panicked, the dump CPU {dumped['panic_cpu']}")
+            panic, facts["panic_cpu_from"] = dumped["panic_cpu"], "the dump (its log's CPU line, its PRSTATUS notes)"
         facts["panic_cpu"] = panic
         if self.requested is not None and panic != self.requested:
             problems.append(f"the panic was to start on CPU {self.requested}, it ran on CPU {panic}")
@@ -164,6 +173,13 @@ class CpuWatch:
         if vcpu is None:
             vcpu = apic_of(self.apicids, panic)
         facts["others"] = self._others(vcpu, problems)
+        for cpu, named in (dumped.get("qmp_rips") or {}).items():
+            other = facts["others"].get(cpu) or {}
+            if other.get("role", "").startswith("stopped") and not stopped_where(named):
+                problems.append(f"vCPU {cpu} stopped at {named or other.get('rip')}, not where the crash "
+                                "NMI halts a CPU (crash_nmi_callback)")
+            if other:
+                other["symbol"] = named
         return facts
 
     def _panic_cpu(self, vcpu: int | None) -> tuple[int | None, str | None]:
@@ -243,6 +259,11 @@ class CpuWatch:
     def _online_vcpus(self) -> set[int]:
         """vCPU indexes of the CPUs Linux had online (APIC id = vCPU index, see above)."""
         return {apic for cpu in self.online if (apic := apic_of(self.apicids, cpu)) is not None}
+
+
+def stopped_where(name: str | None) -> bool:
+    """Whether a QMP-sampled RIP (function+0xoff) is where the crash NMI leaves a stopped CPU."""
+    return name is not None and name.split("+")[0] in STOP_PATH
 
 
 def cpu_problem(evidence: dict) -> str | None:

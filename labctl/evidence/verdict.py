@@ -227,4 +227,11 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
             f": {'; '.join(problems[:2])}"
     if expected_cause:
         return True, f"{outcome} as expected ({expected_cause})"
-    return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "")
+    return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "") + \
+        _unchecked(evidence)
+
+
+def _unchecked(evidence: dict) -> str:
+    """What the dump check could not check on this run, said in the PASS line."""
+    unchecked = (evidence.get("dump") or {}).get("unchecked") or []
+    return f"; not checked: {'; '.join(unchecked)}" if unchecked else ""

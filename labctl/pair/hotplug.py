@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -93,11 +94,12 @@ def hot_add_cpus(session, count: int, first_cpu: int) -> tuple[dict, dict]:
         "cpus_online", "cpus_present", "cpus_possible", "crash_hotplug", "cpus")}}, reply
 
 
-def dimm_device(backend_id: str, mib: int) -> tuple[dict, dict]:
-    """object-add and device_add arguments for one DIMM of `mib` MiB.  Its RAM is QEMU's
-    own (memory-backend-ram): the lab never reads it, and it lies above 4 GiB, outside
-    the RAM file that guest/memory.py maps."""
-    backend = {"qom-type": "memory-backend-ram", "id": backend_id, "size": mib << 20}
+def dimm_device(backend_id: str, mib: int, path: Path) -> tuple[dict, dict]:
+    """object-add and device_add arguments for one DIMM of `mib` MiB, backed by a shared
+    file (QEMU creates it in the private run directory) so that the host can read what
+    the crashed kernel had there and check the dump's PT_LOAD for it (dump_check.py)."""
+    backend = {"qom-type": "memory-backend-file", "id": backend_id, "size": mib << 20,
+               "mem-path": str(path), "share": True}
     return backend, {"driver": "pc-dimm", "id": f"{backend_id}-dimm", "memdev": backend_id}
 
 
@@ -112,7 +114,9 @@ def hot_add_memory(session, mib: int) -> dict:
                           "/sys/devices/system/memory/block_size_bytes (built without "
                           "CONFIG_MEMORY_HOTPLUG): it does not apply to this kernel",
                           key=("hotplug", "memory_mib"))
-    backend, device = dimm_device("hotmem0", mib)
+    assert session.machine.rundir is not None, "a launched machine"
+    path = session.machine.rundir / "hotmem0.ram"
+    backend, device = dimm_device("hotmem0", mib, path)
     session.progress.say(f"hot-adding a {mib} MiB DIMM through QMP")
     session.machine.command("object-add", **backend)
     session.machine.command("device_add", **device)
@@ -123,6 +127,7 @@ def hot_add_memory(session, mib: int) -> dict:
     if after["online_blocks"] < want:
         raise InfraError(f"the guest onlined {after['online_blocks']} memory blocks, "
                          f"{want} expected after the DIMM")
+    session.hot_memory_files.append((dimm["addr"], path))
     return {"dimm": {"address": hex(dimm["addr"]), "size": hex(dimm["size"])},
             "block_size": hex(block), "blocks_online_before": before["online_blocks"],
             "blocks_online_after": after["online_blocks"]}

@@ -189,6 +189,7 @@ class PairRun:
             self.session = Session(machine, console, control, memory,
                                    scaled_timeouts(self.lab.timeouts, self.arch), self.progress)
             self.session.save_vmcore_to = out if self.save_vmcore else None
+            self.session.symbols_cache = self.lab.cache_dir / "kallsyms"
             try:
                 if snap is None:
                     return self._steps(self.session)

@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 from labctl.config.arch import get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence import causes, dump_check
+from labctl.evidence import causes, dump_check, dump_cpus, kernel_symbols
 from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, decide_end, new_token, where_votes, with_token
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
@@ -37,7 +37,9 @@ from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
 from labctl.pair import identify
-from labctl.pair.vmcore_save import DumpReceiver
+from labctl.pair.dump_open import check_saved
+from labctl.pair.hotplug import read_headers
+from labctl.pair.vmcore_save import VMCORE, DumpReceiver
 from labctl.progress import Progress
 from labctl.result import Outcome
 
@@ -161,6 +163,9 @@ class Session:
         self.save_vmcore_to: Path | None = None  # --save-vmcore: the pair's artifacts directory
         self.token: str | None = None  # on the loaded capture kernel's command line (identity.py)
         self.tool_output: list[str] = []  # what kexec-tools said at the load (causes.py)
+        self.low_memory: bytes | None = None  # RAM below 1 MiB at the trigger (dump_check.py)
+        self.hot_memory_files: list[tuple[int, Path]] = []  # hot-added DIMMs: address, file
+        self.symbols_cache: Path | None = None  # decoded kallsyms per kernel build (kernel_symbols.py)
 
     # ------------------------------------------------------------ plumbing
     def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -355,6 +360,7 @@ class Session:
         self.progress.say(f"triggering a panic ({trigger}" + (f" on CPU {cpu})" if cpu is not None else ")"))
         self.console.forget()
         self.purgatory_line, self.panic_lines = None, []
+        self.low_memory = dump_check.low_memory_now(self.memory)
         self.marks["trigger"] = time.monotonic()
         self.control.send(f"panic {trigger}" + (f" {cpu}" if cpu is not None else ""))
         if trigger == "nmi" or cpu is not None:
@@ -413,7 +419,7 @@ class Session:
                 # After the panic only a kexec'd kernel can say hello, even one that
                 # failed to set up /proc/vmcore (its role then reads "primary").
                 if message["type"] == "hello":
-                    return self._finish(start, self._capture_booted(message, release, identity))
+                    return self._finish(start, self._capture_booted(message, release, table, identity))
             if not self.machine.alive():
                 return self._finish(start, self._reset(start))
             now = time.monotonic()
@@ -489,7 +495,8 @@ class Session:
         return Finding(Outcome.GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
-    def _capture_booted(self, hello: dict, release: str, identity: IdentityWatch | None = None) -> Finding:
+    def _capture_booted(self, hello: dict, release: str, table: SegmentTable,
+                        identity: IdentityWatch | None = None) -> Finding:
         """The capture kernel said hello: a healthy capture only if its dump is the
         crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed.
         Which kernel said it: this load's token in its /proc/cmdline, and identity.py's signals."""
@@ -502,16 +509,19 @@ class Session:
                     "vmcore": vmcore, "identity": said}
         if not vmcore["ok"] or not self.primary:
             return Finding(Outcome.CAPTURE_BOOTED, evidence)
-        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]))
+        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]), table)
         evidence["dump"] = dump
         if self.save_vmcore_to is not None:
-            evidence["saved_vmcore"] = self.save_vmcore(self.save_vmcore_to)
-        return Finding(Outcome.CAPTURE_BOOTED if dump["ok"] else Outcome.DUMP_MISMATCH, evidence, attachments)
+            evidence["saved_vmcore"] = saved = self.save_vmcore(self.save_vmcore_to)
+            if saved.get("file") == VMCORE:
+                saved["drgn"] = check_saved(self.save_vmcore_to, self.panic_lines, dump.get("cpus") or {})
+                saved["problems"] += saved["drgn"]["problems"]
+        return Finding(Outcome.CAPTURE_BOOTED if dump["ok"] else dump_check.outcome(dump), evidence, attachments)
 
     def save_vmcore(self, directory: Path) -> dict:
         """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""
         start = time.monotonic()
-        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 31)")
+        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 23)")
         receiver = DumpReceiver(directory)
         self.control.send("save-vmcore")
         try:
@@ -537,16 +547,30 @@ class Session:
         finally:
             receiver.close()
 
-    def _check_dump(self, head: bytes) -> tuple[dict, dict[str, str]]:
+    def _check_dump(self, head: bytes, table: SegmentTable) -> tuple[dict, dict[str, str]]:
         """Ask the capture helper for page hashes and the log out of the dump; compare."""
+        hot = [GuestMemory(path, address) for address, path in self.hot_memory_files]
+        try:
+            return self._compare_dump(head, table, hot)
+        finally:
+            for region in hot:
+                region.close()
+
+    def _compare_dump(self, head: bytes, table: SegmentTable, hot: list[GuestMemory]) -> tuple[dict, dict[str, str]]:
         start = time.monotonic()
-        dimm = ((self.cpus.hotplug or {}).get("memory") or {}).get("dimm") if self.cpus else None
-        hot_added = [(int(dimm["address"], 16), int(dimm["address"], 16) + int(dimm["size"], 16))] \
-            if dimm else []
+        headers = read_headers(self.memory, table)
         facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
-                                     seed=random.randrange(1 << 32), hot_added=hot_added)
+                                     seed=random.randrange(1 << 32),
+                                     hot_added=[(m.base, m.end) for m in hot], hot_memory=hot,
+                                     low_memory=self.low_memory, headers=headers and headers[1],
+                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch),
+                                     online=self.cpus.online if self.cpus else None)
         for command in facts.requests().values():
             self.control.send(command)
+        # while the capture helper hashes pages and runs vmcore-dmesg
+        facts.symbols, facts.symbols_missing = kernel_symbols.kallsyms(head, [self.memory, *hot],
+                                                                       self.symbols_cache)
+        self._timed("dump_kallsyms", start)
         wanted = set(facts.requests())
         while wanted and time.monotonic() - start < DUMP_REPLY_SECONDS:
             messages, _ = self._events({}, strict=False)
@@ -559,6 +583,9 @@ class Session:
             if not self.machine.alive():
                 raise self._guest_gone()
         dump = dump_check.verify(facts)
+        if self.cpus and self.cpus.samples:
+            dump["cpus"]["qmp_rips"] = dump_cpus.name_vcpus(
+                facts.symbols, {vcpu: state.rip for vcpu, state in self.cpus.samples[-1].items()})
         if wanted:
             dump["problems"].append(f"the capture helper did not answer {', '.join(sorted(wanted))} "
                                     f"within {DUMP_REPLY_SECONDS:g} s (reading /proc/vmcore hung?)")

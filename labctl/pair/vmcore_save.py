@@ -1,8 +1,8 @@
 """--save-vmcore: a filtered, compressed dump streamed out of the capture kernel.
 
-The capture helper runs `makedumpfile -F -c -d 31 /proc/vmcore` (flattened, so
-that it writes to a pipe; zlib-compressed pages; zero, cache, user and free
-pages left out).  The stream travels through guest memory: the helper fills a
+The capture helper runs `makedumpfile -F -c -d 23 /proc/vmcore` (flattened, so
+that it writes to a pipe; zlib-compressed pages; zero, cache and free
+pages left out, user pages kept: see the helper).  The stream travels through guest memory: the helper fills a
 locked 4 MiB window, sends its page frames (from /proc/self/pagemap) and its
 SHA-256, the host copies those pages out of the RAM file, checks the digest and
 answers `next`.  A kernel whose pagemap does not give page frames gets base64

@@ -88,3 +88,7 @@ def test_memory_hotplug_rewrites_the_headers_only_with_crash_hotplug(smp_runs):
     assert (after["pt_load"] == before["pt_load"] + 1) is rewritten
     assert (dimm_range in after["load_ranges"]) is rewritten
     assert (dimm_range in result["evidence"]["verdict"]["vmcore"]["load_ranges"]) is rewritten
+    # the DIMM's PT_LOAD read by content, against the DIMM's own backing file
+    pages = result["evidence"]["verdict"]["dump"]["pages"]["pages"]
+    dimm_pages = [p for p in pages if p["truth"] == "dimm"]
+    assert (len(dimm_pages) >= 3) is rewritten and all(p["dump"] == p["ram_file"] for p in dimm_pages)

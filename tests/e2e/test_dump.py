@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_saved_vmcore_opens_on_the_host_with_the_panic_in_it(tmp_path, no_leaks):
-    """makedumpfile -c -d 31 in the capture kernel, streamed out, rebuilt on the host; the
+    """makedumpfile -c -d 23 in the capture kernel, streamed out, rebuilt on the host; the
     host's makedumpfile --dump-dmesg reads the crashed kernel's log out of it."""
     run = labctl("run", "crash-intact", "--kernel", "tiny-6.12-serial", "--save-vmcore", timeout=1200)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -34,6 +34,13 @@ def test_saved_vmcore_opens_on_the_host_with_the_panic_in_it(tmp_path, no_leaks)
     for line in result["evidence"]["verdict"]["dump"]["log"]["console_lines"]:
         assert line in log
     assert "Kernel panic - not syncing: sysrq triggered crash" in log
+    # as users open it: drgn with the recipe build's vmlinux (symbols, no DWARF) and kallsyms
+    opened = labctl("dump", str(result["_dir"]))
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    crashed = result["evidence"]["verdict"]["dump"]["cpus"]["by_cpu"]["0"]
+    assert f"crashed task: pid {crashed['pid']} on CPU 0" in opened.stdout, opened.stdout
+    assert "sysrq_handle_crash+" in opened.stdout.split("backtrace (", 1)[1], opened.stdout
+    assert "panic: Kernel panic - not syncing: sysrq triggered crash (" in opened.stdout
 
 
 def test_a_bare_image_by_path_learns_its_options_from_the_running_kernel(tmp_path, no_leaks):

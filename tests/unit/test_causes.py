@@ -34,7 +34,7 @@ def test_a_pt_load_offset_is_named_from_the_pages_the_dump_serves():
 def test_opensbi_memory_is_named_on_riscv64_only(run):
     outcome, evidence = verdict(DATA / "tiny-6.12-riscv64" / run)
     assert classify(outcome, evidence, arch="riscv64") == {"causes": ["opensbi-region"]}
-    assert classify(outcome, evidence, arch="x86_64") == {"causes": ["unreadable-page"]}
+    assert classify(outcome, evidence, arch="x86_64") == {"causes": ["page-unreadable"]}
 
 
 def test_a_missing_symbol_is_what_kexec_tools_said_at_the_load():
@@ -99,7 +99,8 @@ def test_scenarios_expecting_a_failure_name_a_cause_of_it():
                 assert entry.cause in CAUSES[entry.outcome], path
                 named[path.stem] = entry.cause
     assert named == {"capture-quiet-panic": "no-root-fs", "corrupt-elfcorehdr-pt-load": "pt-load-offset",
-                     "crash-intact": "opensbi-region", "crash-intact-kexec-load": "missing-symbol"}
+                     "crash-intact": "opensbi-region", "crash-intact-kexec-load": "missing-symbol",
+                     "memory-hotplug-capture-acpi": "page-unreadable"}
 
 
 @pytest.mark.parametrize("expect, line, message", [

@@ -114,8 +114,9 @@ def test_room_for_a_dimm_and_its_qmp_arguments():
     argv = qemu_argv(spec, *SOCKS)
     assert argv[argv.index("-m") + 1] == "1024M,slots=1,maxmem=1152M"
     assert "size=1024M" in argv[argv.index("-object") + 1]  # the RAM file stays 1 GiB
-    backend, device = dimm_device("hotmem0", 128)
-    assert backend == {"qom-type": "memory-backend-ram", "id": "hotmem0", "size": 128 << 20}
+    backend, device = dimm_device("hotmem0", 128, Path("/run/x/hotmem0.ram"))
+    assert backend == {"qom-type": "memory-backend-file", "id": "hotmem0", "size": 128 << 20,
+                       "mem-path": "/run/x/hotmem0.ram", "share": True}  # the host reads it
     assert device == {"driver": "pc-dimm", "id": "hotmem0-dimm", "memdev": "hotmem0"}
 
 

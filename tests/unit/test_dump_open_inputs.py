@@ -1,0 +1,46 @@
+"""`labctl dump`: where its inputs come from (recorded artifacts), and where its debug info
+comes from, without downloading anything."""
+
+from __future__ import annotations
+
+from recorded import DATA, message
+
+from labctl.pair import dump_open
+
+DEBIAN = {"name": "debian-6.12", "release": "6.12.117+deb12-cloud-amd64",
+          "package": "linux-image-6.12.117+deb12-cloud-amd64", "version": "6.12.117-1~deb12u1"}
+
+
+def test_the_prstatus_notes_come_from_the_capture_hello_in_control_log():
+    head = dump_open.capture_head(DATA / "debian-6.12" / "crash-intact-dump-check")
+    assert head == bytes.fromhex(message("debian-6.12", "crash-intact-dump-check", "hello",
+                                         role="capture")["vmcore_head"])
+    assert dump_open.capture_head(DATA / "debian-6.12") is None  # no control.log there
+
+
+def test_debug_info_is_the_recipe_vmlinux_or_debians_dbg_only_when_cached_or_asked(tmp_path):
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "vmlinux").write_bytes(b"\x7fELF")
+    recipe = {"name": "tiny", "release": "6.12.0", "recipe": {"directory": str(build)}}
+    assert dump_open.debug_vmlinux(recipe, tmp_path, fetch=False) == (build / "vmlinux", "the recipe build's vmlinux")
+    path, why = dump_open.debug_vmlinux(DEBIAN, tmp_path, fetch=False)
+    assert path is None and why.startswith("Debian's linux-image-6.12.117+deb12-cloud-amd64-dbg is not "
+                                           "cached (--fetch-debug-info downloads it")
+    cached = tmp_path / "debug" / f"{DEBIAN['package']}-dbg_{DEBIAN['version']}" / f"vmlinux-{DEBIAN['release']}"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x7fELF")
+    assert dump_open.debug_vmlinux(DEBIAN, tmp_path, fetch=False)[0] == cached
+    assert dump_open.debug_vmlinux({"name": "by-path", "release": "x"}, tmp_path, fetch=True) == (
+        None, "no debug info known for this kernel")
+
+
+def test_the_printed_summary_names_every_part():
+    opened = dump_open.Opened(DATA / "vmcore", "6.12.117", "none", "Kernel panic - not syncing: x",
+                              "the dump's log", "pid 7 (kexec-lab-helpe) on CPU 1",
+                              ["#0 at 0x1 (__crash_kexec+0x11c/0x130)"], "drgn without CFI",
+                              {"open": 0.2})
+    assert opened.text().splitlines()[2:6] == [
+        "panic: Kernel panic - not syncing: x (the dump's log)",
+        "crashed task: pid 7 (kexec-lab-helpe) on CPU 1", "backtrace (drgn without CFI):",
+        "  #0 at 0x1 (__crash_kexec+0x11c/0x130)"]
