@@ -64,6 +64,7 @@ class GitBisection(Bisection):
         try:
             self.where = f"checking out {bad[:12]} into a private worktree"
             say(f"bisect: {self.where} ({self.tree.path})")
+            self.tree.remove()  # what a killed run of this bisection may have left
             self.tree.add(bad)
             nxt = self.start(good, bad)
             while nxt.rev:
@@ -215,10 +216,14 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     lab = lab_from_args(args)
     report = resume_report(args.resume) if args.resume else new_report(lab, args)
     scenario = load_scenario(find_scenario(report["scenario"], lab.scenarios_dir))
-    out = lab.artifacts_dir / report["run_id"]
+    out = report.pop("_dir", None) or lab.artifacts_dir / report["run_id"]
     if not args.resume:
         check_writable(lab.artifacts_dir)
-        out.mkdir(parents=True, mode=0o700, exist_ok=False)
+        try:
+            out.mkdir(parents=True, mode=0o700, exist_ok=False)
+        except FileExistsError:
+            raise ConfigError(f"{out} already exists and results are never overwritten: use "
+                              "another --run-id, or --resume its bisect.json") from None
     say(f"bisect {report['run_id']}: {scenario.name} over {report['source']['kind']} "
         f"{report['source']['where']}, good {report['good'][:12]}, bad {report['bad'][:12]} "
         f"({report['candidates_total']} candidate(s), ~{estimate_steps(report['candidates_total'])} "
@@ -284,5 +289,5 @@ def resume_report(path: Path) -> dict:
         check_tree(Path(report["source"]["where"]))
     say(f"bisect: resuming {report['run_id']} after {len(report['steps'])} tested revision(s)")
     report["state"] = "running"
-    return report
+    return {**report, "_dir": path.parent}  # the report stays where it is
 

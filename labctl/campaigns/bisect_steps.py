@@ -72,7 +72,7 @@ class Bisection:
     def record(self, step: Step) -> Step:
         self.steps.append(step)
         self.save()
-        say(f"bisect: {step.role} {step.rev[:12]} {step.verdict} ({step.reason.splitlines()[0][:200]}); "
+        say(f"bisect: {step.role} {step.rev[:12]} {step.verdict} ({step.reason.partition(chr(10))[0][:200]}); "
             f"build {step.build_seconds if step.build_seconds is not None else '-'} s, "
             f"run {step.run_seconds} s")
         return step

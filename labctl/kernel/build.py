@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -479,8 +480,9 @@ def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path 
     with open(log, "a", encoding="utf-8", errors="replace") as f:
         f.write(f"$ {' '.join(argv)}\n")
         f.flush()
+        # a process group of its own, so that a stop kills make's compilers too
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+                                text=True, errors="replace", process_group=0)
         assert proc.stdout is not None  # stdout=PIPE
         try:
             for line in proc.stdout:
@@ -493,7 +495,7 @@ def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path 
             code = proc.wait()
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
