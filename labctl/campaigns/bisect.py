@@ -39,7 +39,7 @@ from labctl.campaigns.bisect_steps import Bisection
 from labctl.campaigns.matrix import run_id_arg
 from labctl.config.options import add_common_opts, lab_from_args, positive_int
 from labctl.config.schema import LabConfig, Scenario, find_scenario, load_scenario
-from labctl.errors import ConfigError, Interrupted
+from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.kernel.build import BuildError, PatchError, Recipe, apply_patch, build_tree, entry_recipe
 from labctl.kernel.image import Kernel
 from labctl.progress import say
@@ -78,9 +78,9 @@ class GitBisection(Bisection):
         except Interrupted as exc:
             self.report["log"] = self.tree.bisect_log() if self.tree.path.exists() else self.report.get("log")
             return self.stopped(str(exc))
-        except Untrusted as exc:
+        except (Untrusted, LabError) as exc:  # the report says why it stopped; resumable
             self.report["message"] = str(exc)
-            self.save("aborted")
+            self.save("aborted" if isinstance(exc, Untrusted) else "failed")
             raise
         finally:
             say(f"bisect: removing the private worktree {self.tree.path}")

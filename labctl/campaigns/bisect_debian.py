@@ -22,6 +22,7 @@ from labctl.campaigns.bisect_report import (
     GOOD,
     SKIP,
     Step,
+    Untrusted,
     check_ends,
     classify,
     estimate_steps,
@@ -29,7 +30,7 @@ from labctl.campaigns.bisect_report import (
     result_exit_code,
 )
 from labctl.campaigns.bisect_steps import Bisection
-from labctl.errors import ConfigError, InfraError, Interrupted
+from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.kernel.debian import download_and_unpack, package_dir
 from labctl.kernel.image import Kernel
 from labctl.kernel.providers import cached_debian_kernel
@@ -175,6 +176,10 @@ class DebianBisection:
         except Interrupted as exc:
             base.report["log"] = self.log()
             return base.stopped(str(exc))
+        except LabError as exc:  # the report says why it stopped (an end, or the lab)
+            base.report["message"] = str(exc)
+            base.save("aborted" if isinstance(exc, Untrusted) else "failed")
+            raise
 
     def ends(self) -> dict[int, int]:
         """Verdicts by version index; both ends tested first (a resumed report has them)."""
