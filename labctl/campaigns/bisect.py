@@ -76,7 +76,8 @@ class GitBisection(Bisection):
             self.finish(nxt, bad)
             return result_exit_code(self.report)
         except Interrupted as exc:
-            self.report["log"] = self.tree.bisect_log() if self.tree.path.exists() else self.report.get("log")
+            if self.tree.path.exists():  # keep a resumed report's log until a new one exists
+                self.report["log"] = self.tree.bisect_log() or self.report.get("log", "")
             return self.stopped(str(exc))
         except (Untrusted, LabError) as exc:  # the report says why it stopped; resumable
             self.report["message"] = str(exc)

@@ -169,6 +169,6 @@ def parse_next(said: str, head: str) -> Next:
     if ONLY_SKIPPED in said:
         shas = tuple(re.findall(r"^([0-9a-f]{40})\b", said, re.MULTILINE))
         return Next(None, 0, 0, None, shas)
-    if m := LEFT.search(said):
-        return Next(head, int(m[1]), int(m[2]), None)
+    if found := LEFT.findall(said):  # the last one: `git bisect replay` says one per command
+        return Next(head, int(found[-1][0]), int(found[-1][1]), None)
     raise InfraError(f"git bisect said something the lab does not understand: {said.strip()[-400:]}")

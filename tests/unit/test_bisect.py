@@ -324,3 +324,26 @@ def test_steps_survive_json_and_the_live_line_says_how_far(tmp_path):
         assert Step.from_json(json.loads(json.dumps(data))).to_json() == data
     line = progress_line(3, "e" * 40, "a subject", 4, 2, "step: building")
     assert line == "bisect step 3: step: building eeeeeeeeeeee 'a subject'; 4 revision(s) left, ~2 step(s) to go"
+
+
+def test_a_saved_bisect_log_replays_in_a_new_worktree(repo, tmp_path):
+    """What --resume does: the log of a stopped bisection brings a new worktree to the same
+    next commit, and the bisection ends where an uninterrupted one would."""
+    sha = {t: git(repo, "rev-parse", t) for t in ("c0", "c3", "c5")}
+    first = Worktree(repo, tmp_path / "first")
+    first.add("c5")
+    nxt = parse_next(first.bisect("start", sha["c5"], sha["c0"]), first.head())
+    nxt = parse_next(first.bisect("bad" if (first.path / "bug.c").exists() else "good", nxt.rev),
+                     first.head())
+    log, where = first.bisect_log(), nxt
+    first.remove()  # Ctrl-C
+    (tmp_path / "saved.log").write_text(log)
+    again = Worktree(repo, tmp_path / "first")  # the same place, as a resumed run uses
+    again.add("c5")
+    resumed = parse_next(again.bisect("replay", str(tmp_path / "saved.log")), again.head())
+    assert (resumed.rev, resumed.left) == (where.rev, where.left)
+    while resumed.rev:
+        resumed = parse_next(again.bisect("bad" if (again.path / "bug.c").exists() else "good",
+                                          resumed.rev), again.head())
+    assert resumed.first_bad == sha["c3"]
+    again.remove()
