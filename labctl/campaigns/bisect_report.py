@@ -126,6 +126,11 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
 
 
+def _cell(text: str) -> str:
+    """Text from a commit or a log inside a table cell (a '|' would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def _link(path: str, base: Path) -> str:
     try:
         return str(Path(path).relative_to(base))
@@ -160,9 +165,10 @@ def render_markdown(report: dict, base: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for number, step in enumerate(steps, 1):
         links = " ".join(f"[{i}]({_link(r.artifacts, base)})" for i, r in enumerate(step.runs, 1))
-        out.append(f"| {number} | {step.role} | `{step.rev[:12]}` | {step.label} | {step.verdict} | "
+        why = step.reason.partition("\n")[0][:160]
+        out.append(f"| {number} | {step.role} | `{step.rev[:12]}` | {_cell(step.label)} | {step.verdict} | "
                    f"{_seconds(step.build_seconds)} | {_seconds(step.run_seconds)} | {links or '-'} | "
-                   f"{step.reason.splitlines()[0][:160] if step.reason else ''} |")
+                   f"{_cell(why)} |")
     out.append("")
     revert = report.get("revert")
     if revert:

@@ -347,3 +347,9 @@ def test_a_saved_bisect_log_replays_in_a_new_worktree(repo, tmp_path):
                                           resumed.rev), again.head())
     assert resumed.first_bad == sha["c3"]
     again.remove()
+
+
+def test_a_subject_with_a_bar_stays_in_its_cell(tmp_path):
+    data = report(tmp_path)
+    data["steps"][0]["label"] = "x86: a | b"
+    assert "| x86: a \\| b | good |" in render_markdown(data, tmp_path)
