@@ -2,7 +2,7 @@
 linux-source-6.12 plus five commits, one of which stops purgatory from checking the
 kernel segment and one of which does not build), tiny-6.12's config, real QEMU.
 
-One test, stopped by SIGINT during its first build and resumed, names the commit that
+One test, stopped by SIGINT in its first step and resumed, names the commit that
 broke crash-corrupt, skips the broken build, and passes the revert check.  Its first
 build is a full one (about 2-4 min on 2 idle cores, 10+ min when the host is busy),
 the steps after it are incremental; the whole takes well over CI's budget for one
@@ -44,14 +44,15 @@ def worktrees(repo: Path) -> list[str]:
     return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")]
 
 
-def interrupt_during_first_build(argv: list[str]) -> tuple[int, str]:
-    """Start the bisection, SIGINT it once its first build is under way; (exit code, stderr)."""
+def interrupt_first_step(argv: list[str]) -> tuple[int, str]:
+    """Start the bisection, SIGINT it once its first step is under way (making the config
+    of the bad end, in the worktree it checked out); (exit code, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "labctl", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     said, deadline = "", time.monotonic() + 900
-    while "building: " not in said:  # make's own progress: compiling has started
+    while "bad end: building" not in said:
         ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
         assert ready, said
         chunk = os.read(proc.stderr.fileno(), 65536)
@@ -73,10 +74,12 @@ def test_bisect_names_the_digest_breaker_skips_the_broken_build_and_the_revert_p
             "--recipe", "tiny-6.12", "--artifacts", str(art), "--run-id", "bisect-e2e"]
     started = time.monotonic()
 
-    code, err = interrupt_during_first_build(argv)
+    code, err = interrupt_first_step(argv)
     report = art / "bisect-e2e" / "bisect.json"
     assert code == 130, err
     assert f"resume with: labctl bisect --resume {report}" in err, err
+    assert "received SIGINT while bisect step 1: bad end: building" in err  # how far it got
+    assert "0 revision(s) tested" in err
     assert json.loads(report.read_text())["state"] == "interrupted"
     assert worktrees(repo) == [str(repo)]  # the private worktree is gone
     assert not (lab.cache_dir / "bisect" / "bisect-e2e").exists()
