@@ -13,6 +13,7 @@ No builds: each step downloads (once, cached) and boots the packaged kernel.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +40,9 @@ from labctl.tools import run_tool
 
 FAMILY = re.compile(r"^linux-image-(?:(?P<series>\d+\.\d+)[.\d]*(?:-\d+)?(?:\+deb\d+)?-)?"
                     r"(?P<flavour>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)$")
-VERSIONED = re.compile(r"^linux-image-(?P<series>\d+\.\d+)[.\d]*(?:-\d+)?(?:\+deb\d+)?-(?P<flavour>.+)$")
+# a version in the name (6.12.115+deb12, 6.1.0-50), not a metapackage's series (6.12)
+VERSIONED = re.compile(r"^linux-image-(?P<series>\d+\.\d+)\.\d+(?:-\d+)?(?:\+deb\d+)?-(?P<flavour>.+)$")
+RUNS = re.compile(r"(\d+)")
 APT_SECONDS = 120.0
 
 
@@ -83,6 +86,21 @@ def _dpkg_cmp(a: Version, b: Version) -> int:
     return -1 if lt else 1
 
 
+def _natural(version: Version) -> tuple:
+    """A first guess at dpkg's order ('~' before anything, numbers as numbers)."""
+    return tuple((0, int(run), "") if run.isdigit() else (1, 0, run.replace("~", "\0"))
+                 for run in RUNS.split(version.version) if run)
+
+
+def dpkg_sorted(versions: list[Version]) -> list[Version]:
+    """Oldest first by dpkg's rules: a natural sort that dpkg confirms pair by pair
+    (n-1 dpkg calls), or a sort by dpkg's comparisons where it does not."""
+    guess = sorted(versions, key=_natural)
+    if all(_dpkg_cmp(a, b) <= 0 for a, b in itertools.pairwise(guess)):
+        return guess
+    return sorted(versions, key=functools.cmp_to_key(_dpkg_cmp))
+
+
 def archive_versions(package: str) -> list[Version]:
     """Every fetchable version of the package's flavour (and series), oldest first."""
     series, flavour = family(package)
@@ -95,7 +113,7 @@ def archive_versions(package: str) -> list[Version]:
                           f"{flavour} flavour{' in ' + series if series else ''}; run apt-get update, "
                           "or check the name with `apt-cache search linux-image`")
     proc = run_tool(["apt-cache", "madison", *members], "asking the archive for versions", APT_SECONDS)
-    return sorted(parse_madison(proc.stdout), key=functools.cmp_to_key(_dpkg_cmp))
+    return dpkg_sorted(parse_madison(proc.stdout))
 
 
 def pick_range(versions: list[Version], good: str, bad: str, package: str) -> list[Version]:

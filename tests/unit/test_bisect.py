@@ -353,3 +353,15 @@ def test_a_subject_with_a_bar_stays_in_its_cell(tmp_path):
     data = report(tmp_path)
     data["steps"][0]["label"] = "x86: a | b"
     assert "| x86: a \\| b | good |" in render_markdown(data, tmp_path)
+
+
+def test_versions_are_in_dpkgs_order_and_metapackages_are_not_versions():
+    from labctl.campaigns.bisect_debian import VERSIONED, dpkg_sorted
+
+    mixed = [Version("p", v) for v in ("6.12.117-1~deb12u1", "6.1.192-3", "1.0a-1", "6.12.9-1",
+                                       "1.0~rc1-1", "1.0-1+b1", "1.0-1")]
+    assert [v.version for v in dpkg_sorted(mixed)] == [
+        "1.0~rc1-1", "1.0-1", "1.0-1+b1", "1.0a-1", "6.1.192-3", "6.12.9-1", "6.12.117-1~deb12u1"]
+    assert VERSIONED.match("linux-image-6.12.115+deb12-cloud-amd64")
+    assert VERSIONED.match("linux-image-6.1.0-50-cloud-amd64")
+    assert not VERSIONED.match("linux-image-6.12-cloud-amd64")  # follows the newest only
