@@ -34,6 +34,7 @@ from labctl.campaigns.bisect_report import (
     estimate_steps,
     progress_line,
     result_exit_code,
+    short,
 )
 from labctl.campaigns.bisect_steps import Bisection
 from labctl.campaigns.matrix import run_id_arg
@@ -226,7 +227,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
             raise ConfigError(f"{out} already exists and results are never overwritten: use "
                               "another --run-id, or --resume its bisect.json") from None
     say(f"bisect {report['run_id']}: {scenario.name} over {report['source']['kind']} "
-        f"{report['source']['where']}, good {report['good'][:12]}, bad {report['bad'][:12]} "
+        f"{report['source']['where']}, good {short(report['good'])}, bad {short(report['bad'])} "
         f"({report['candidates_total']} candidate(s), ~{estimate_steps(report['candidates_total'])} "
         f"step(s) after both ends); report in {out}")
     try:

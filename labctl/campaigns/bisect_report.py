@@ -11,6 +11,7 @@ bisection cannot be trusted, and it stops there.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, LabE
 GOOD, BAD, SKIP = 0, 1, 125
 VERDICTS = {GOOD: "good", BAD: "bad", SKIP: "skip"}
 FORMAT = 1  # bisect.json's layout
+
+
+def short(rev: str) -> str:
+    """A commit id as its first 12 digits; a Debian version as it is."""
+    return rev[:12] if re.fullmatch(r"[0-9a-f]{40}", rev) else rev
 
 
 @dataclass
@@ -88,15 +94,15 @@ class Untrusted(LabError):
 def check_ends(good: Step, bad: Step, scenario: str) -> None:
     """Raise Untrusted unless the good end passes and the bad end fails."""
     if good.code == BAD:
-        raise Untrusted(f"the good end {good.rev[:12]} fails {scenario} too ({good.reason}): "
+        raise Untrusted(f"the good end {short(good.rev)} fails {scenario} too ({good.reason}): "
                         "the bisection cannot be trusted; pick an older --good that passes")
     if bad.code == GOOD:
-        raise Untrusted(f"the bad end {bad.rev[:12]} passes {scenario} ({bad.reason}): there is "
+        raise Untrusted(f"the bad end {short(bad.rev)} passes {scenario} ({bad.reason}): there is "
                         "nothing to bisect; if it fails only sometimes, try --runs 3 or more")
     for end in (good, bad):
         if end.code == SKIP:
             infra = any(r.exit_code == EXIT_INFRA for r in end.runs)
-            raise Untrusted(f"the {end.role} {end.rev[:12]} could not be tested ({end.reason}); "
+            raise Untrusted(f"the {end.role} {short(end.rev)} could not be tested ({end.reason}); "
                             "the bisection needs both ends' verdicts: fix that or pick another "
                             "revision", EXIT_INFRA if infra else EXIT_USAGE)
 
@@ -112,7 +118,7 @@ def progress_line(step: int, rev: str, label: str, left: int | None, to_go: int 
     """The live line: which step, what it tests, how much range is left, steps to go."""
     rng = f"{left} revision(s) left" if left is not None else "range unknown"
     est = f"~{to_go} step(s) to go" if to_go is not None else ""
-    return f"bisect step {step}: {phase} {rev[:12]} {label[:50]!r}; {rng}{', ' + est if est else ''}"
+    return f"bisect step {step}: {phase} {short(rev)} {label[:50]!r}; {rng}{', ' + est if est else ''}"
 
 
 # ------------------------------------------------------------------ the report
@@ -166,7 +172,7 @@ def render_markdown(report: dict, base: Path) -> str:
     for number, step in enumerate(steps, 1):
         links = " ".join(f"[{i}]({_link(r.artifacts, base)})" for i, r in enumerate(step.runs, 1))
         why = step.reason.partition("\n")[0][:160]
-        out.append(f"| {number} | {step.role} | `{step.rev[:12]}` | {_cell(step.label)} | {step.verdict} | "
+        out.append(f"| {number} | {step.role} | `{short(step.rev)}` | {_cell(step.label)} | {step.verdict} | "
                    f"{_seconds(step.build_seconds)} | {_seconds(step.run_seconds)} | {links or '-'} | "
                    f"{_cell(why)} |")
     out.append("")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from labctl import stopping
 from labctl.artifacts import write_json
-from labctl.campaigns.bisect_report import Run, Step, needs_retry, render_markdown
+from labctl.campaigns.bisect_report import Run, Step, needs_retry, render_markdown, short
 from labctl.config.schema import LabConfig, Scenario
 from labctl.errors import Interrupted
 from labctl.guest.accel import AccelChooser
@@ -72,7 +72,7 @@ class Bisection:
     def record(self, step: Step) -> Step:
         self.steps.append(step)
         self.save()
-        say(f"bisect: {step.role} {step.rev[:12]} {step.verdict} ({step.reason.partition(chr(10))[0][:200]}); "
+        say(f"bisect: {step.role} {short(step.rev)} {step.verdict} ({step.reason.partition(chr(10))[0][:200]}); "
             f"build {step.build_seconds if step.build_seconds is not None else '-'} s, "
             f"run {step.run_seconds} s")
         return step
