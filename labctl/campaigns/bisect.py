@@ -29,7 +29,7 @@ from labctl.campaigns.bisect_report import (
     SKIP,
     Step,
     Untrusted,
-    check_ends,
+    check_end,
     classify,
     estimate_steps,
     progress_line,
@@ -97,7 +97,7 @@ class GitBisection(Bisection):
         for role, rev in (("bad end", bad), ("good end", good)):
             if role not in ends:
                 ends[role] = self.test(rev, role, 0, n, estimate_steps(n))
-        check_ends(ends["good end"], ends["bad end"], self.scenario.name)
+            check_end(ends[role], self.scenario.name)
         self.where = "starting git bisect"
         if self.report.get("log"):
             log = self.out / "bisect.log.resumed"

@@ -24,7 +24,7 @@ from labctl.campaigns.bisect_report import (
     SKIP,
     Step,
     Untrusted,
-    check_ends,
+    check_end,
     classify,
     estimate_steps,
     progress_line,
@@ -205,9 +205,8 @@ class DebianBisection:
         by_rev = {s.rev: s for s in base.steps}
         for role, index in (("bad end", len(self.versions) - 1), ("good end", 0)):
             step = by_rev.get(self.versions[index].version) or self.test(index, role, len(self.versions) - 2)
+            check_end(step, base.scenario.name)
             codes[index] = step.code
-        ends = {s.role: s for s in base.steps}
-        check_ends(ends["good end"], ends["bad end"], base.scenario.name)
         codes.update({i: by_rev[v.version].code for i, v in enumerate(self.versions)
                       if v.version in by_rev and by_rev[v.version].role == "step"})
         return codes

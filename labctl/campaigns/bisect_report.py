@@ -91,20 +91,20 @@ class Untrusted(LabError):
         self.exit_code = exit_code
 
 
-def check_ends(good: Step, bad: Step, scenario: str) -> None:
-    """Raise Untrusted unless the good end passes and the bad end fails."""
-    if good.code == BAD:
-        raise Untrusted(f"the good end {short(good.rev)} fails {scenario} too ({good.reason}): "
+def check_end(end: Step, scenario: str) -> None:
+    """Raise Untrusted unless this end behaves: the good end passes, the bad end fails.
+    Called as soon as an end has its verdict, so a bad end that passes costs no more."""
+    if end.role == "good end" and end.code == BAD:
+        raise Untrusted(f"the good end {short(end.rev)} fails {scenario} too ({end.reason}): "
                         "the bisection cannot be trusted; pick an older --good that passes")
-    if bad.code == GOOD:
-        raise Untrusted(f"the bad end {short(bad.rev)} passes {scenario} ({bad.reason}): there is "
+    if end.role == "bad end" and end.code == GOOD:
+        raise Untrusted(f"the bad end {short(end.rev)} passes {scenario} ({end.reason}): there is "
                         "nothing to bisect; if it fails only sometimes, try --runs 3 or more")
-    for end in (good, bad):
-        if end.code == SKIP:
-            infra = any(r.exit_code == EXIT_INFRA for r in end.runs)
-            raise Untrusted(f"the {end.role} {short(end.rev)} could not be tested ({end.reason}); "
-                            "the bisection needs both ends' verdicts: fix that or pick another "
-                            "revision", EXIT_INFRA if infra else EXIT_USAGE)
+    if end.code == SKIP:
+        infra = any(r.exit_code == EXIT_INFRA for r in end.runs)
+        raise Untrusted(f"the {end.role} {short(end.rev)} could not be tested ({end.reason}); "
+                        "the bisection needs both ends' verdicts: fix that or pick another "
+                        "revision", EXIT_INFRA if infra else EXIT_USAGE)
 
 
 def estimate_steps(candidates: int) -> int:

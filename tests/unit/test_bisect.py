@@ -20,7 +20,7 @@ from labctl.campaigns.bisect_report import (
     Run,
     Step,
     Untrusted,
-    check_ends,
+    check_end,
     classify,
     estimate_steps,
     needs_retry,
@@ -75,12 +75,14 @@ def end(role: str, code: int, runs: list[Run]) -> Step:
 ])
 def test_ends_that_do_not_behave_abort_the_bisection(good, bad, exit_code, words):
     with pytest.raises(Untrusted) as caught:
-        check_ends(good, bad, "crash-corrupt")
+        for step in (bad, good):  # the bad end is tested (and checked) first
+            check_end(step, "crash-corrupt")
     assert caught.value.exit_code == exit_code and words in str(caught.value)
 
 
 def test_ends_that_behave_pass_the_check():
-    check_ends(end("good end", GOOD, [PASSED]), end("bad end", BAD, [FAILED]), "crash-corrupt")
+    check_end(end("good end", GOOD, [PASSED]), "crash-corrupt")
+    check_end(end("bad end", BAD, [FAILED]), "crash-corrupt")
 
 
 @pytest.mark.parametrize("candidates,steps", [(1, 0), (2, 1), (5, 3), (8, 3), (9, 4), (1000, 10)])
