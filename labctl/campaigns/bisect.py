@@ -80,7 +80,7 @@ class GitBisection(Bisection):
             if self.tree.path.exists():  # keep a resumed report's log until a new one exists
                 self.report["log"] = self.tree.bisect_log() or self.report.get("log", "")
             return self.stopped(str(exc))
-        except (Untrusted, LabError) as exc:  # the report says why it stopped; resumable
+        except LabError as exc:  # the report says why it stopped (an end, or the lab)
             self.report["message"] = str(exc)
             self.save("aborted" if isinstance(exc, Untrusted) else "failed")
             raise
@@ -230,14 +230,10 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         f"{report['source']['where']}, good {short(report['good'])}, bad {short(report['bad'])} "
         f"({report['candidates_total']} candidate(s), ~{estimate_steps(report['candidates_total'])} "
         f"step(s) after both ends); report in {out}")
-    try:
-        if report["source"]["kind"] == "debian":
-            return bisect_debian.DebianBisection(lab, scenario, report["runs"], out, report).run()
-        return GitBisection(lab, scenario, report["runs"], out, report,
-                            recipe_for(lab, report["recipe"]), args.jobs).run()
-    except Untrusted as exc:
-        say(f"bisect: aborted: {exc}")
-        raise
+    if report["source"]["kind"] == "debian":
+        return bisect_debian.DebianBisection(lab, scenario, report["runs"], out, report).run()
+    return GitBisection(lab, scenario, report["runs"], out, report,
+                        recipe_for(lab, report["recipe"]), args.jobs).run()
 
 
 def recipe_for(lab: LabConfig, name: str) -> Recipe:

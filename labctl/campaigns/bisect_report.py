@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, LabError
+from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError, InfraError
 
 GOOD, BAD, SKIP = 0, 1, 125
 VERDICTS = {GOOD: "good", BAD: "bad", SKIP: "skip"}
@@ -83,12 +83,13 @@ def needs_retry(run: Run) -> bool:
     return run.exit_code == EXIT_INFRA
 
 
-class Untrusted(LabError):
-    """An end of the range does not behave as claimed: the bisection would mean nothing."""
+class Untrusted(ConfigError):
+    """An end of the range does not behave as claimed: the bisection would mean nothing
+    (exit 2: the ends are the user's choice)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class EndUntested(InfraError):
+    """An end could not be tested because the lab failed (exit 3)."""
 
 
 def check_end(end: Step, scenario: str) -> None:
@@ -102,9 +103,9 @@ def check_end(end: Step, scenario: str) -> None:
                         "nothing to bisect; if it fails only sometimes, try --runs 3 or more")
     if end.code == SKIP:
         infra = any(r.exit_code == EXIT_INFRA for r in end.runs)
-        raise Untrusted(f"the {end.role} {short(end.rev)} could not be tested ({end.reason}); "
-                        "the bisection needs both ends' verdicts: fix that or pick another "
-                        "revision", EXIT_INFRA if infra else EXIT_USAGE)
+        raise (EndUntested if infra else Untrusted)(
+            f"the {end.role} {short(end.rev)} could not be tested ({end.reason}); the bisection "
+            "needs both ends' verdicts: fix that or pick another revision")
 
 
 def estimate_steps(candidates: int) -> int:
