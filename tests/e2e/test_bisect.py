@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -69,20 +70,21 @@ def test_bisect_names_the_digest_breaker_skips_the_broken_build_and_the_revert_p
     base, docs, build_breaker, build_fix, digest_breaker, comment = commits(repo)
     user_refs = subprocess.run(["git", f"--git-dir={repo}", "for-each-ref"], capture_output=True,
                                text=True).stdout
-    art = tmp_path / "artifacts"
+    art, run_id = tmp_path / "artifacts", f"bisect-e2e-{secrets.token_hex(3)}"
+    private = lab.cache_dir / "bisect" / run_id  # where its worktree and objects live
     argv = ["bisect", "crash-corrupt", "--tree", str(repo), "--good", base, "--bad", "master",
-            "--recipe", "tiny-6.12", "--artifacts", str(art), "--run-id", "bisect-e2e"]
+            "--recipe", "tiny-6.12", "--artifacts", str(art), "--run-id", run_id]
     started = time.monotonic()
 
     code, err = interrupt_first_step(argv)
-    report = art / "bisect-e2e" / "bisect.json"
+    report = art / run_id / "bisect.json"
     assert code == 130, err
     assert f"resume with: labctl bisect --resume {report}" in err, err
     assert "received SIGINT while bisect step 1: bad end: building" in err  # how far it got
     assert "0 revision(s) tested" in err
     assert json.loads(report.read_text())["state"] == "interrupted"
-    assert worktrees(repo) == [str(repo)]  # the private worktree is gone
-    assert not (lab.cache_dir / "bisect" / "bisect-e2e").exists()
+    assert str(private / "src") not in worktrees(repo)  # the private worktree is gone
+    assert not private.exists()
 
     done = labctl("bisect", "--resume", str(report), "--artifacts", str(art), timeout=TIMEOUT)
     whole = time.monotonic() - started
@@ -117,10 +119,10 @@ def test_bisect_names_the_digest_breaker_skips_the_broken_build_and_the_revert_p
     built = [s["build_seconds"] for s in data["steps"] if s["verdict"] != "skip"]
     assert all(b < built[0] / 2 for b in built[1:]), built
 
-    text = (art / "bisect-e2e" / "bisect.md").read_text()
+    text = (art / run_id / "bisect.md").read_text()
     assert f"`{digest_breaker}` kexec_file: do not hash the kernel segment twice" in text
     assert "## Revert check" in text and "## Bisect log" in text
-    assert worktrees(repo) == [str(repo)]
+    assert str(private / "src") not in worktrees(repo)
     assert subprocess.run(["git", f"--git-dir={repo}", "for-each-ref"], capture_output=True,
                           text=True).stdout == user_refs
-    assert not (lab.cache_dir / "bisect" / "bisect-e2e").exists()
+    assert not private.exists()
