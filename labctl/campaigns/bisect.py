@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ from labctl.kernel.image import Kernel
 from labctl.progress import say
 
 DEFAULT_RECIPE = "tiny-6.12"
+ERROR_LINE = re.compile(r"^.*(?:\berror:|\*\*\* ).*$", re.MULTILINE)
 
 
 class GitBisection(Bisection):
@@ -144,7 +146,8 @@ class GitBisection(Bisection):
         except PatchError as exc:
             return None, None, str(log), f"patch does not apply: {exc}"
         except (BuildError, ConfigError) as exc:
-            return None, round(time.monotonic() - t0, 1), str(log), f"build failed: {exc}"
+            return (None, round(time.monotonic() - t0, 1), str(log),
+                    f"build failed: {first_error(log, self.tree.path)}\n{exc}")
         keep = builds / f"{index:02d}-{rev[:12]}"
         keep.mkdir()
         for name in ("bzImage", "config") if self.recipe.arch == "x86_64" else ("config",):
@@ -234,6 +237,16 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         return bisect_debian.DebianBisection(lab, scenario, report["runs"], out, report).run()
     return GitBisection(lab, scenario, report["runs"], out, report,
                         recipe_for(lab, report["recipe"]), args.jobs).run()
+
+
+def first_error(log: Path, tree: Path) -> str:
+    """The compiler's (or make's) first error line in a build log, paths relative to the tree."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return "no build log"
+    found = ERROR_LINE.search(text)
+    return found[0].strip().replace(f"{tree}/", "") if found else "see the build log"
 
 
 def recipe_for(lab: LabConfig, name: str) -> Recipe:

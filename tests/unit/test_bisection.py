@@ -368,3 +368,17 @@ def test_versions_are_in_dpkgs_order_and_metapackages_are_not_versions():
     assert VERSIONED.match("linux-image-6.12.115+deb12-cloud-amd64")
     assert VERSIONED.match("linux-image-6.1.0-50-cloud-amd64")
     assert not VERSIONED.match("linux-image-6.12-cloud-amd64")  # follows the newest only
+
+
+def test_a_failed_build_is_named_by_its_first_error(tmp_path):
+    from labctl.campaigns.bisect import first_error
+
+    log = tmp_path / "build.log"
+    log.write_text("  CC      kernel/panic.o\n"
+                   f"{tmp_path}/src/kernel/panic.c: In function 'x':\n"
+                   f"{tmp_path}/src/kernel/panic.c:55:25: error: expected expression before ';' token\n"
+                   "make[4]: *** [scripts/Makefile.build:229: kernel/panic.o] Error 1\n")
+    assert first_error(log, tmp_path / "src") == "kernel/panic.c:55:25: error: expected expression before ';' token"
+    log.write_text("make: *** No rule to make target 'bzImage'.  Stop.\n")
+    assert first_error(log, tmp_path / "src") == "make: *** No rule to make target 'bzImage'.  Stop."
+    assert first_error(tmp_path / "missing.log", tmp_path) == "no build log"
