@@ -36,6 +36,7 @@ class Run:
     reason: str
     artifacts: str
     seconds: float
+    retry_of: str = ""  # the infrastructure error this run retried: its artifacts and reason
 
 
 @dataclass

@@ -46,6 +46,7 @@ class Bisection:
         enough to call the step bad); an infrastructure error is retried once."""
         runs: list[Run] = []
         for attempt in range(1, self.runs + 1):
+            first: Run | None = None
             for retry in ("", "-retry"):
                 stopping.check()
                 name = f"{number:02d}-{kernel.name}" + (f"-run{attempt}" if self.runs > 1 else "") + retry
@@ -53,9 +54,11 @@ class Bisection:
                 result = run_pair(self.lab, dataclasses.replace(kernel, name=name), self.scenario,
                                   self.report["run_id"], self.chooser, quiet=True, fresh=True)
                 run = Run(str(result.outcome), result.exit_code, result.reason or "",
-                          str(result.directory), round(time.monotonic() - t0, 1))
+                          str(result.directory), round(time.monotonic() - t0, 1),
+                          retry_of=f"{first.artifacts}: {first.reason}" if first else "")
                 if not needs_retry(run) or retry:
                     break
+                first = run
                 say(f"bisect: infrastructure error on {kernel.name} ({run.reason}); trying once more")
             runs.append(run)
             if run.exit_code != 0:
