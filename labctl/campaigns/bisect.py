@@ -6,7 +6,7 @@ for the whole bisection so each step rebuilds only what changed, both ends check
 first, then `git bisect good/bad/skip` driven step by step (so the record is git's
 own bisect log), and finally a revert check: the first bad commit reverted on the
 bad end must pass again.  Over Debian kernel versions (--debian): the same steps on
-the packaged kernels the archive has, no builds (bisect_debian.py).
+the packaged kernels the archive has, no builds.
 The report is bisect.json and bisect.md in the run's artifacts directory; a
 bisection stopped by Ctrl-C (or anything else) resumes from its bisect.json.
 """
@@ -47,6 +47,10 @@ from labctl.kernel.image import Kernel
 from labctl.progress import say
 
 DEFAULT_RECIPE = "tiny-6.12"
+EPILOG = """exit codes: 0 the first bad commit (or version) named, 1 only skipped revisions left
+(the report lists the candidates), 2 bad input or an end that does not behave (the good end
+fails, the bad end passes), 3 infrastructure error, 130 interrupted (--resume goes on)
+docs/bisect.md has the details."""
 ERROR_LINE = re.compile(r"^.*(?:\berror:|\*\*\* ).*$", re.MULTILINE)
 
 
@@ -197,7 +201,8 @@ class GitBisection(Bisection):
 def register(sub) -> None:
     parser = sub.add_parser("bisect", help="find the commit (or Debian version) that broke a "
                                            "scenario: git bisect with the lab as the test",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=__doc__, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", nargs="?", help="scenario name or path (not with --resume)")
     parser.add_argument("--tree", type=Path, help="a kernel git checkout or repository (never written: "
                                                   "the bisection uses a private worktree)")
