@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -479,8 +480,9 @@ def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path 
     with open(log, "a", encoding="utf-8", errors="replace") as f:
         f.write(f"$ {' '.join(argv)}\n")
         f.flush()
+        # a process group of its own, so that a stop kills make's compilers too
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+                                text=True, errors="replace", process_group=0)
         assert proc.stdout is not None  # stdout=PIPE
         try:
             for line in proc.stdout:
@@ -493,12 +495,53 @@ def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path 
             code = proc.wait()
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     if code != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise BuildError(f"{stage} failed (exit {code}); the log is kept in the artifacts "
                          "directory (kernel-builds/); its last lines:\n  " + "\n  ".join(tail))
+
+
+# ------------------------------------------------------------------ a tree the caller owns
+
+@dataclass(frozen=True)
+class TreeBuild:
+    """A build of a caller's tree into an object directory the caller keeps (`labctl bisect`)."""
+
+    obj: Path
+    release: str
+    seconds: float
+    arch: str
+
+    def output(self, name: str) -> Path:
+        """One output by its cached name (bzImage, config...) inside the object directory."""
+        return self.obj / {**OUTPUTS, **dict(get_arch(self.arch).outputs)}[name]
+
+
+def build_tree(recipe: Recipe, src: Path, obj: Path, cache_dir: Path, log: Path, progress: Progress,
+               jobs: int | None = None) -> TreeBuild:
+    """Build `src` as is (applying the recipe's patches is the caller's business) with the
+    recipe's config into `obj`.  Nothing is cached or published: the object directory is
+    reused as it is, so make rebuilds only what changed since the last call (a git checkout
+    rewrites only the files it changes).  The config is made again each time (the tree's
+    Kconfig may differ); kconfig rewrites only the include/config files that change."""
+    start = time.monotonic()
+    make = ["make", "-C", str(src), f"O={obj}", "LOCALVERSION=-lab-tree",
+            "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab", *get_arch(recipe.arch).kbuild]
+    with log.open("a") as f:
+        f.write(f"recipe {recipe.name} ({recipe.path}) on the tree {src}, objects in {obj}\n")
+    try:
+        _configure(recipe, src, obj, make, log, progress,
+                   _trusted_keys_fragment(recipe, cache_dir, obj.parent))
+        _make(make + [f"-j{jobs or os.cpu_count() or 1}", get_arch(recipe.arch).boot_target], log,
+              "building", progress)
+    except (BuildError, ConfigError) as exc:
+        with log.open("a") as f:
+            f.write(f"\n{exc}\n")
+        raise type(exc)(f"{recipe.name} on {src}: {exc}\n(build log: {log})") from None
+    release = (obj / "include" / "config" / "kernel.release").read_text().strip()
+    return TreeBuild(obj, release, round(time.monotonic() - start, 1), recipe.arch)
 
 
 # ------------------------------------------------------------------ the catalogue
