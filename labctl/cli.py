@@ -17,7 +17,7 @@ from pathlib import Path
 
 from labctl import stopping
 from labctl.artifacts import check_writable, new_run_id
-from labctl.campaigns import coverage, fuzz, matrix
+from labctl.campaigns import ci_plan, coverage, fuzz, matrix
 from labctl.config.options import add_common_opts, lab_from_args
 from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
 from labctl.console import session as interactive
@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, interactive.register, coverage.register,
-                         fuzz.register]
+                         fuzz.register, ci_plan.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 
