@@ -219,9 +219,12 @@ ci-shard-setup: $(STAMPS)/apt $(STAMPS)/venv $(if $(filter recipe,$(KERNEL_SOURC
 CI_KERNELS ?= debian-6.12
 CI_SCENARIOS ?= crash-corrupt crash-intact
 CI_SHARDS ?= 1
-CI_LOCAL_DIR ?= .cache/ci-local
-CI_LOCAL := $(CI_LOCAL_DIR)/tool/node_modules/.bin/gitlab-ci-local
-$(CI_LOCAL): Makefile
+CI_LOCAL_DIR ?= .cache/ci-local/pipeline
+CI_LOCAL_TOOL_DIR := .cache/ci-local/tool
+CI_LOCAL := $(CI_LOCAL_TOOL_DIR)/node_modules/.bin/gitlab-ci-local
+# Installed once per version (its re2 module compiles for minutes on 2 cores).
+$(STAMPS)/gitlab-ci-local-$(GITLAB_CI_LOCAL_VERSION):
+	@mkdir -p $(STAMPS)
 	$(call apt_install,$(CI_LOCAL_APT_PACKAGES))
 	@if ! command -v npm >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" -ne 0 ]; then echo "gitlab-ci-local needs Node.js and npm. Run: sudo apt-get install -y nodejs npm"; exit 2; fi; \
@@ -229,10 +232,10 @@ $(CI_LOCAL): Makefile
 	fi
 	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' || \
 	  { echo "gitlab-ci-local $(GITLAB_CI_LOCAL_VERSION) needs Node.js >= 18 (node --version: $$(node --version))"; exit 2; }
-	mkdir -p $(CI_LOCAL_DIR)/tool
-	npm install --no-audit --no-fund --loglevel=error --prefix $(CI_LOCAL_DIR)/tool gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)
+	mkdir -p $(CI_LOCAL_TOOL_DIR)
+	npm install --no-audit --no-fund --loglevel=error --prefix $(CI_LOCAL_TOOL_DIR) gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)
 	@touch $@
 
-ci-local: $(CI_LOCAL) $(STAMPS)/venv
+ci-local: $(STAMPS)/gitlab-ci-local-$(GITLAB_CI_LOCAL_VERSION) $(STAMPS)/venv
 	CI_LOCAL_TOOL=$(CI_LOCAL) CI_LOCAL_DIR=$(CI_LOCAL_DIR) CI_KERNELS="$(CI_KERNELS)" \
 	  CI_SCENARIOS="$(CI_SCENARIOS)" CI_SHARDS="$(CI_SHARDS)" sh ci/local-night.sh

@@ -22,11 +22,14 @@ git -C "$project" -c user.name=kexec-lab -c user.email=kexec-lab@localhost commi
 # The selection goes in as pipeline variables (they reach the plan job, as on a GitLab
 # schedule); the baseline as a project variable (like a CI/CD setting, it reaches the child
 # pipeline's merge job too: gitlab-ci-local hands --variable values to the parent only).
-printf 'LAB_BASELINE_DIR: "%s"\n' "$dir/last-good" > "$dir/variables.yml"
+# (gitlab-ci-local reads that file relative to the project; a value starting with / would be
+# taken for a file variable unless typed.)
+printf 'LAB_BASELINE_DIR:\n  type: variable\n  values:\n    "*": "%s"\n' "$dir/last-good" \
+  > "$project/.gitlab-ci-local-variables.yml"
 start=$(date +%s)
 status=0
 (cd "$project" && "$tool" --shell-isolation --force-shell-executor --no-artifacts-to-source \
-  --variables-file "$dir/variables.yml" --variable CI_PIPELINE_SOURCE=schedule \
+  --variable CI_PIPELINE_SOURCE=schedule \
   --variable "KERNELS=$CI_KERNELS" --variable "SCENARIOS=$CI_SCENARIOS" \
   --variable "SHARDS=$CI_SHARDS") || status=$?
 seconds=$(( $(date +%s) - start ))

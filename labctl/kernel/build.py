@@ -6,7 +6,8 @@ writes to), an ordered list of patches, a base config (tinyconfig, defconfig
 or a config file) and config fragments.  Its cache key hashes all of these
 plus the compiler, so the same inputs are a cache hit and any change is a new
 build.  Patches go to a private hard-linked copy of the tree (`patch` replaces
-files by rename, so the shared tree keeps its bytes); objects go to `make O=`.
+files by rename, so the shared tree keeps its bytes); objects go to `make O=`,
+compiled through ccache (ccache.py) when it is installed.
 """
 
 from __future__ import annotations
