@@ -21,11 +21,12 @@ NIGHT_SECONDS = 2400
 KERNEL, SCENARIO = "debian-6.12", "crash-corrupt"
 
 
-def night(state) -> tuple[subprocess.CompletedProcess, float]:
+def night(state, number: int) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     proc = subprocess.run(["make", "-C", str(ROOT), "ci-local", f"CI_LOCAL_DIR={state}",
                            f"CI_KERNELS={KERNEL}", f"CI_SCENARIOS={SCENARIO}", "CI_SHARDS=1"],
                           capture_output=True, text=True, timeout=NIGHT_SECONDS, stdin=subprocess.DEVNULL)
+    (state.parent / f"night-{number}.log").write_text(proc.stdout + proc.stderr)  # for a failure
     return proc, time.monotonic() - start
 
 
@@ -35,18 +36,20 @@ def shard_lines(output: str) -> list[str]:
 
 def test_two_nights_on_gitlab_ci_local_the_second_diffs_and_builds_nothing(tmp_path):
     state = tmp_path / "ci-local"
-    first, first_seconds = night(state)
+    first, first_seconds = night(state, 1)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     merged = state / "nights" / "1" / "merged"
     summary = (merged / "summary.md").read_text()
-    assert f"{KERNEL}" in summary and SCENARIO in summary
+    assert f"| {KERNEL} |" in summary and f"| {SCENARIO} | ✅ PASS" in summary, summary
     assert not (merged / "diff.md").exists()  # no good night before the first
     assert "night 1 is the baseline of the next" in first.stdout
     shard = shard_lines(first.stdout)
-    assert any(f"{KERNEL}/{SCENARIO} PASS" in line for line in shard), "\n".join(shard[-20:])
-    assert any("cache created in '.gitlab-ci-local/cache/kernel-debian-6.12-" in line for line in shard)
+    assert any(re.search(r"matrix nightly-\S+: 1 pairs in .*: 1 pass", line) for line in shard), shard[-20:]
+    cached = list((state / "project" / ".gitlab-ci-local" / "cache").glob(
+        f"kernel-{KERNEL}-*/.cache/xdg/kexec-lab/kernels/linux-image-*"))
+    assert cached, "the shard's kernel cache holds the Debian kernel it fetched"
 
-    second, second_seconds = night(state)
+    second, second_seconds = night(state, 2)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     shard = shard_lines(second.stdout)
     assert any("imported cache 'kernel-debian-6.12-" in line for line in shard), "\n".join(shard[-20:])
