@@ -24,33 +24,43 @@ TEST_APT_PACKAGES := chromium
 TEST_APT_PACKAGES += gdb
 # The fault suite (tests/e2e/test_faults.py, as root) mounts a read-only bind and a tiny tmpfs.
 TEST_APT_PACKAGES += mount
-# Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
-TEST_APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
 # Signature images and the lab's signing keys (signing.py), for the signature scenarios:
 # sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
-# arm64 and riscv64 guests (labctl/config/arch.py), make setup only (make run boots x86_64):
-# QEMU for them (riscv64's OpenSBI ships in qemu-system-data), the cross compilers and C
-# libraries for their recipe kernels and the static guest helper.
-CROSS_APT_PACKAGES := qemu-system-arm qemu-system-misc
-CROSS_APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-# Guest userspace for arm64 (busybox-static, kexec-tools and its libraries) comes from
-# Debian's arm64 archive: apt-get download needs the foreign architecture's lists.
-FOREIGN_ARCHES := arm64
+# ---- Per-kernel package sets (a CI shard installs only its kernel's: make ci-shard-setup).
+# APT_PACKAGES above is what an x86_64 guest needs (make run); these add the rest.
+# Recipe kernels (guests/kernels/*.yaml): Debian's kernel source, what building it needs, and
+# ccache (labctl/kernel/ccache.py: recipes differing by a patch or an option share objects).
+RECIPE_APT_PACKAGES := linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch ccache
+# arm64 and riscv64 guests (labctl/config/arch.py): QEMU for them (riscv64's OpenSBI ships in
+# qemu-system-data), the cross compilers and C libraries for their recipe kernels and the
+# static guest helper.  Guest userspace for arm64 (busybox-static, kexec-tools and its
+# libraries) comes from Debian's arm64 archive: apt-get download needs that foreign
+# architecture's lists (the arm64 stamp adds it).
+ARM64_APT_PACKAGES := qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+RISCV64_APT_PACKAGES := qemu-system-misc gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
+# What make ci-local adds: gitlab-ci-local (npm, pinned: 4.75 needs Node >= 22, 4.60 runs on
+# Debian 12's Node 18 and on 20; child pipelines need >= 4.56), rsync, which it moves artifacts
+# and caches with, and what its re2 module is compiled with (no prebuilt download here).
+GITLAB_CI_LOCAL_VERSION := 4.60.0
+CI_LOCAL_APT_PACKAGES := rsync git g++ make python3
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
 RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64 tiny-6.12-riscv64 tiny-6.12-sig tiny-6.12-sig-force
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
+.PHONY: ci-venv ci-merge-setup ci-shard-setup ci-local
 .PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot
 MATRIX_ARGS ?= --jobs 2
 
 # What `make run` needs: the lab's Debian packages, the lab's Python packages, the default kernel.
 run-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/default-kernel
 
-# Everything: the tests' packages and Python extras too, and the kernels the tests boot.
-setup: run-setup $(STAMPS)/apt-test $(STAMPS)/apt-cross $(STAMPS)/venv-test $(STAMPS)/kernels
+# Everything: the tests' packages and Python extras too, the kernels the tests boot, and what
+# every catalogue kernel needs (recipe build tools, arm64 and riscv64).
+ALL_KERNEL_STAMPS := $(STAMPS)/apt-recipes $(STAMPS)/apt-arm64 $(STAMPS)/apt-riscv64
+setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels $(ALL_KERNEL_STAMPS)
 
 # $(call apt_install,PACKAGES): install the missing ones (as root), else print the apt-get line.
 define apt_install
@@ -77,25 +87,41 @@ $(STAMPS)/apt: Makefile
 	fi
 	@touch $@
 
-$(STAMPS)/apt-cross: Makefile $(STAMPS)/apt
-	@for a in $(FOREIGN_ARCHES); do \
-	  if ! dpkg --print-foreign-architectures | grep -qx $$a; then \
-	    if [ "$$(id -u)" -ne 0 ]; then echo "arm64 guests need Debian's $$a packages. Run: sudo dpkg --add-architecture $$a && sudo apt-get update"; exit 2; fi; \
-	    dpkg --add-architecture $$a && apt-get update -qq; \
-	  fi; \
-	done
+# ---- Per-kernel stamps (see the package sets above).
+$(STAMPS)/apt-recipes: Makefile
+	@mkdir -p $(STAMPS)
+	$(call apt_install,$(RECIPE_APT_PACKAGES))
+	@touch $@
+
+$(STAMPS)/apt-arm64: Makefile
+	@mkdir -p $(STAMPS)
+	$(call apt_install,$(ARM64_APT_PACKAGES))
+	@if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "arm64 guests need Debian's arm64 packages. Run: sudo dpkg --add-architecture arm64 && sudo apt-get update"; exit 2; fi; \
+	  dpkg --add-architecture arm64 && apt-get update -qq; \
+	fi
 	@if ! apt-cache show --no-all-versions busybox-static:arm64 >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" -ne 0 ]; then echo "the package lists do not know Debian's arm64 packages. Run: sudo apt-get update"; exit 2; fi; \
 	  apt-get update -qq; \
 	fi
-	$(call apt_install,$(CROSS_APT_PACKAGES))
+	@touch $@
+
+$(STAMPS)/apt-riscv64: Makefile
+	@mkdir -p $(STAMPS)
+	$(call apt_install,$(RISCV64_APT_PACKAGES))
+	@touch $@
+
+# Python and venv only: what the CI plan and merge jobs need (and every venv).
+$(STAMPS)/apt-python: Makefile
+	@mkdir -p $(STAMPS)
+	$(call apt_install,python3-venv)
 	@touch $@
 
 $(STAMPS)/apt-test: Makefile $(STAMPS)/apt
 	$(call apt_install,$(TEST_APT_PACKAGES))
 	@touch $@
 
-$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt-python
 	@mkdir -p $(STAMPS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
@@ -171,3 +197,46 @@ clean:  # artifacts/README.md is part of the repository
 
 distclean: clean
 	rm -rf $(VENV) .cache
+
+# ---- CI (docs/ci.md).  ci/plan.sh, ci/shard.sh and ci/gitlab-merge.sh call these, on GitLab,
+# GitHub and under make ci-local alike.
+# Plan and merge jobs: the venv only.
+ci-venv: $(STAMPS)/venv
+
+# GitLab's merge job also fetches the baseline through the API.
+ci-merge-setup: ci-venv
+	$(call apt_install,curl ca-certificates)
+
+# A shard: the lab's x86_64 packages and the venv, plus only what its kernel needs:
+# KERNEL_ARCH (x86_64, arm64, riscv64) and KERNEL_SOURCE (debian, recipe, path), from labctl ci-plan.
+KERNEL_ARCH ?= x86_64
+KERNEL_SOURCE ?= debian
+ci-shard-setup: $(STAMPS)/apt $(STAMPS)/venv $(if $(filter recipe,$(KERNEL_SOURCE)),$(STAMPS)/apt-recipes) \
+                $(if $(filter arm64 riscv64,$(KERNEL_ARCH)),$(STAMPS)/apt-$(KERNEL_ARCH))
+
+# The nightly pipeline (.gitlab-ci.yml: plan -> shards -> merge) run here by gitlab-ci-local's
+# shell executor, one night per call, on a small selection; the next call diffs against the
+# last good one.  CI_KERNELS / CI_SCENARIOS choose (space-separated), CI_SHARDS shards per kernel.
+CI_KERNELS ?= debian-6.12
+CI_SCENARIOS ?= crash-corrupt crash-intact
+CI_SHARDS ?= 1
+CI_LOCAL_DIR ?= .cache/ci-local/pipeline
+CI_LOCAL_TOOL_DIR := .cache/ci-local/tool
+CI_LOCAL := $(CI_LOCAL_TOOL_DIR)/node_modules/.bin/gitlab-ci-local
+# Installed once per version (its re2 module compiles for minutes on 2 cores).
+$(STAMPS)/gitlab-ci-local-$(GITLAB_CI_LOCAL_VERSION):
+	@mkdir -p $(STAMPS)
+	$(call apt_install,$(CI_LOCAL_APT_PACKAGES))
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "gitlab-ci-local needs Node.js and npm. Run: sudo apt-get install -y nodejs npm"; exit 2; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; \
+	fi
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' || \
+	  { echo "gitlab-ci-local $(GITLAB_CI_LOCAL_VERSION) needs Node.js >= 18 (node --version: $$(node --version))"; exit 2; }
+	mkdir -p $(CI_LOCAL_TOOL_DIR)
+	npm install --no-audit --no-fund --loglevel=error --prefix $(CI_LOCAL_TOOL_DIR) gitlab-ci-local@$(GITLAB_CI_LOCAL_VERSION)
+	@touch $@
+
+ci-local: $(STAMPS)/gitlab-ci-local-$(GITLAB_CI_LOCAL_VERSION) $(STAMPS)/venv
+	CI_LOCAL_TOOL=$(CI_LOCAL) CI_LOCAL_DIR=$(CI_LOCAL_DIR) CI_KERNELS="$(CI_KERNELS)" \
+	  CI_SCENARIOS="$(CI_SCENARIOS)" CI_SHARDS="$(CI_SHARDS)" sh ci/local-night.sh

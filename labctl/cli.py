@@ -17,7 +17,7 @@ from pathlib import Path
 
 from labctl import stopping
 from labctl.artifacts import check_writable, new_run_id
-from labctl.campaigns import bisect, coverage, fuzz, matrix
+from labctl.campaigns import bisect, ci_plan, coverage, fuzz, matrix
 from labctl.config.options import add_common_opts, lab_from_args, positive_int
 from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
 from labctl.console import session
@@ -36,7 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, session.register, coverage.register,
-                         fuzz.register, scenarios_cli.register, dump_open.register, bisect.register]
+                         fuzz.register, scenarios_cli.register, dump_open.register, bisect.register,
+                         ci_plan.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 

@@ -6,7 +6,8 @@ writes to), an ordered list of patches, a base config (tinyconfig, defconfig
 or a config file) and config fragments.  Its cache key hashes all of these
 plus the compiler, so the same inputs are a cache hit and any change is a new
 build.  Patches go to a private hard-linked copy of the tree (`patch` replaces
-files by rename, so the shared tree keeps its bytes); objects go to `make O=`.
+files by rename, so the shared tree keeps its bytes); objects go to `make O=`,
+compiled through ccache (ccache.py) when it is installed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from labctl.cache_lock import locked
 from labctl.config.arch import ARCHES, HOST, get_arch
 from labctl.config.schema import Field, KernelEntry, LabConfig, Validator, read_yaml
 from labctl.errors import ConfigError, InfraError
+from labctl.kernel import ccache
 from labctl.kernel.debian import apt_show, download_and_unpack, installed_version, package_dir
 from labctl.kernel.image import CONFIG_LINE, Kernel, config_values
 from labctl.kernel.signing import key_pair
@@ -401,13 +403,15 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
                      f"with {jobs} jobs; log: {kept_log}")
         src, obj = _patched_source(recipe, tree, work / "src", log, progress), work / "obj"
         make = ["make", "-C", str(src), f"O={obj}", f"LOCALVERSION=-lab-{key[:8]}",
-                "KBUILD_BUILD_USER=kexec-lab", "KBUILD_BUILD_HOST=kexec-lab",
-                *get_arch(recipe.arch).kbuild]
+                *ccache.build_identity(), *get_arch(recipe.arch).kbuild]
+        make, env, stats_log = _with_ccache(make, recipe, final.parent.parent, work, progress)
         _configure(recipe, src, obj, make, log, progress,
-                   _trusted_keys_fragment(recipe, plan.directory.parent.parent, work))
-        _make(make + [f"-j{jobs}", get_arch(recipe.arch).boot_target], log, "building", progress)
-        release = _publish(plan, obj, work / "out", log, jobs, round(time.monotonic() - start, 1))
-        progress.say(f"built {recipe.name} {release} in {time.monotonic() - start:.0f} s -> {final}")
+                   _trusted_keys_fragment(recipe, plan.directory.parent.parent, work), env)
+        _make(make + [f"-j{jobs}", get_arch(recipe.arch).boot_target], log, "building", progress, env=env)
+        cached = _ccache_record(stats_log, log)
+        release = _publish(plan, obj, work / "out", log, jobs, round(time.monotonic() - start, 1), cached)
+        progress.say(f"built {recipe.name} {release} in {time.monotonic() - start:.0f} s "
+                     f"({_ccache_summary(cached)}) -> {final}")
     except (BuildError, ConfigError) as exc:
         with log.open("a") as f:
             f.write(f"\n{exc}\n")
@@ -415,6 +419,34 @@ def _build(plan: Plan, tree: Path, progress: Progress, log_dir: Path, jobs: int)
     finally:
         shutil.copy2(log, kept_log)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _with_ccache(make: list[str], recipe: Recipe, cache_dir: Path, work: Path,
+                 progress: Progress) -> tuple[list[str], dict[str, str] | None, Path | None]:
+    """The make line and environment that compile through ccache, when it is installed."""
+    binary = ccache.available()
+    if binary is None:
+        progress.say("ccache is not installed (Debian package ccache): every object is compiled")
+        return make, None, None
+    stats_log = work / "ccache-stats.log"
+    return (make + ccache.make_args(binary, get_arch(recipe.arch).cc, work),
+            {**os.environ, **ccache.environment(cache_dir, stats_log)}, stats_log)
+
+
+def _ccache_record(stats_log: Path | None, log: Path) -> dict:
+    """build.json's ccache entry: this build's hits and misses (also written to the log)."""
+    binary = ccache.available()
+    record = {"used": False, "reason": "ccache is not installed"} if stats_log is None or binary is None \
+        else {"used": True, "version": ccache.version(binary), **ccache.stats(stats_log)}
+    with log.open("a") as f:
+        f.write(f"ccache: {json.dumps(record)}\n")
+    return record
+
+
+def _ccache_summary(record: dict) -> str:
+    if not record["used"]:
+        return "no ccache"
+    return f"ccache: {record['hits']} hits, {record['misses']} misses of {record['calls']} compiler calls"
 
 
 def _patched_source(recipe: Recipe, tree: Path, copy: Path, log: Path, progress: Progress) -> Path:
@@ -430,7 +462,8 @@ def _patched_source(recipe: Recipe, tree: Path, copy: Path, log: Path, progress:
     return copy
 
 
-def _publish(plan: Plan, obj: Path, out: Path, log: Path, jobs: int, seconds: float) -> str:
+def _publish(plan: Plan, obj: Path, out: Path, log: Path, jobs: int, seconds: float,
+             ccache_record: dict) -> str:
     """Copy the outputs and build.json next to each other, then move them in at once."""
     out.mkdir()
     for name, rel in {**OUTPUTS, **dict(get_arch(plan.recipe.arch).outputs)}.items():
@@ -439,7 +472,7 @@ def _publish(plan: Plan, obj: Path, out: Path, log: Path, jobs: int, seconds: fl
     shutil.copy2(log, out / "build.log")
     (out / "build.json").write_text(json.dumps(
         {"recipe": plan.recipe.name, "key": plan.key, "release": release, "inputs": plan.inputs,
-         "jobs": jobs, "seconds": seconds}, indent=2) + "\n")
+         "jobs": jobs, "seconds": seconds, "ccache": ccache_record}, indent=2) + "\n")
     os.replace(out, plan.directory)
     return release
 
@@ -459,29 +492,31 @@ def _trusted_keys_fragment(recipe: Recipe, cache_dir: Path, work: Path) -> Path 
 
 
 def _configure(recipe: Recipe, src: Path, obj: Path, make: list[str], log: Path,
-               progress: Progress, keys_fragment: Path | None = None) -> None:
+               progress: Progress, keys_fragment: Path | None = None,
+               env: dict[str, str] | None = None) -> None:
     obj.mkdir(parents=True, exist_ok=True)
     if recipe.base in BASE_TARGETS:
-        _make(make + [recipe.base], log, f"config ({recipe.base})", progress)
+        _make(make + [recipe.base], log, f"config ({recipe.base})", progress, env=env)
     else:
         shutil.copy2(recipe.base, obj / ".config")
     fragments = recipe.fragments + ((keys_fragment,) if keys_fragment else ())
     if fragments:
         _make([str(src / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(obj),
                str(obj / ".config"), *map(str, fragments)], log, "config (merge)", progress,
-              cwd=src)
-    _make(make + ["olddefconfig"], log, "config (olddefconfig)", progress)
+              cwd=src, env=env)
+    _make(make + ["olddefconfig"], log, "config (olddefconfig)", progress, env=env)
     check_fragments(fragments, (obj / ".config").read_text())
 
 
-def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path | None = None) -> None:
+def _make(argv: list[str], log: Path, stage: str, progress: Progress, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> None:
     """Run one build step into the log, saying every few seconds where it is."""
     steps, last, next_say = 0, "", time.monotonic() + PROGRESS_SECONDS
     with open(log, "a", encoding="utf-8", errors="replace") as f:
         f.write(f"$ {' '.join(argv)}\n")
         f.flush()
         # a process group of its own, so that a stop kills make's compilers too
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", process_group=0)
         assert proc.stdout is not None  # stdout=PIPE
         try:
