@@ -23,6 +23,9 @@ TEST_APT_PACKAGES := chromium
 TEST_APT_PACKAGES += gdb
 # The fault suite (tests/e2e/test_faults.py, as root) mounts a read-only bind and a tiny tmpfs.
 TEST_APT_PACKAGES += mount
+# userland: debian (labctl/guest/rootfs.py): mmdebstrap builds the Debian 12 root disk the
+# distro-kdump scenarios boot; debugfs (e2fsprogs) reads their /var/crash disk on the host.
+TEST_APT_PACKAGES += mmdebstrap e2fsprogs
 # Recipe kernels (guests/kernels/*.yaml): Debian's kernel source and what building it needs.
 TEST_APT_PACKAGES += linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev xz-utils patch
 # Signature images and the lab's signing keys (signing.py), for the signature scenarios:
@@ -38,6 +41,9 @@ APT_PACKAGES += gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gn
 FOREIGN_ARCHES := arm64
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
 RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64 tiny-6.12-riscv64 tiny-6.12-sig tiny-6.12-sig-force
+# Debian root disks the end-to-end tests boot (as root: mmdebstrap and chroot; built once per
+# kernel, package versions and guests/debian files: 2-4 min, ~320 MiB; then cache hits).
+ROOTFS_KERNELS := debian-6.12
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
@@ -49,7 +55,7 @@ MATRIX_ARGS ?= --jobs 2
 run-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/default-kernel
 
 # Everything: the tests' packages and Python extras too, and the kernels the tests boot.
-setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels
+setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels $(STAMPS)/rootfs
 
 # $(call apt_install,PACKAGES): install the missing ones (as root), else print the apt-get line.
 define apt_install
@@ -103,6 +109,10 @@ $(STAMPS)/default-kernel: lab.yaml $(STAMPS)/venv
 
 $(STAMPS)/kernels: lab.yaml $(STAMPS)/venv
 	$(LABCTL) kernel fetch $(TEST_KERNELS)
+	@touch $@
+
+$(STAMPS)/rootfs: lab.yaml labctl/guest/rootfs.py $(wildcard guests/debian/* guests/debian/*/*) $(STAMPS)/kernels $(STAMPS)/apt-test
+	$(LABCTL) rootfs build $(ROOTFS_KERNELS)
 	@touch $@
 
 run: run-setup

@@ -22,6 +22,7 @@ from labctl.config.options import add_common_opts, lab_from_args
 from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
 from labctl.console import session as interactive
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
+from labctl.guest import rootfs
 from labctl.guest.accel import AccelChooser
 from labctl.kernel.build import build_entry
 from labctl.kernel.catalogue import catalogue_table
@@ -34,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Subcommands that live with their own concern: each module's register(subparsers)
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, interactive.register, coverage.register,
-                         fuzz.register]
+                         fuzz.register, rootfs.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 

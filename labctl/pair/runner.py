@@ -32,6 +32,7 @@ from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernel.other_arch import control_port_modules
 from labctl.kernel.providers import Kernel
 from labctl.kernel.signing import trusted_lab_keys
+from labctl.pair import distro
 from labctl.pair.hotplug import (
     bytes_changed,
     describe_headers,
@@ -363,6 +364,9 @@ class PairRun:
 
     def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:
         """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
+        if self.scenario.userland == "debian":  # the distribution's kdump stack (distro.py)
+            accel = choose_accel(self.chooser, self.lab.accel, self.arch)
+            return accel, distro.run(self, accel, out, t0)
         self.progress.say("preparing guest assets")
         image = self.scenario.load.kernel
         assets = build_assets(self.lab.cache_dir, self.kernel.capture_image,
