@@ -31,13 +31,15 @@ from pathlib import Path
 from labctl.cache_lock import locked
 from labctl.config.options import add_common_opts, lab_from_args
 from labctl.errors import ConfigError, InfraError
+from labctl.kernel.debian import archive_state
 from labctl.kernel.image import Kernel
 from labctl.kernel.providers import resolve_kernel
 from labctl.progress import say
 
 SUITE = "bookworm"
+# procps: kdump-config sets its panic sysctls with sysctl (a warning without it)
 PACKAGES = ("systemd", "systemd-sysv", "udev", "kmod", "kdump-tools", "kexec-tools", "makedumpfile",
-            "initramfs-tools", "busybox", "linux-base", "file", "e2fsprogs")
+            "initramfs-tools", "busybox", "linux-base", "file", "e2fsprogs", "procps")
 VARIANT = "apt"  # Essential: yes packages and apt; the rest is PACKAGES (no Recommends)
 FORMAT = 1  # bump when the build steps change what an image holds
 GUEST_FILES = Path(__file__).resolve().parents[2] / "guests" / "debian"
@@ -91,9 +93,17 @@ class BuildStep:
         return proc.stdout
 
 
-def archive_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+def archive_versions(cache_dir: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """The version the host's package lists offer of each package (what mmdebstrap installs
-    from the same archive)."""
+    from the same archive): one apt-cache call (seconds to tens of seconds on a loaded host),
+    remembered per archive state, so a run with the image built asks apt-cache nothing."""
+    memo, state = cache_dir / "rootfs" / "versions.json", archive_state()
+    try:
+        remembered = json.loads(memo.read_text())
+        if remembered["archive_state"] == state and remembered["packages"] == list(packages):
+            return remembered["versions"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages],
                           capture_output=True, text=True)
     versions: dict[str, str] = {}
@@ -106,6 +116,10 @@ def archive_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     if missing := [p for p in packages if p not in versions]:
         raise InfraError(f"rootfs build failed at step 'resolve versions': the package lists know no "
                          f"{', '.join(missing)} (run 'apt-get update' as root)")
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"archive_state": state, "packages": list(packages), "versions": versions}))
+    tmp.replace(memo)
     return versions
 
 
@@ -142,7 +156,7 @@ def obtain(kernel: Kernel, cache_dir: Path, progress=print) -> RootfsImage:
     if os.geteuid() != 0:
         raise InfraError("building the Debian root filesystem needs root (mmdebstrap --mode=root "
                          "and chroot): run 'make setup' or 'labctl rootfs build' as root once")
-    versions = archive_versions()
+    versions = archive_versions(cache_dir)
     key = image_key(kernel, versions)
     final = cache_dir / "rootfs" / f"debian-{SUITE}-{kernel.release}-{key}"
     if not (final / MANIFEST).exists():
@@ -187,11 +201,22 @@ def build(final: Path, kernel: Kernel, tree: Path, versions: dict[str, str], pro
                     "build_seconds": round(time.monotonic() - started, 1), "steps": steps}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         staging.rename(final)
+        prune(final)
     except OSError as exc:  # the disk filled up, or the cache went away
         raise InfraError(f"rootfs build failed ({exc.strerror}: {exc.filename}); nothing was kept") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     progress(f"rootfs: built {final.name} in {manifest['build_seconds']} s")
+
+
+def prune(final: Path) -> None:
+    """Images of the same kernel release with another key (older package versions or lab
+    files) are superseded: remove them, so that the cache keeps one per kernel (~320 MiB)."""
+    prefix = final.name.rsplit("-", 1)[0] + "-"
+    for other in final.parent.glob(prefix + "*"):
+        if other != final and other.is_dir() and (other / MANIFEST).exists():
+            shutil.rmtree(other, ignore_errors=True)
+            other.with_name(other.name + ".lock").unlink(missing_ok=True)
 
 
 def install_kernel(step: BuildStep, root: Path, tree: Path, release: str) -> None:

@@ -192,3 +192,16 @@ def test_a_damaged_kdump_file_is_named(tmp_path):
     good = kdump_bytes({3: b"\x11" * PAGE})
     path.write_bytes(good[:-10])  # the last page cut short
     assert "lies outside the file" in distro_dump.check_pages(open_kdump(path), {3: 0})["problems"][0]
+
+
+def test_a_new_image_supersedes_the_same_kernels_older_ones(tmp_path):
+    def image(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / rootfs.MANIFEST).write_text("{}")
+        (tmp_path / f"{name}.lock").touch()
+        return tmp_path / name
+    old, new = image("debian-bookworm-6.1.0-57-cloud-amd64-aaaa"), image("debian-bookworm-6.1.0-57-cloud-amd64-bbbb")
+    other = image("debian-bookworm-6.12.117+deb12-cloud-amd64-aaaa")
+    rootfs.prune(new)
+    assert not old.exists() and not (tmp_path / f"{old.name}.lock").exists()
+    assert new.exists() and other.exists()
