@@ -39,10 +39,11 @@ def phases(result: dict) -> dict[str, float | None]:
                 "panic -> dump saved": dump_saved,
                 "panic -> reboot": t.get("panic_to_reboot"),
                 "host dump check": t.get("dump_check"), "labctl total": t.get("total")}
-    saved = t.get("save_vmcore")
+    # the helper's verdict comes once the capture helper streamed the dump out and the host
+    # rebuilt and checked it (steps.py _capture_booted: save_vmcore is inside panic_to_verdict)
     return {"boot + load": t["boot"] + t["load"],
             "panic -> capture kernel": t.get("panic_to_capture_banner"),
-            "panic -> dump saved": t["panic_to_verdict"] + saved if saved is not None else None,
+            "panic -> dump saved": t["panic_to_verdict"] if "save_vmcore" in t else None,
             "panic -> reboot": None,  # the helper's guest does not reboot
             "host dump check": t.get("dump_check"), "labctl total": t.get("total")}
 

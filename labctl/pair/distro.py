@@ -165,6 +165,9 @@ class DistroFlow:
             return Finding(LOAD_REJECTED, {"kdump": loaded})
         table = parse_segment_table([m["line"] for m in self.log])
         self.pair.evidence["load"]["segments"] = table.to_json()
+        if not table.segments:  # kexec -d or the kernel's kexec_file lines: the lab's own tools
+            raise InfraError("kdump-tools loaded a capture kernel, but no segment table reached the "
+                             "host (kexec -d's lines, or the kernel's kexec_file lines): see control.log")
         if self.pair.scenario.corrupt:
             self.pair.evidence["corruption"] = self.session.corrupt(table, self.pair.scenario.corrupt)
         self.trigger()

@@ -1,8 +1,9 @@
 """userland: debian end to end: Debian 12's own kdump-tools on the catalogue kernel.
 
-Each guest run is a systemd boot, a capture boot into kdump-tools-dump.service and a dump of
-a 1 GiB guest under TCG: 4-5 minutes on a loaded 2-core host, so both runs are marked full
-(make test-full).  The failed-build test needs no guest and runs in make test.
+Each guest run is a systemd boot, then a capture boot into kdump-tools-dump.service and a
+dump of a 1 GiB guest under TCG, or a refusal: 3-8 minutes on a loaded 2-core host, so every
+guest run is marked full (make test-full).  The failed-build test needs no guest and runs in
+make test.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ def cached_image(result: dict) -> Path:
 
 
 @pytest.mark.full
-def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks):
-    run = labctl("run", "distro-kdump", "--kernel", "debian-6.12", timeout=1800)
-    result = run.results["distro-kdump"]
+@pytest.mark.parametrize("scenario, call", [("distro-kdump", "kexec_load"),
+                                            ("distro-kdump-file", "kexec_file_load")])
+def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks, scenario, call):
+    run = labctl("run", scenario, "--kernel", "debian-6.12", timeout=1800)
+    result = run.results[scenario]
     assert run.returncode == 0, run.stdout + run.stderr
     assert (result["expected"], result["outcome"]) == ("capture-booted", "capture-booted")
     load = result["evidence"]["load"]
     assert load["by"] == "kdump-tools" and load["kexec_crash_loaded"] == 1 and load["unit"] == "active"
-    assert load["kexec_call_by_command"] == load["kexec_call_by_log"] == "kexec_load"
+    assert load["kexec_call_by_command"] == load["kexec_call_by_log"] == call
     assert {"kernel", "purgatory", "initrd"} <= {s["role"] for s in load["segments"]["segments"]}
     dump = result["evidence"]["verdict"]["dump"]
     assert dump["problems"] == [] and dump["pages"]["differ"] == 0 and dump["pages"]["compared"] > 10000
@@ -48,9 +51,11 @@ def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks):
 
 
 @pytest.mark.full
-def test_distro_kdump_corrupted_after_load_is_refused_and_saves_nothing(no_leaks):
-    run = labctl("run", "distro-kdump-corrupt", "--kernel", "debian-6.12", timeout=1800)
-    result = run.results["distro-kdump-corrupt"]
+@pytest.mark.parametrize("scenario, call", [("distro-kdump-corrupt", "kexec_load"),
+                                            ("distro-kdump-file-corrupt", "kexec_file_load")])
+def test_distro_kdump_corrupted_after_load_is_refused_and_saves_nothing(no_leaks, scenario, call):
+    run = labctl("run", scenario, "--kernel", "debian-6.12", timeout=1800)
+    result = run.results[scenario]
     assert run.returncode == 0, run.stdout + run.stderr
     assert (result["expected"], result["outcome"]) == ("purgatory-refused", "purgatory-refused")
     verdict = result["evidence"]["verdict"]
@@ -58,7 +63,7 @@ def test_distro_kdump_corrupted_after_load_is_refused_and_saves_nothing(no_leaks
     assert verdict["var_crash"]["dump_dirs"] == []
     corruption = result["evidence"]["corruption"]
     assert corruption["segment"]["role"] == "kernel" and corruption["before"] != corruption["written"]
-    assert result["evidence"]["load"]["kexec_call_by_log"] == "kexec_load"
+    assert result["evidence"]["load"]["kexec_call_by_log"] == call
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap"), reason="needs root and mmdebstrap")
