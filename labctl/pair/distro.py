@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl.errors import InfraError
+from labctl.errors import ConfigError, InfraError
 from labctl.evidence import distro_dump
 from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
@@ -65,6 +65,16 @@ SAVED_VMCORE = re.compile(r"saved vmcore in (/\S+)[^\r\n]*\r?\n")
 SAVED_DMESG = re.compile(r"saved dmesg content in [^\r\n]*\r?\n")
 MAKEDUMPFILE = re.compile(r"running makedumpfile [^\r\n]*\r?\n")
 KDUMP_FAILED = re.compile(r"kdump-tools: (?:makedumpfile failed|failed to save)[^\r\n]*\r?\n")
+
+
+# Where the segments are comes from kexec -d (kexec_load) or from the kernel's kexec_file
+# lines (kexec_file_load).  Since 6.7 the kernel prints those only for a load with
+# KEXEC_FILE_DEBUG (include/linux/kexec.h: kexec_dprintk; 6.1 used pr_debug, which the
+# guest's dynamic debug turns on), and Debian 12's kexec-tools 2.0.25 does not pass it.
+NO_SEGMENT_TABLE = ("kdump-tools loaded the capture kernel, but nothing said where its segments are: "
+                    "this kernel prints kexec_file_load's segment table only under KEXEC_FILE_DEBUG, "
+                    "which Debian 12's kexec-tools (2.0.25, kexec -s -d) does not pass, so the lab "
+                    "cannot place the corruption (kexec_load, or a kernel before 6.7, can)")
 
 
 def make_crash_disk(path: Path) -> None:
@@ -165,9 +175,8 @@ class DistroFlow:
             return Finding(LOAD_REJECTED, {"kdump": loaded})
         table = parse_segment_table([m["line"] for m in self.log])
         self.pair.evidence["load"]["segments"] = table.to_json()
-        if not table.segments:  # kexec -d or the kernel's kexec_file lines: the lab's own tools
-            raise InfraError("kdump-tools loaded a capture kernel, but no segment table reached the "
-                             "host (kexec -d's lines, or the kernel's kexec_file lines): see control.log")
+        if not table.segments and self.pair.scenario.corrupt:
+            raise ConfigError(NO_SEGMENT_TABLE, key=("corrupt",))
         if self.pair.scenario.corrupt:
             self.pair.evidence["corruption"] = self.session.corrupt(table, self.pair.scenario.corrupt)
         self.trigger()
