@@ -37,7 +37,9 @@ def parse_iomem(lines: list[str]) -> dict:
     return {"system_ram": ram, "crashkernel": crash}
 
 
-KEXEC_FILE_LOG = re.compile(r"kexec_file|kexec-bzImage64|kexec-bzimage64", re.I)
+# kernel/kexec_file.c and arch/x86/kernel/kexec-bzimage64.c (pr_fmt "kexec_file: ",
+# "kexec-bzImage64: "): code only kexec_file_load runs (its image probe, signature check)
+KEXEC_FILE_LOG = re.compile(r"\b(kexec_file|kexec-bzImage64): ")
 KEXEC_TOOL_ENTRY = re.compile(r"kexec_load: entry = ")
 DASH_S = re.compile(r"(^|\s)(-s|--kexec-file-syscall)(\s|$)")
 
@@ -46,12 +48,12 @@ def kexec_call(command: str, tool_lines: list[str], kernel_lines: list[str]) -> 
     """Which syscall kdump-tools' kexec used, from two independent sources: the command
     kdump-config recorded (`-s`: kexec_file_load, kexec-tools' kexec/kexec.c), and who
     printed the segment table: kexec-tools itself (`kexec_load: entry = ...`, its own
-    kexec_load path) or the kernel (kexec_file's lines, only ever from kexec_file_load)."""
+    kexec_load path) or the kernel's kexec_file code (its lines, only ever from
+    kexec_file_load: e.g. "kexec-bzImage64: It's a relocatable bzImage64")."""
     by_command = "kexec_file_load" if DASH_S.search(command) else "kexec_load"
     if any(KEXEC_TOOL_ENTRY.search(line) for line in tool_lines):
         by_log: str | None = "kexec_load"
-    elif any(KEXEC_FILE_LOG.search(line) and ("segment" in line or "Loaded" in line)
-             for line in kernel_lines):
+    elif any(KEXEC_FILE_LOG.search(line) for line in kernel_lines):
         by_log = "kexec_file_load"
     else:
         by_log = None

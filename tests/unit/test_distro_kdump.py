@@ -120,6 +120,11 @@ def test_kexec_call_from_a_kexec_file_load():
         "by_command": "kexec_file_load", "by_log": "kexec_file_load"}
     assert distro_dump.kexec_call("/sbin/kexec -p --initrd=x vmlinuz", [], []) == {
         "by_command": "kexec_load", "by_log": None}
+    # 6.12 without KEXEC_FILE_DEBUG: no segment lines, but kexec_file's own probe speaks
+    probe = ["[   73.696573] kexec-bzImage64: It's a relocatable bzImage64",
+             "[   73.827638] kexec_file: kernel signature verification failed (-126)."]
+    assert distro_dump.kexec_call("/sbin/kexec -p -d -s vmlinuz", [], probe)["by_log"] == "kexec_file_load"
+    assert distro_dump.kexec_call("/sbin/kexec -p -d vmlinuz", [], probe[:0])["by_log"] is None
 
 
 def test_dmesg_file_must_hold_the_console_panic():
