@@ -48,7 +48,7 @@ ROOTFS_KERNELS := debian-6.12
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot
+.PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot bench-distro
 MATRIX_ARGS ?= --jobs 2
 
 # What `make run` needs: the lab's Debian packages, the lab's Python packages, the default kernel.
@@ -165,6 +165,10 @@ bench-smp: setup
 # forked vs fresh runs, coverage, matrix and fuzz at -j 2, with peak RSS and /dev/shm per job.
 bench-snapshot: setup
 	$(VENV)/bin/python bench/snapshot.py
+
+# Debian's own kdump stack (distro-kdump) against the lab's helper, same kernel and question.
+bench-distro: setup
+	$(VENV)/bin/python bench/distro_vs_helper.py
 
 clean:  # artifacts/README.md is part of the repository
 	[ ! -d artifacts ] || find artifacts -mindepth 1 ! -name README.md -exec rm -rf {} +
