@@ -5,10 +5,10 @@ initramfs-tools, busybox) from the archive the host's apt reaches; the catalogue
 unpacked package (its /boot and /lib/modules, as the kernel cache holds it) is copied in
 and set up as its package's postinst would (depmod, then /etc/kernel/postinst.d: the
 initramfs for booting and kdump-tools' own capture initramfs).  The Debian cloud kernels
-build virtio-blk as a module (CONFIG_VIRTIO_BLK=m; ext4 and virtio-pci are built in), so
-both initramfs images must carry it: initramfs-tools is set to MODULES=list with
-virtio_blk in /etc/initramfs-tools/modules, the smallest initramfs that mounts the root
-disk (MODULES=dep would look at the build host's disks).  The lab's own files (fstab,
+build virtio-blk as a module (CONFIG_VIRTIO_BLK=m; ext4 is built in, virtio-pci too on
+6.12 but not on 6.1), so both initramfs images must carry them: initramfs-tools is set to
+MODULES=list with virtio_pci and virtio_blk in /etc/initramfs-tools/modules, the smallest
+initramfs that mounts the root disk (MODULES=dep would look at the build host's disks).  The lab's own files (fstab,
 three small units: guests/debian/) are added, and `mke2fs -d` makes the ext4 image.
 
 The image is keyed by the package list and the versions the archive offers, the kernel
@@ -41,7 +41,7 @@ SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "udev", "kmod", "kdump-tools", "kexec-tools", "makedumpfile",
             "initramfs-tools", "busybox", "linux-base", "file", "e2fsprogs", "procps")
 VARIANT = "apt"  # Essential: yes packages and apt; the rest is PACKAGES (no Recommends)
-FORMAT = 1  # bump when the build steps change what an image holds
+FORMAT = 2  # bump when the build steps change what an image holds
 GUEST_FILES = Path(__file__).resolve().parents[2] / "guests" / "debian"
 IMAGE_MIB = 1024  # a sparse file; about 330 MiB of it is used
 DISK = "disk.img"
@@ -245,8 +245,8 @@ def add_guest_files(root: Path) -> None:
     wants.mkdir(exist_ok=True)
     (wants / "kexec-lab-report.service").symlink_to("/etc/systemd/system/kexec-lab-report.service")
     initramfs = root / "etc" / "initramfs-tools"
-    with open(initramfs / "modules", "a") as f:
-        f.write("virtio_blk\n")
+    with open(initramfs / "modules", "a") as f:  # 6.1 builds virtio-pci as a module too
+        f.write("virtio_pci\nvirtio_blk\n")
     (initramfs / "conf.d" / "kexec-lab").write_text("MODULES=list\nCOMPRESS=gzip\n")
 
 

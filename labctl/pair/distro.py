@@ -64,6 +64,8 @@ STAMP_DIR = re.compile(r"^\d{12}$")  # kdump-tools' /var/crash/<YYYYMMDDHHMM>
 SAVED_VMCORE = re.compile(r"saved vmcore in (/\S+)[^\r\n]*\r?\n")
 SAVED_DMESG = re.compile(r"saved dmesg content in [^\r\n]*\r?\n")
 MAKEDUMPFILE = re.compile(r"running makedumpfile [^\r\n]*\r?\n")
+# initramfs-tools' local script when the root disk never shows up (then it halts: panic=0)
+NO_ROOT = re.compile(r"(Gave up waiting for root file system device|ALERT!\s+\S+ does not exist)[^\r\n]*\r?\n")
 KDUMP_FAILED = re.compile(r"kdump-tools: (?:makedumpfile failed|failed to save)[^\r\n]*\r?\n")
 
 
@@ -187,9 +189,9 @@ class DistroFlow:
         s = self.session
         s.phase, start = "booting", time.monotonic()
         while time.monotonic() - start < BOOT_SECONDS:
-            messages, hits = s._events({"panic": PANIC_LINE}, strict=False)
+            messages, hits = s._events({"panic": PANIC_LINE, "no_root": NO_ROOT}, strict=False)
             if hits:
-                raise InfraError(f"the Debian guest panicked while booting: {hits[0][1].strip()}")
+                raise InfraError(f"the Debian guest failed to boot: {hits[0][1].strip()} (see serial.log)")
             for message in messages:
                 if message["type"] == "log" and len(self.log) < MAX_LOG_LINES:
                     self.log.append(message)

@@ -210,3 +210,23 @@ def test_a_new_image_supersedes_the_same_kernels_older_ones(tmp_path):
     rootfs.prune(new)
     assert not old.exists() and not (tmp_path / f"{old.name}.lock").exists()
     assert new.exists() and other.exists()
+
+
+def test_a_root_disk_that_never_shows_up_is_seen_at_once():
+    """debian-6.1 builds virtio-pci as a module: an initramfs without it never saw /dev/vda,
+    and the guest halted (panic=0) with no panic line (recorded serial.log tail)."""
+    from labctl.pair.distro import NO_ROOT
+    text = (ROOT / "tests" / "data" / "debian-6.1" / "distro-kdump-no-root" / "serial.log").read_text()
+    lines = [line.split("] ", 1)[1] + "\n" for line in text.splitlines()]
+    hits = [line for line in lines if NO_ROOT.search(line)]
+    assert len(hits) == 2 and "ALERT!" in hits[1]
+
+
+def test_the_initramfs_modules_carry_virtio_pci_and_virtio_blk(tmp_path):
+    root = tmp_path / "root"
+    for d in ("etc/initramfs-tools/conf.d", "etc/systemd/system", "usr/local/sbin", "var"):
+        (root / d).mkdir(parents=True)
+    rootfs.add_guest_files(root)
+    modules = (root / "etc/initramfs-tools/modules").read_text().split()
+    assert modules == ["virtio_pci", "virtio_blk"]
+    assert "MODULES=list" in (root / "etc/initramfs-tools/conf.d/kexec-lab").read_text()
