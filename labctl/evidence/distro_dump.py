@@ -39,6 +39,10 @@ def parse_iomem(lines: list[str]) -> dict:
 
 # kernel/kexec_file.c and arch/x86/kernel/kexec-bzimage64.c (pr_fmt "kexec_file: ",
 # "kexec-bzImage64: "): code only kexec_file_load runs (its image probe, signature check)
+# The lab's report unit writes 'c' to /proc/sysrq-trigger: its script's name, cut to
+# TASK_COMM_LEN - 1 (15) characters, is the crashing task's comm.
+CRASHING_COMM = "kexec-lab-report"[:15]
+TASK_LINE = re.compile(r"\bCPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+)")
 KEXEC_FILE_LOG = re.compile(r"\b(kexec_file|kexec-bzImage64): ")
 KEXEC_TOOL_ENTRY = re.compile(r"kexec_load: entry = ")
 DASH_S = re.compile(r"(^|\s)(-s|--kexec-file-syscall)(\s|$)")
@@ -112,8 +116,26 @@ def check_log(dmesg: str | None, panic_lines: list[str]) -> dict:
     if not wanted:
         return {"problems": ["the console showed no panic line to look for"]}
     found = [w for w in wanted if any(w in line for line in lines)]
+    problems = [] if found else [f"the dmesg file lacks the console's {wanted[0]!r}"]
+    task = crashed_task(lines)
+    if task is None:
+        problems.append("the dmesg file names no task after the sysrq crash")
+    elif task["comm"] != CRASHING_COMM:
+        problems.append(f"the dump says {task['comm']!r} crashed, not the lab's {CRASHING_COMM!r}")
     return {"panic_line": wanted[0], "found": bool(found), "dmesg_lines": len(lines),
-            "problems": [] if found else [f"the dmesg file lacks the console's {wanted[0]!r}"]}
+            "crashed_task": task, "problems": problems}
+
+
+def crashed_task(lines: list[str]) -> dict | None:
+    """The task the crashed kernel's log names right after "sysrq: Trigger a crash" (its
+    `CPU: n PID: p Comm: name` line, dump_stack's header), as the dump's own log tells it."""
+    after = next((i for i, line in enumerate(lines) if "sysrq: Trigger a crash" in line), None)
+    if after is None:
+        return None
+    for line in lines[after:after + 40]:
+        if m := TASK_LINE.search(line):
+            return {"cpu": int(m[1]), "pid": int(m[2]), "comm": m[3]}
+    return None
 
 
 def check_release(dump: KdumpFile, release: str) -> dict:

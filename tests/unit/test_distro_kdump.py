@@ -136,6 +136,17 @@ def test_dmesg_file_must_hold_the_console_panic():
     assert distro_dump.check_log(None, panic)["problems"] == ["kdump-tools saved no dmesg file"]
 
 
+def test_the_dumps_log_names_the_lab_script_as_the_crashed_task():
+    dmesg = (RECORDED / "distro-kdump" / "dmesg.txt").read_text()
+    panic = ["Kernel panic - not syncing: sysrq triggered crash"]
+    log = distro_dump.check_log(dmesg, panic)
+    assert log["crashed_task"] == {"cpu": 0, "pid": 408, "comm": "kexec-lab-repor"}
+    other = distro_dump.check_log(dmesg.replace("Comm: kexec-lab-repor", "Comm: bash"), panic)
+    assert other["problems"] == ["the dump says 'bash' crashed, not the lab's 'kexec-lab-repor'"]
+    six_one = "sysrq: Trigger a crash\nCPU: 0 PID: 353 Comm: kexec-lab-repor Kdump: loaded\n"
+    assert distro_dump.crashed_task(six_one.splitlines())["pid"] == 353  # 6.1: no UID field
+
+
 # ------------------------------------------------------------------ kdump files
 
 def kdump_bytes(pages: dict[int, bytes], release: str = "6.12.0", max_mapnr: int = 64) -> bytes:
