@@ -31,6 +31,7 @@ from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
 from labctl.evidence.verdict import (
     CAPTURE_BOOTED,
+    CAPTURE_PANICKED,
     DUMP_MISMATCH,
     GUEST_RESET,
     HANG,
@@ -248,8 +249,11 @@ class DistroFlow:
         while time.monotonic() - start < CAPTURE_SECONDS:
             _, hits = s._events(patterns, strict=False)
             self.mark(hits, start)
-            if ended := [line for name, line in hits if name == "end"]:
-                return Finding(PANIC_HALTED, {"console": ended[0].strip()})
+            if ended := [line for name, line in hits if name == "end"]:  # as steps.py: before
+                # the capture kernel's banner the crashed kernel gave up on kexec, after it the
+                # capture kernel itself panicked
+                outcome = CAPTURE_PANICKED if "capture_banner" in s.marks else PANIC_HALTED
+                return Finding(outcome, {"console": ended[0].strip()})
             if not s.machine.alive():
                 return self.reset(start)
             now = time.monotonic()
