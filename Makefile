@@ -24,6 +24,9 @@ TEST_APT_PACKAGES := chromium
 TEST_APT_PACKAGES += gdb
 # The fault suite (tests/e2e/test_faults.py, as root) mounts a read-only bind and a tiny tmpfs.
 TEST_APT_PACKAGES += mount
+# userland: debian (labctl/guest/rootfs.py): mmdebstrap builds the Debian 12 root disk the
+# distro-kdump scenarios boot; debugfs (e2fsprogs) reads their /var/crash disk on the host.
+TEST_APT_PACKAGES += mmdebstrap e2fsprogs
 # Signature images and the lab's signing keys (signing.py), for the signature scenarios:
 # sbsign/sbattach/sbverify, openssl.
 APT_PACKAGES += sbsigntool openssl
@@ -46,12 +49,15 @@ GITLAB_CI_LOCAL_VERSION := 4.60.0
 CI_LOCAL_APT_PACKAGES := rsync git g++ make python3
 # Recipe kernels the end-to-end tests boot; built once, then cache hits (seconds).
 RECIPE_KERNELS := tiny-6.12-serial tiny-6.12-no-digest tiny-6.12-arm64 tiny-6.12-riscv64 tiny-6.12-sig tiny-6.12-sig-force
+# Debian root disks the end-to-end tests boot (as root: mmdebstrap and chroot; built once per
+# kernel, package versions and guests/debian files: 2-4 min, ~320 MiB; then cache hits).
+ROOTFS_KERNELS := debian-6.12
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 
 .PHONY: ci-venv ci-merge-setup ci-shard-setup ci-local
-.PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot
+.PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot bench-distro
 MATRIX_ARGS ?= --jobs 2
 
 # What `make run` needs: the lab's Debian packages, the lab's Python packages, the default kernel.
@@ -60,7 +66,7 @@ run-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/default-kernel
 # Everything: the tests' packages and Python extras too, the kernels the tests boot, and what
 # every catalogue kernel needs (recipe build tools, arm64 and riscv64).
 ALL_KERNEL_STAMPS := $(STAMPS)/apt-recipes $(STAMPS)/apt-arm64 $(STAMPS)/apt-riscv64
-setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels $(ALL_KERNEL_STAMPS)
+setup: run-setup $(STAMPS)/apt-test $(STAMPS)/venv-test $(STAMPS)/kernels $(ALL_KERNEL_STAMPS) $(STAMPS)/rootfs
 
 # $(call apt_install,PACKAGES): install the missing ones (as root), else print the apt-get line.
 define apt_install
@@ -140,6 +146,10 @@ $(STAMPS)/kernels: lab.yaml $(STAMPS)/venv
 	$(LABCTL) kernel fetch $(TEST_KERNELS)
 	@touch $@
 
+$(STAMPS)/rootfs: lab.yaml labctl/guest/rootfs.py $(wildcard guests/debian/* guests/debian/*/*) $(STAMPS)/kernels $(STAMPS)/apt-test
+	$(LABCTL) rootfs build $(ROOTFS_KERNELS)
+	@touch $@
+
 run: run-setup
 	$(LABCTL) run crash-corrupt
 
@@ -190,6 +200,10 @@ bench-smp: setup
 # forked vs fresh runs, coverage, matrix and fuzz at -j 2, with peak RSS and /dev/shm per job.
 bench-snapshot: setup
 	$(VENV)/bin/python bench/snapshot.py
+
+# Debian's own kdump stack (distro-kdump) against the lab's helper, same kernel and question.
+bench-distro: setup
+	$(VENV)/bin/python bench/distro_vs_helper.py
 
 clean:  # artifacts/README.md is part of the repository
 	[ ! -d artifacts ] || find artifacts -mindepth 1 ! -name README.md -exec rm -rf {} +

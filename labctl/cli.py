@@ -22,6 +22,7 @@ from labctl.config.options import add_common_opts, lab_from_args, positive_int
 from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
 from labctl.console import session
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
+from labctl.guest import rootfs
 from labctl.guest.accel import AccelChooser
 from labctl.kernel.build import build_entry
 from labctl.kernel.catalogue import catalogue_table
@@ -37,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # adds its parser and sets func(args) -> exit code.  Add one entry per module.
 COMMAND_MODULES: list = [matrix.register, report_cli.register, session.register, coverage.register,
                          fuzz.register, scenarios_cli.register, dump_open.register, bisect.register,
-                         ci_plan.register]
+                         ci_plan.register, rootfs.register]
 EXIT_PRIORITY = (EXIT_PASSED, EXIT_INFRA, EXIT_USAGE, EXIT_FAILED)
 DESCRIPTION = """kexec-lab: prove on real QEMU guests whether kexec/kdump does what it promises.
 

@@ -90,7 +90,9 @@ def weight_of(scenario) -> int:
     pairs first (a long pair started last leaves the other job slots idle at the end):
     a fresh boot with hotplug, then a load followed by an intact crash (then_intact), then
     a crash of an intact capture kernel (a capture boot), then the rest (a refusal,
-    a rejected load)."""
+    a rejected load); a Debian guest's systemd boots (userland debian) outweigh them all."""
+    if scenario.userland == "debian":
+        return 5
     if scenario.hotplug:
         return 4
     if scenario.then_intact:

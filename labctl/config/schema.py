@@ -412,6 +412,7 @@ TRIGGER_SCHEMA = {
     "cpu": Field(int, default=None, check=_non_negative),  # the helper pins itself there
 }
 
+USERLANDS = ("lab", "debian")
 SCENARIO_SCHEMA = {
     "description": Field(str, default=""),
     "boot": Field(dict, schema={
@@ -452,6 +453,9 @@ SCENARIO_SCHEMA = {
         "reload": Field(bool, default=False),  # load the capture kernel again afterwards
     }),
     "then_intact": Field(bool, default=False),
+    # lab: the lab's helper and initramfs; debian: a Debian 12 root disk and its kdump-tools
+    # (labctl/guest/rootfs.py, labctl/pair/distro.py)
+    "userland": Field(str, default="lab", choices=USERLANDS),
     "expect": Field(dict, schema=EXPECT_SCHEMA,
                     coerce=lambda v: {"outcome": v} if isinstance(v, str) else v),
 }
@@ -573,6 +577,7 @@ class Scenario:
     cpus: Cpus = Cpus()
     hotplug: Hotplug | None = None
     boot_cmdline: str = ""  # extra primary kernel parameters
+    userland: str = "lab"  # debian: the distribution's own kdump stack (pair/distro.py)
 
 
 def _check_cause(entry: dict, keypath: tuple, check: Validator) -> None:
@@ -626,6 +631,7 @@ def _check_combinations(raw: dict, check: Validator) -> None:
         check.fail(("corrupt", "segment"), "only kexec_load (kexec-tools) loads a backup segment")
     _check_cpus(raw, check)
     _check_reboot(raw, check)
+    _check_userland(raw, check)
 
 
 # What the host can find again in guest RAM after a reboot load: segments whose bytes it
@@ -659,6 +665,23 @@ def _check_reboot(raw: dict, check: Validator) -> None:
         check.fail(("corrupt", "segment"), f"a reboot load's segments sit in scattered pages of "
                    f"ordinary memory until the reboot; the lab finds them by their bytes, which "
                    f"it knows only for {' and '.join(REBOOT_CORRUPTIBLE)}")
+
+
+def _check_userland(raw: dict, check: Validator) -> None:
+    """kdump-tools loads the default capture kernel at boot and the lab crashes it with sysrq:
+    the helper's other knobs have no meaning there."""
+    if raw["userland"] != "debian":
+        return
+    load = raw["load"]
+    if load["kernel"] != "default" or load["cmdline"] or load["cmdline_length"] or load["unload"]:
+        check.fail(("load",), "userland debian: kdump-tools loads the capture kernel itself; "
+                   "only load.method (kexec_load or kexec_file_load) applies")
+    if raw["trigger"]["kind"] != "sysrq" or raw["trigger"]["cpu"] is not None:
+        check.fail(("trigger",), "userland debian: only 'sysrq' (echo c > /proc/sysrq-trigger)")
+    if raw["hotplug"] or raw["then_intact"] or raw["machine"]["smp"] or raw["machine"]["maxcpus"]:
+        check.fail(("userland",), "userland debian takes no hotplug, then_intact or machine keys")
+    if raw["corrupt"] and raw["corrupt"]["segment"] not in ("kernel", "initrd", "boot_params", "purgatory"):
+        check.fail(("corrupt", "segment"), "userland debian corrupts kernel, initrd, boot_params or purgatory")
 
 
 def _check_cpus(raw: dict, check: Validator) -> None:
@@ -703,6 +726,7 @@ def load_scenario(path: Path) -> Scenario:
         crashkernel=raw["boot"]["crashkernel"],
         then_intact=raw["then_intact"],
         boot_cmdline=" ".join(raw["boot"]["cmdline"].split()),
+        userland=raw["userland"],
     )
 
 

@@ -52,6 +52,7 @@ class MachineSpec:
     tcg_threads: str = "multi"
     gdb_port: int | None = None
     arch: str = HOST.name  # labctl/config/arch.py: binary, machine, ports
+    drives: tuple[str, ...] = ()  # -drive values (userland debian: root disk, /var/crash disk)
 
 
 class RunDir:
@@ -127,6 +128,7 @@ def qemu_argv(spec: MachineSpec, ram: Path, console: Path, control: Path, qmp: P
         "-smp", _smp(spec),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline,
+        *(arg for drive in spec.drives for arg in ("-drive", drive)),
         "-chardev", f"socket,id=console,path={console}",
         "-serial", "chardev:console",
         "-chardev", f"socket,id=control,path={control}",

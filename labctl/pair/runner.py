@@ -31,7 +31,7 @@ from labctl.kernel.facts import resolve as resolve_expectation
 from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernel.providers import Kernel
 from labctl.kernel.signing import trusted_lab_keys
-from labctl.pair import reboot
+from labctl.pair import distro, reboot
 from labctl.pair.hotplug import (
     bytes_changed,
     describe_headers,
@@ -383,6 +383,9 @@ class PairRun:
 
     def run(self, out: Path, t0: float) -> tuple[Accel, Finding]:
         """Run on the chosen accelerator; under `auto`, a KVM that fails falls back to TCG."""
+        if self.scenario.userland == "debian":  # the distribution's kdump stack (distro.py)
+            accel = choose_accel(self.chooser, self.lab.accel, self.arch)
+            return accel, distro.run(self, accel, out, t0)
         self.progress.say("preparing guest assets")
         image = self.scenario.load.kernel
         assets = build_assets(self.lab.cache_dir, self.loaded_kernel.capture_image,

@@ -87,7 +87,7 @@ def test_every_machine_option_kernel_and_load_field_is_in_the_key(tmp_path):
     assert key(tmp_path) == base
     changed = {"cmdline": "console=ttyS0 quiet", "accel": "kvm", "machine_type": "q35",
                "memory_mib": 2048, "smp": 2, "maxcpus": 4, "tcg_threads": "single",
-               "hotplug_memory_mib": 128, "arch": "arm64"}
+               "hotplug_memory_mib": 128, "arch": "arm64", "drives": ("file=disk.img,if=virtio",)}
     assert {f.name for f in fields(MachineSpec)} - {"kernel", "initrd", "gdb_port"} <= set(changed)
     for name, value in changed.items():
         assert key(tmp_path, spec(tmp_path, **{name: value})) != base, name
