@@ -18,6 +18,7 @@ from typing import Any, Callable
 import yaml
 
 from labctl.config.arch import ARCHES
+from labctl.config.requirements import Requires, requires_schema
 from labctl.errors import ConfigError
 from labctl.result import VERDICTS, Outcome
 
@@ -431,6 +432,8 @@ SCENARIO_SCHEMA = {
         "reload": Field(bool, default=False),  # load the capture kernel again afterwards
     }),
     "then_intact": Field(bool, default=False),
+    # what a kernel must have for the scenario to apply (else the pair is skipped)
+    "requires": Field(dict, default={}, schema=requires_schema(Field)),
     "expect": Field(dict, schema=EXPECT_SCHEMA,
                     coerce=lambda v: {"outcome": v} if isinstance(v, str) else v),
 }
@@ -546,6 +549,7 @@ class Scenario:
     cpus: Cpus = Cpus()
     hotplug: Hotplug | None = None
     boot_cmdline: str = ""  # extra primary kernel parameters
+    requires: Requires = Requires()  # config/requirements.py
 
 
 def _expectation(raw: dict, check: Validator) -> Expectation:
@@ -626,6 +630,7 @@ def load_scenario(path: Path) -> Scenario:
         crashkernel=raw["boot"]["crashkernel"],
         then_intact=raw["then_intact"],
         boot_cmdline=" ".join(raw["boot"]["cmdline"].split()),
+        requires=Requires.from_raw(raw["requires"]),
     )
 
 
