@@ -82,9 +82,30 @@ def run_id_arg(text: str) -> str:
     return text
 
 
-def _names(values: list[str] | None) -> list[str]:
-    """Accept both `--kernels a b` and `--kernels a,b`."""
-    return [n for v in values or [] for n in v.split(",") if n]
+def _names(values: list[str] | None, option: str = "") -> list[str]:
+    """Accept both `--kernels a b` and `--kernels a,b`; a name given twice counts once
+    (a selection is a set, kept in the order given).  An option given with only empty
+    names (`--scenarios ""`, an empty variable in CI) is an error, not "all"."""
+    names = list(dict.fromkeys(n.strip() for v in values or [] for n in v.split(",") if n.strip()))
+    if values and not names and option:
+        raise ConfigError(f"{option} names nothing ({' '.join(map(repr, values))}); give at least one "
+                          "name, or leave the option out for all")
+    return names
+
+
+def scenario_paths(names: list[str], scenarios_dir: Path) -> list[Path]:
+    """The scenario files named, each once: a name and a path to the same file (or two
+    globs matching it) are one scenario; two different files with one name would share a
+    pair directory, so they are refused."""
+    paths: dict[Path, str] = {}
+    for name in names:
+        paths.setdefault(find_scenario(name, scenarios_dir).resolve(), name)
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if (other := stems.setdefault(path.stem, path)) != path:
+            raise ConfigError(f"two scenarios named {path.stem!r}: {other} and {path}; results are "
+                              "kept per scenario name, so rename one or select only one")
+    return list(paths)
 
 
 def weight_of(scenario) -> int:
@@ -108,12 +129,12 @@ def schedule(pairs: list[Pair]) -> list[Pair]:
 def select_pairs(lab: LabConfig, scenarios_dir: Path, kernels: list[str] | None = None,
                  scenarios: list[str] | None = None, shard: tuple[int, int] = (1, 1)) -> list[Pair]:
     """Kernel x scenario pairs in this shard; every scenario file is validated first."""
-    kernel_names = _names(kernels) or sorted(lab.kernels)
+    kernel_names = _names(kernels, "--kernels") or sorted(lab.kernels)
     unknown = [k for k in kernel_names if k not in lab.kernels]
     if unknown:
         raise ConfigError(f"{lab.path}: unknown kernel {unknown[0]!r} (catalogue: "
                           f"{', '.join(sorted(lab.kernels))})")
-    paths = [find_scenario(s, scenarios_dir) for s in _names(scenarios)] or \
+    paths = scenario_paths(_names(scenarios, "--scenarios"), scenarios_dir) or \
         sorted(scenarios_dir.glob("*.yaml"))
     loaded = [load_scenario(p) for p in paths]
     pairs = []
