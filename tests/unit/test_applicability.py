@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from recorded import DATA, golden
 
-from labctl.config.schema import load_lab, load_scenario
+from labctl.config.schema import LabConfig, MachineConfig, Timeouts, load_lab, load_scenario
 from labctl.errors import ConfigError
 from labctl.evidence.applicability import (
     MET,
@@ -23,7 +23,8 @@ from labctl.evidence.applicability import (
     needs_of,
 )
 from labctl.kernel.facts import Fact, KernelFacts
-from labctl.kernel.image import parse_config
+from labctl.kernel.image import Kernel, parse_config
+from labctl.pair.applies import skipped_result
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -168,3 +169,19 @@ def test_lab_catalogue_kernels_are_all_recorded():
     """Every catalogue kernel has a recorded config excerpt or recipe config, so the decision
     table is the whole catalogue's."""
     assert set(load_lab(ROOT / "lab.yaml").kernels) <= set(kernel_configs())
+
+
+def test_a_skip_is_written_before_any_guest_and_an_applicable_pair_leaves_no_trace(tmp_path):
+    """What `labctl matrix` does instead of starting a child: a skipped pair's directory holds
+    its result.json only; a pair that may apply gets no directory (its child makes it)."""
+    lab = LabConfig(path=ROOT / "lab.yaml", accel="tcg", machine=MachineConfig(), timeouts=Timeouts(),
+                    artifacts_dir=tmp_path, cache_dir=tmp_path / "cache", default_kernel="tiny")
+    tiny = Kernel(name="tiny", bzimage=tmp_path / "bzImage", release="6.12",
+                  config=RECORDED / "tiny-6.12-serial.config")
+    result = skipped_result(lab, tiny, scenario("crash-intact-cpu1"), "run1")
+    assert result is not None and result.exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "run1" / "tiny" / "crash-intact-cpu1").iterdir()) == ["result.json"]
+    assert result.reason.startswith("does not apply: machine.smp: needs 2 CPUs")
+    assert [r["state"] for r in result.evidence["requirements"]] == [MET, UNMET]
+    assert skipped_result(lab, tiny, scenario("crash-intact"), "run1") is None
+    assert not (tmp_path / "run1" / "tiny" / "crash-intact").exists()
