@@ -64,17 +64,13 @@ class Check:
 class NotApplicable(ConfigError):
     """The booted kernel shows a need unmet that nothing told before the boot: skipped."""
 
-    def __init__(self, check: Check):
+    def __init__(self, check: Check, checks: list[Check]):
         super().__init__(check.reason)
-        self.check = check
+        self.check, self.checks = check, checks  # checks: every need, for the evidence
 
 
-class RequirementUnmet(ConfigError):
+class RequirementUnmet(NotApplicable):
     """The config file said a need was met; the running kernel says otherwise: a failure."""
-
-    def __init__(self, check: Check):
-        super().__init__(check.reason)
-        self.check = check
 
 
 def _method_need(key: str, method: str) -> Need:
@@ -196,9 +192,10 @@ def after_boot(needs: list[Need], arch: str, facts: KernelFacts, hello: dict, sm
             continue
         before = earlier[current.need]
         if before.state == MET:
-            raise RequirementUnmet(Check(current.need, UNMET, f"{current.fact}, though the kernel's "
-                                         f"config file said {before.fact}"))
-        raise NotApplicable(current)
+            now[i] = Check(current.need, UNMET, f"{current.fact}, though the kernel's config file "
+                           f"said {before.fact}")
+            raise RequirementUnmet(now[i], now)
+        raise NotApplicable(current, now)
     if problem:  # CPUs missing that no need names (lab.yaml's machine.smp): as before
         raise problem
     return now

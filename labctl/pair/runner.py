@@ -471,12 +471,12 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted while {phase}"
         result.extra["phase"] = phase
         raise Interrupted(f"interrupted while {phase}; partial results in {out}") from None
-    except (NotApplicable, RequirementUnmet) as exc:  # the booted kernel lacks what the scenario needs
-        pair.evidence.setdefault("requirements", []).append(exc.check.to_json())
-        if isinstance(exc, NotApplicable):
-            result.outcome, result.passed, result.reason = Outcome.SKIPPED, None, f"does not apply: {exc}"
-        else:
+    except NotApplicable as exc:  # the booted kernel lacks what the scenario needs
+        pair.evidence["requirements"] = [c.to_json() for c in exc.checks]
+        if isinstance(exc, RequirementUnmet):  # though its config file said it had it: a failure
             result.outcome, result.passed, result.reason = Outcome.REQUIREMENT_UNMET, False, str(exc)
+        else:
+            result.outcome, result.passed, result.reason = Outcome.SKIPPED, None, f"does not apply: {exc}"
     except ConfigError as exc:
         if exc.key and not exc.path:  # found on the guest: name the scenario's file and line
             exc = key_error(scenario.path, exc.key, str(exc))

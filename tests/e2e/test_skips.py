@@ -71,4 +71,6 @@ def test_a_config_file_that_claims_smp_the_kernel_lacks_fails(tmp_path, no_leaks
     assert "brought up only CPU(s) '0' of the 2 QEMU offered" in result["reason"]
     assert f"though the kernel's config file said CONFIG_SMP=y (config file {liar / 'config'})" in result["reason"]
     assert result["evidence"]["primary"]["release"] == result["kernel"]["release"]  # it did boot
+    assert [(r["key"], r["state"]) for r in result["evidence"]["requirements"]] == [
+        ("load.method", "met"), ("machine.smp", "unmet")]
     assert "FAIL" in run.stdout

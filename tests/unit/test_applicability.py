@@ -136,6 +136,7 @@ def test_a_met_requirement_the_running_kernel_contradicts_is_a_failure():
     assert "machine.smp: needs 2 CPUs (CONFIG_SMP=y)" in str(exc.value)
     assert "only CPU(s) '0' of the 2" in str(exc.value)
     assert "though the kernel's config file said CONFIG_SMP=y (config file lying/config)" in str(exc.value)
+    assert [(c.need.key, c.state) for c in exc.value.checks] == [("load.method", MET), ("machine.smp", UNMET)]
     assert {c["state"] for c in [c.to_json() for c in after_boot(needs("crash-intact-cpu1"), "x86_64", said,
                                                                   TWO_CPUS, 2, 2)]} == {MET}
 
