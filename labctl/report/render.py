@@ -115,7 +115,10 @@ class Cell:
         return repro(self.result, self.link("serial.log", out_dir)) if self.status in REPRODUCED else None
 
     def timeline(self) -> list[dict]:
-        """Phases as shares of the total, for the HTML bar (the rest is 'other')."""
+        """Phases as shares of the total, for the HTML bar (the rest is 'other'); none for a
+        pair that took no time (skipped before any guest)."""
+        if not self.seconds:
+            return []
         timings = self.result.get("timings") or {}
         total = self.seconds or 1.0
         phases: list[dict[str, Any]] = [{"name": p, "seconds": float(timings[p])}

@@ -91,6 +91,8 @@ def test_reports_show_skips_and_how_to_reproduce_failures(tmp_path):
     cell = soup.select_one('td[data-kernel="tiny-6.12-serial"][data-scenario="crash-intact-cpu1"]')
     assert "skip" in cell["class"] and "machine.smp" in cell.select_one(".summary").text
     assert "td.skip { background: #e4e4e4" in soup.style.text  # grey
+    assert cell.select_one(".timeline") is None and cell.select_one(".status").parent.text == "SKIP"
+    assert [a.text for a in cell.select(".links a")] == ["serial.log", "result.json"]
     red = soup.select_one('td[data-kernel="debian-6.12"][data-scenario="crash-corrupt"]')
     assert red.select_one(".repro-run").text == "labctl run crash-corrupt --kernel debian-6.12"
     assert red.select_one(".repro-console").text.endswith("--stop-at corrupted")
