@@ -19,7 +19,7 @@ from labctl import stopping
 from labctl.artifacts import check_writable, new_run_id
 from labctl.campaigns import bisect, ci_plan, coverage, fuzz, matrix
 from labctl.config.options import add_common_opts, lab_from_args, positive_int
-from labctl.config.schema import ARCH_NAMES, find_scenario, load_scenario
+from labctl.config.schema import ARCH_NAMES, load_scenario
 from labctl.console import session
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, EXIT_USAGE, ConfigError, Interrupted, LabError
 from labctl.guest import rootfs
@@ -60,7 +60,7 @@ def default_lab_path() -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     lab = lab_from_args(args)
-    scenarios = [load_scenario(find_scenario(s, lab.scenarios_dir)) for s in args.scenario]
+    scenarios = [load_scenario(p) for p in matrix.scenario_paths(args.scenario, lab.scenarios_dir)]  # each once
     check_writable(lab.artifacts_dir)
     kernel = resolve_kernel(lab, args.kernel, progress=say, arch=args.arch)
     chooser = AccelChooser(lab.cache_dir)

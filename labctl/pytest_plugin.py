@@ -21,7 +21,7 @@ import pytest
 from labctl.artifacts import new_run_id
 from labctl.campaigns.matrix import MatrixRun, Pair, resolve_kernels
 from labctl.config.schema import LabConfig, load_lab
-from labctl.report.render import ERROR, FAIL, XFAIL, XPASS, Cell, evidence_summary
+from labctl.report.render import ERROR, FAIL, SKIP, XFAIL, XPASS, Cell, evidence_summary
 
 SCENARIO_DIR = "scenarios"
 
@@ -120,6 +120,8 @@ class PairItem(pytest.Item):
     def runtest(self) -> None:
         assert self.cell is not None, "setup ran the pair"
         status = self.cell.status
+        if status == SKIP:  # the scenario does not apply to this kernel (the reason says why)
+            pytest.skip(str(self.cell.result.get("reason")))
         if status == XFAIL:
             pytest.xfail(f"expected failure: {self.pair.expect_fail}")
         if status == XPASS:

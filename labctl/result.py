@@ -35,6 +35,11 @@ class Outcome(StrEnum):
     CAPTURE_DAMAGED = "capture-damaged"
     REBOOTED = "rebooted"  # a kexec reboot's new kernel said hello with the run's token
     NO_VERDICT = "no-verdict"  # a bounded look (labctl console) ended before any evidence
+    # the scenario does not apply to this kernel: it lacks what the scenario needs (its
+    # `requires:` or what its keys imply); the reason names the key and the kernel fact
+    SKIPPED = "skipped"
+    # the kernel's config file said it has what the scenario needs; the running kernel does not
+    REQUIREMENT_UNMET = "requirement-unmet"
     INFRA_ERROR = "infra-error"
     CONFIG_ERROR = "config-error"
     INTERRUPTED = "interrupted"
@@ -93,11 +98,11 @@ class PairResult:
 
     @property
     def exit_code(self) -> int:
-        """0 passed (or a console session that reached no verdict), 1 an expectation
-        failed, 2 a configuration error, 3 anything else without a verdict."""
+        """0 passed (or skipped, or a console session that reached no verdict), 1 an
+        expectation failed, 2 a configuration error, 3 anything else without a verdict."""
         if self.outcome == Outcome.CONFIG_ERROR:
             return EXIT_USAGE
-        if self.outcome == Outcome.NO_VERDICT:
+        if self.outcome in (Outcome.NO_VERDICT, Outcome.SKIPPED):
             return EXIT_PASSED
         if self.outcome is None or self.outcome in ERRORS:
             return EXIT_INFRA
@@ -109,6 +114,8 @@ class PairResult:
         verdict = "PASS" if self.passed else "FAIL"
         if self.outcome in ERRORS:  # no verdict on the kernel: the lab, the input or a person stopped it
             verdict = "NO VERDICT"
+        if self.outcome == Outcome.SKIPPED:
+            return f"{self.kernel['name']} x {self.scenario['name']}: SKIPPED: {self.reason}"
         if why := self.extra.get("expected_failure"):
             verdict += f" (expected failure: {why})"
         elif why := self.extra.get("unexpected_pass"):

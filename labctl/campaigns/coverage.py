@@ -196,7 +196,13 @@ def _load_cell_of(future, item: tuple, lab: LabConfig, run_id: str) -> load_cove
                                          str(lab.artifacts_dir / run_id / item[0].name))
 
 
+REPEATABLE = ("kernel", "method", "role", "placement", "table", "image", "mode")
+
+
 def cmd_coverage(args: argparse.Namespace) -> int:
+    for name in REPEATABLE:  # a selection is a set: `--kernel k --kernel k` runs k once
+        if values := getattr(args, name):
+            setattr(args, name, list(dict.fromkeys(values)))
     lab = lab_from_args(args)
     check_writable(lab.artifacts_dir)
     kernels = _kernels(args, lab)

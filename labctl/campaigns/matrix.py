@@ -27,7 +27,9 @@ from labctl.artifacts import check_writable, new_run_id, safe_component, write_j
 from labctl.config.options import add_common_opts, lab_from_args, positive_int
 from labctl.config.schema import LabConfig, find_scenario, load_scenario
 from labctl.errors import ConfigError, Interrupted
+from labctl.kernel.image import Kernel
 from labctl.kernel.providers import PACKAGE_PINS_ENV, resolve_kernel
+from labctl.pair.applies import skipped_result
 from labctl.progress import LIVE_SECONDS, LiveStatus, say
 from labctl.report.diff import Run, load_run, write_with_baseline
 from labctl.report.render import ATTEMPT_PREFIX, STATUS_LABELS, Cell, counts, exit_code, write_reports
@@ -80,9 +82,30 @@ def run_id_arg(text: str) -> str:
     return text
 
 
-def _names(values: list[str] | None) -> list[str]:
-    """Accept both `--kernels a b` and `--kernels a,b`."""
-    return [n for v in values or [] for n in v.split(",") if n]
+def _names(values: list[str] | None, option: str = "") -> list[str]:
+    """Accept both `--kernels a b` and `--kernels a,b`; a name given twice counts once
+    (a selection is a set, kept in the order given).  An option given with only empty
+    names (`--scenarios ""`, an empty variable in CI) is an error, not "all"."""
+    names = list(dict.fromkeys(n.strip() for v in values or [] for n in v.split(",") if n.strip()))
+    if values and not names and option:
+        raise ConfigError(f"{option} names nothing ({' '.join(map(repr, values))}); give at least one "
+                          "name, or leave the option out for all")
+    return names
+
+
+def scenario_paths(names: list[str], scenarios_dir: Path) -> list[Path]:
+    """The scenario files named, each once: a name and a path to the same file (or two
+    globs matching it) are one scenario; two different files with one name would share a
+    pair directory, so they are refused."""
+    paths: dict[Path, str] = {}
+    for name in names:
+        paths.setdefault(find_scenario(name, scenarios_dir).resolve(), name)
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if (other := stems.setdefault(path.stem, path)) != path:
+            raise ConfigError(f"two scenarios named {path.stem!r}: {other} and {path}; results are "
+                              "kept per scenario name, so rename one or select only one")
+    return list(paths)
 
 
 def weight_of(scenario) -> int:
@@ -108,12 +131,12 @@ def schedule(pairs: list[Pair]) -> list[Pair]:
 def select_pairs(lab: LabConfig, scenarios_dir: Path, kernels: list[str] | None = None,
                  scenarios: list[str] | None = None, shard: tuple[int, int] = (1, 1)) -> list[Pair]:
     """Kernel x scenario pairs in this shard; every scenario file is validated first."""
-    kernel_names = _names(kernels) or sorted(lab.kernels)
+    kernel_names = _names(kernels, "--kernels") or sorted(lab.kernels)
     unknown = [k for k in kernel_names if k not in lab.kernels]
     if unknown:
         raise ConfigError(f"{lab.path}: unknown kernel {unknown[0]!r} (catalogue: "
                           f"{', '.join(sorted(lab.kernels))})")
-    paths = [find_scenario(s, scenarios_dir) for s in _names(scenarios)] or \
+    paths = scenario_paths(_names(scenarios, "--scenarios"), scenarios_dir) or \
         sorted(scenarios_dir.glob("*.yaml"))
     loaded = [load_scenario(p) for p in paths]
     pairs = []
@@ -192,6 +215,7 @@ class MatrixRun:
     pins: dict[str, list[str]] = field(default_factory=dict)
     pair_timeout: float | None = None
     fresh: bool = False  # every pair boots cold (no snapshots)
+    kernels: dict[str, Kernel] = field(default_factory=dict)  # resolved: pairs that cannot apply skip
     stream: TextIO = sys.stderr
     t0: float = field(default_factory=time.monotonic)
     running: list[Running] = field(default_factory=list)
@@ -249,20 +273,32 @@ class MatrixRun:
             return job.pair
         if job.attempt > 1:
             set_aside.rename(directory / f"{ATTEMPT_PREFIX}1")
-        self._record(job, directory, result, total)
+        self._record(job.pair, job.attempt, job.started, result, total)
         return None
 
-    def _record(self, job: Running, directory: Path, result: PairResult, total: int) -> None:
+    def _record(self, pair: Pair, attempt: int, started: float, result: PairResult, total: int) -> None:
         """Annotate the final result with the matrix's facts and report it."""
-        result.extra["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": job.attempt,
-                                  "retries": self.retries.get(job.pair.key, []),
-                                  "expect_fail": job.pair.expect_fail}
+        assert result.directory is not None, "a result is read from or written to its pair directory"
+        result.extra["matrix"] = {"run_id": self.run_id, "shard": self.shard, "attempts": attempt,
+                                  "retries": self.retries.get(pair.key, []),
+                                  "expect_fail": pair.expect_fail}
         result.write()
-        cell = Cell(directory, result.to_json())
+        cell = Cell(result.directory, result.to_json())
         self.done.append(cell)
-        self.say(f"{len(self.done)}/{total} done: {job.pair.key} {STATUS_LABELS[cell.status]} "
-                 f"{result.outcome} in {time.monotonic() - job.started:.1f} s"
+        self.say(f"{len(self.done)}/{total} done: {pair.key} {STATUS_LABELS[cell.status]} "
+                 f"{result.outcome} in {time.monotonic() - started:.1f} s"
+                 + (f" ({result.reason})" if result.outcome == Outcome.SKIPPED else "")
                  + self._running_note())
+
+    def skipped(self, pair: Pair, total: int) -> bool:
+        """Record a pair whose kernel lacks what its scenario needs, decided before any
+        guest (pair/applies.py); True if it was skipped."""
+        kernel = self.kernels.get(pair.kernel)
+        result = skipped_result(self.lab, kernel, load_scenario(pair.path), self.run_id) if kernel else None
+        if result is None:
+            return False
+        self._record(pair, 1, time.monotonic(), result, total)
+        return True
 
     def _result(self, job: Running, directory: Path) -> PairResult:
         """The child's result.json, or an infra-error result if it left none."""
@@ -294,7 +330,7 @@ class MatrixRun:
         """Run every pair, heaviest first; on an interruption stop the children cleanly,
         then re-raise."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        pending = [(pair, 1) for pair in schedule(pairs)]
+        pending = [(pair, 1) for pair in schedule(pairs) if not self.skipped(pair, len(pairs))]
         every = LIVE_SECONDS if self.live.enabled else HEARTBEAT_SECONDS
         heartbeat = time.monotonic() + every
         try:
@@ -375,12 +411,15 @@ def _kill(process: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------- labctl matrix
 
-def resolve_kernels(lab: LabConfig, names: list[str]) -> dict[str, list[str]]:
+def resolve_kernels(lab: LabConfig, names: list[str],
+                    found: dict[str, Kernel] | None = None) -> dict[str, list[str]]:
     """Download (or build) each kernel once, before guests race for it; return the
-    Debian package versions to pin for the children."""
+    Debian package versions to pin for the children (and fill `found` with the kernels)."""
     pins = {}
     for name in names:
         kernel = resolve_kernel(lab, name, progress=say)
+        if found is not None:
+            found[name] = kernel
         if package := lab.kernels[name].debian_package:
             assert kernel.package and kernel.version, "a Debian kernel knows its package"
             pins[package] = [kernel.package, kernel.version]
@@ -399,9 +438,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     baseline = scope_baseline(load_run(Path(args.baseline)), pairs, args.kernels, args.scenarios,
                               parse_shard(args.shard)) if args.baseline else None  # before any guest
     check_writable(lab.artifacts_dir)
+    kernels: dict[str, Kernel] = {}
     run = MatrixRun(lab, args.run_id or new_run_id(), args.jobs, args.accel, args.shard,
-                    pins=resolve_kernels(lab, sorted({p.kernel for p in pairs})),
-                    pair_timeout=args.pair_timeout, fresh=args.fresh)
+                    pins=resolve_kernels(lab, sorted({p.kernel for p in pairs}), kernels),
+                    pair_timeout=args.pair_timeout, fresh=args.fresh, kernels=kernels)
     if run.run_dir.exists():
         raise ConfigError(f"run directory {run.run_dir} already exists; pick another --run-id")
     say(f"matrix {run.run_id}: {len(pairs)} pairs (shard {args.shard}), {args.jobs} at a time")

@@ -19,6 +19,7 @@ import yaml
 
 from labctl.config.arch import ARCHES
 from labctl.config.cause_names import CAUSES
+from labctl.config.requirements import Requires, requires_schema
 from labctl.errors import ConfigError
 from labctl.result import VERDICTS, Outcome
 
@@ -456,6 +457,8 @@ SCENARIO_SCHEMA = {
     # lab: the lab's helper and initramfs; debian: a Debian 12 root disk and its kdump-tools
     # (labctl/guest/rootfs.py, labctl/pair/distro.py)
     "userland": Field(str, default="lab", choices=USERLANDS),
+    # what a kernel must have for the scenario to apply (else the pair is skipped)
+    "requires": Field(dict, default={}, schema=requires_schema(Field)),
     "expect": Field(dict, schema=EXPECT_SCHEMA,
                     coerce=lambda v: {"outcome": v} if isinstance(v, str) else v),
 }
@@ -578,6 +581,7 @@ class Scenario:
     hotplug: Hotplug | None = None
     boot_cmdline: str = ""  # extra primary kernel parameters
     userland: str = "lab"  # debian: the distribution's own kdump stack (pair/distro.py)
+    requires: Requires = Requires()  # config/requirements.py
 
 
 def _check_cause(entry: dict, keypath: tuple, check: Validator) -> None:
@@ -727,6 +731,7 @@ def load_scenario(path: Path) -> Scenario:
         then_intact=raw["then_intact"],
         boot_cmdline=" ".join(raw["boot"]["cmdline"].split()),
         userland=raw["userland"],
+        requires=Requires.from_raw(raw["requires"]),
     )
 
 

@@ -28,6 +28,7 @@ from labctl.console.prompt import PromptCommands, Speaker, UsageError
 from labctl.console.terminal import Tee, Terminal, TerminalBridge
 from labctl.errors import ConfigError, Interrupted, LabError
 from labctl.evidence import purgatory
+from labctl.evidence.applicability import first_unmet
 from labctl.evidence.purgatory import Placement
 from labctl.evidence.segments import SegmentTable
 from labctl.evidence.verdict import judge
@@ -35,6 +36,7 @@ from labctl.guest.accel import AccelChooser
 from labctl.guest.console import StampedLog
 from labctl.kernel.facts import UnknownFact
 from labctl.kernel.providers import resolve_kernel
+from labctl.pair.applies import before_boot
 from labctl.pair.runner import PairRun
 from labctl.pair.steps import REGISTER_SAMPLE_SECONDS, Finding, Loaded, Session
 from labctl.progress import Progress, say
@@ -356,6 +358,8 @@ def cmd_console(args: argparse.Namespace) -> int:
                           "not drive yet: use `labctl run`")
     check_writable(lab.artifacts_dir)
     kernel = resolve_kernel(lab, args.kernel, progress=say)
+    if unmet := first_unmet(before_boot(lab, kernel, scenario) or []):  # no guest for nothing
+        raise ConfigError(f"{scenario.name} does not apply to {kernel.name}: {unmet.reason}")
     run_id = new_run_id()
     out = pair_dir(lab.artifacts_dir, run_id, kernel.name, scenario.name)
     pair = ConsolePair(lab, kernel, scenario, AccelChooser(lab.cache_dir),

@@ -5,6 +5,7 @@ Used by both kernel providers: Debian kernels (kernel/providers.py) and recipe s
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -109,7 +110,11 @@ def download_and_unpack(package: str, version: str, dest: Path) -> None:
         tree = Path(tmp) / "tree"
         unpack_deb(debs[0], tree)
         (tree / "package").write_text(f"{package} {version}\n")
-        os.replace(tree, dest)
+        try:
+            os.replace(tree, dest)
+        except OSError as exc:  # another process (a parallel matrix pair) unpacked it first
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (dest / "package").is_file():
+                raise
 
 
 def unpack_deb(deb: Path, tree: Path) -> None:

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labctl.errors import ConfigError, InfraError
+from labctl.errors import InfraError
 from labctl.evidence import distro_dump
+from labctl.evidence.applicability import UNMET, Check, Need, NotApplicable
 from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
 from labctl.evidence.verdict import ParkWatch, parse_halted, parse_registers
@@ -168,7 +169,9 @@ class DistroFlow:
         table = parse_segment_table([m["line"] for m in self.log])
         self.pair.evidence["load"]["segments"] = table.to_json()
         if not table.segments and self.pair.scenario.corrupt:
-            raise ConfigError(NO_SEGMENT_TABLE, key=("corrupt",))
+            need = Need("corrupt", "the loaded segment table in the kernel's log, to place the corruption")
+            unmet = Check(need, UNMET, NO_SEGMENT_TABLE)
+            raise NotApplicable(unmet, [unmet])  # only the booted kernel tells: a skip with the reason
         if self.pair.scenario.corrupt:
             self.pair.evidence["corruption"] = self.session.corrupt(table, self.pair.scenario.corrupt)
         self.trigger()

@@ -18,7 +18,8 @@ from labctl.artifacts import pair_dir
 from labctl.config.arch import HOST, Arch, get_arch
 from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, Timeouts, key_error
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
-from labctl.evidence.smp import cpu_watch, cpus_do_not_apply, resolve_cpus
+from labctl.evidence.applicability import NotApplicable, RequirementUnmet, after_boot, symbols
+from labctl.evidence.smp import cpu_watch, resolve_cpus
 from labctl.evidence.verdict import judge
 from labctl.guest.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
 from labctl.guest.assets import GuestAssets, build_assets
@@ -32,6 +33,7 @@ from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernel.providers import Kernel
 from labctl.kernel.signing import trusted_lab_keys
 from labctl.pair import distro, reboot
+from labctl.pair.applies import needs_for, skipped_pair
 from labctl.pair.hotplug import (
     bytes_changed,
     describe_headers,
@@ -102,7 +104,7 @@ class PairRun:
         """The options the expectation needs, from the running kernel: its sysfs, and its
         /proc/config.gz when sysfs does not tell and the kernel has one."""
         self.facts.running = from_sysfs(hello.get("sysfs"))
-        needed = needed_symbols(self.scenario.expect)
+        needed = [*needed_symbols(self.scenario.expect), *symbols(needs_for(self.lab, self.scenario))]
         if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
             self.facts.config_gz = session.kernel_config()
     snapshots: bool = False  # fork from a snapshot of the booted or loaded guest where the scenario can
@@ -277,10 +279,12 @@ class PairRun:
         return hello
 
     def take_cpu_facts(self, hello: dict, spec: MachineSpec) -> None:
-        """The booted kernel's CPUs; a scenario needing CPUs it cannot use stops here."""
+        """The booted kernel's CPUs; a scenario needing what it lacks (CPUs, options) stops
+        here (applicability.after_boot: skipped, or a failure if its config file said otherwise)."""
         self.cpu_facts = hello
-        if problem := cpus_do_not_apply(hello, spec.smp, spec.maxcpus or spec.smp):
-            raise problem
+        self.evidence["requirements"] = [c.to_json() for c in after_boot(
+            needs_for(self.lab, self.scenario), self.arch.name, self.facts, hello, spec.smp,
+            spec.maxcpus or spec.smp)]
 
     def step_trigger(self, session: Session) -> None:
         """Panic as the scenario says; with several CPUs, watch where and what the others do."""
@@ -467,12 +471,15 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
     except UnknownFact:  # perhaps the running kernel will tell
         expected = None
     result = PairResult(run_id, scenario={"name": scenario.name, "path": str(scenario.path),
-                                          "description": scenario.description},
+                                          "description": scenario.description,
+                                          "corrupt": scenario.corrupt is not None},
                         kernel=kernel.describe(), expected=expected.outcome if expected else None,
                         expected_errno=expected.errno if expected else None,
                         expectation_reason=expected.reason if expected else None,
                         evidence=pair.evidence, attempts=pair.attempts, directory=out)
     try:
+        if skipped_pair(lab, kernel, scenario, result):  # no guest for a pair that cannot apply
+            return result
         accel, finding = pair.run(out, t0)
         result.attach(out, finding.attachments)
         try:
@@ -501,6 +508,12 @@ def run_pair(lab: LabConfig, kernel: Kernel, scenario: Scenario, run_id: str,
         result.outcome, result.reason = Outcome.INTERRUPTED, f"interrupted while {phase}"
         result.extra["phase"] = phase
         raise Interrupted(f"interrupted while {phase}; partial results in {out}") from None
+    except NotApplicable as exc:  # the booted kernel lacks what the scenario needs
+        pair.evidence["requirements"] = [c.to_json() for c in exc.checks]
+        if isinstance(exc, RequirementUnmet):  # though its config file said it had it: a failure
+            result.outcome, result.passed, result.reason = Outcome.REQUIREMENT_UNMET, False, str(exc)
+        else:
+            result.outcome, result.passed, result.reason = Outcome.SKIPPED, None, f"does not apply: {exc}"
     except ConfigError as exc:
         if exc.key and not exc.path:  # found on the guest: name the scenario's file and line
             exc = key_error(scenario.path, exc.key, str(exc))

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labctl.errors import EXIT_FAILED, EXIT_PASSED, ConfigError
-from labctl.report.render import ERROR, FAIL, PHASES, STATUS_LABELS, XPASS, Cell, load_cells, write_reports
+from labctl.report.render import ERROR, FAIL, PHASES, SKIP, STATUS_LABELS, XPASS, Cell, load_cells, write_reports
 
-REGRESSED, FIXED, CHANGED, INFRA = "regressed", "fixed", "changed", "infra"
-KIND_ORDER = (REGRESSED, FIXED, CHANGED, INFRA)
-KIND_LABELS = {REGRESSED: "REGRESSED", FIXED: "FIXED", CHANGED: "CHANGED", INFRA: "INFRA"}
+REGRESSED, SKIPPED, FIXED, CHANGED, INFRA = "regressed", "skipped", "fixed", "changed", "infra"
+KIND_ORDER = (REGRESSED, SKIPPED, FIXED, CHANGED, INFRA)
+KIND_LABELS = {REGRESSED: "REGRESSED", SKIPPED: "SKIP", FIXED: "FIXED", CHANGED: "CHANGED", INFRA: "INFRA"}
 FAILING = {FAIL, XPASS}
 TIMED = PHASES + ("total",)
 SLOWER_RATIO = 1.5     # a phase must be more than 50 % slower ...
@@ -91,7 +91,8 @@ class RunDiff:
     def headline(self) -> str:
         """The counts that are not zero, e.g. '1 regressed, 2 slower, 1 new pair'."""
         kinds = {k: sum(v.kind == k for v in self.verdicts) for k in KIND_ORDER}
-        parts = [(kinds[REGRESSED], "regressed"), (kinds[FIXED], "fixed"),
+        parts = [(kinds[REGRESSED], "regressed"), (kinds[SKIPPED], "to or from skipped"),
+                 (kinds[FIXED], "fixed"),
                  (kinds[CHANGED], "changed outcome"), (kinds[INFRA], "to or from an infra error"),
                  (len(self.kernels), "kernel version change(s)"), (len(self.slower), "slower"),
                  (len(self.retried), "passed only on retry"), (len(self.only_new), "new pair(s)"),
@@ -106,13 +107,17 @@ def verdict_change(base: Cell, new: Cell) -> str | None:
 
     A failure that was not failing before is a regression (also after an infra
     error: the last verdict seen was not a failure); to or from an error without
-    a failure on either side is infra; any other move, e.g. the same PASS with a
-    different outcome under a changed expectation, is a change."""
+    a failure on either side is infra; to or from a skip (the scenario stopped or
+    started applying to the kernel) is listed as such, never as a fix: a failure that
+    became a skip is not fixed; any other move, e.g. the same PASS with a different
+    outcome under a changed expectation, is a change."""
     before, after = base.status, new.status
     if before == after and base.result.get("outcome") == new.result.get("outcome"):
         return None
     if after in FAILING and before not in FAILING:
         return REGRESSED
+    if SKIP in (before, after):
+        return SKIPPED
     if before in FAILING and after not in FAILING | {ERROR}:
         return FIXED
     if ERROR in (before, after):

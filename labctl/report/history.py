@@ -3,8 +3,9 @@
 Over several nights (run directories, in the order they started), each pair's
 verdict sequence, its median time, and a flag when its verdict flips.  One flip
 is a change (the night it happened is named); two or more flips are flaky.  An
-infra error is shown but is no verdict, so it neither counts as a flip nor
-enters the median.
+infra error and a skip (the scenario did not apply to that night's kernel) are
+shown and counted but are no verdict, so they neither count as a flip nor enter
+the median.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 from labctl.errors import EXIT_PASSED, ConfigError
 from labctl.report.diff import Run, load_run
-from labctl.report.render import ERROR, FAIL, PASS, XFAIL, XPASS, Cell
+from labctl.report.render import ERROR, FAIL, PASS, SKIP, XFAIL, XPASS, Cell
 
-LETTERS = {PASS: "P", FAIL: "F", ERROR: "E", XFAIL: "x", XPASS: "X"}
+LETTERS = {PASS: "P", FAIL: "F", ERROR: "E", XFAIL: "x", XPASS: "X", SKIP: "s"}
+NO_VERDICT = (None, ERROR, SKIP)
 ABSENT = "."
 FLAKY_FLIPS = 2
 
@@ -52,7 +54,7 @@ class PairHistory:
         """Indexes of the nights whose verdict differs from the previous verdict seen."""
         flips, last = [], None
         for night, status in enumerate(self.statuses):
-            if status in (None, ERROR):
+            if status in NO_VERDICT:
                 continue
             if last is not None and status != last:
                 flips.append(night)
@@ -61,7 +63,7 @@ class PairHistory:
 
     @property
     def median_seconds(self) -> float | None:
-        times = [c.seconds for c in self.cells if c and c.status != ERROR]
+        times = [c.seconds for c in self.cells if c and c.status not in NO_VERDICT]
         return statistics.median(times) if times else None
 
     @property
@@ -95,6 +97,8 @@ def note(history: PairHistory) -> str:
         parts.append(f"changed in night {flips[0] + 1}")
     if errors:
         parts.append(f"{errors} infra error(s)")
+    if skips := history.statuses.count(SKIP):
+        parts.append(f"{skips} skipped")
     return "; ".join(parts)
 
 
@@ -106,7 +110,7 @@ def history_table(nights: list[Night]) -> str:
               for i, n in enumerate(nights, 1)]
     flaky = [f"{h.kernel} x {h.scenario}" for h in rows if h.flaky]
     lines.append(f"{len(flaky)} flaky pair(s)" + (": " + ", ".join(flaky) if flaky else ""))
-    lines.append("verdicts: P pass, F fail, E infra error, x xfail, X xpass, . not run")
+    lines.append("verdicts: P pass, F fail, E infra error, x xfail, X xpass, s skipped, . not run")
     pair_width = max([len("pair")] + [len(h.kernel) + len(h.scenario) + 3 for h in rows])
     seq_width = max(len("verdicts"), 2 * len(nights) - 1)
     lines.append(f"{'pair':<{pair_width}}  {'verdicts':<{seq_width}}  {'median':>8}  note")

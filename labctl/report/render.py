@@ -2,10 +2,12 @@
 
 Everything is read back from each pair's result.json, so a report can be
 rebuilt later or merged from CI shards (`labctl report merge DIR...`) with no
-lab, kernel or guest at hand.  A pair ends in one of five statuses: pass,
+lab, kernel or guest at hand.  A pair ends in one of six statuses: pass,
 fail (a verdict mismatch), error (the lab broke, not the kernel), xfail (a
-failure the kernel catalogue expects, `expect_fail`), or xpass (an expected
-failure that passed: a failure, since the catalogue is now wrong).
+failure the kernel catalogue expects, `expect_fail`), xpass (an expected
+failure that passed: a failure, since the catalogue is now wrong), or skip (the
+scenario does not apply to the kernel: evidence/applicability.py).  Failing and
+unexpected pairs carry the commands that reproduce them (repro.py).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Any
 import jinja2
 
 from labctl.errors import EXIT_FAILED, EXIT_INFRA, EXIT_PASSED, ConfigError
+from labctl.report.repro import Repro, repro
 from labctl.result import ERRORS, Outcome
 
-PASS, FAIL, ERROR, XFAIL, XPASS = "pass", "fail", "error", "xfail", "xpass"
-STATUS_LABELS = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", XFAIL: "XFAIL", XPASS: "XPASS"}
-STATUS_MARKS = {PASS: "✅", FAIL: "❌", ERROR: "⚠️", XFAIL: "☑️", XPASS: "❗"}
+PASS, FAIL, ERROR, XFAIL, XPASS, SKIP = "pass", "fail", "error", "xfail", "xpass", "skip"
+STATUS_LABELS = {PASS: "PASS", FAIL: "FAIL", ERROR: "ERROR", XFAIL: "XFAIL", XPASS: "XPASS", SKIP: "SKIP"}
+STATUS_MARKS = {PASS: "✅", FAIL: "❌", ERROR: "⚠️", XFAIL: "☑️", XPASS: "❗", SKIP: "⏭️"}
+REPRODUCED = (FAIL, XPASS, ERROR)  # the statuses whose cells carry the commands to reproduce them
 ERROR_OUTCOMES = {None, *ERRORS}
 PHASES = ("boot", "load", "restore", "corrupt", "panic_to_verdict")  # restore: forked runs
 ATTEMPT_PREFIX = "attempt-"
@@ -39,6 +43,8 @@ TEMPLATE = jinja2.Environment(
 
 def classify(result: dict) -> str:
     """The status of one pair; an expected failure is read from result['matrix']."""
+    if result.get("outcome") == Outcome.SKIPPED:
+        return SKIP
     if result.get("outcome") in ERROR_OUTCOMES:
         return ERROR
     expected_to_fail = bool((result.get("matrix") or {}).get("expect_fail"))
@@ -104,8 +110,15 @@ class Cell:
         path = self.directory / name
         return os.path.relpath(path, out_dir) if path.exists() else None
 
+    def repro(self, out_dir: Path) -> Repro | None:
+        """The commands to reproduce a failing or unexpected pair; None for the others."""
+        return repro(self.result, self.link("serial.log", out_dir)) if self.status in REPRODUCED else None
+
     def timeline(self) -> list[dict]:
-        """Phases as shares of the total, for the HTML bar (the rest is 'other')."""
+        """Phases as shares of the total, for the HTML bar (the rest is 'other'); none for a
+        pair that took no time (skipped before any guest)."""
+        if not self.seconds:
+            return []
         timings = self.result.get("timings") or {}
         total = self.seconds or 1.0
         phases: list[dict[str, Any]] = [{"name": p, "seconds": float(timings[p])}
@@ -159,18 +172,20 @@ def exit_code(cells: list[Cell]) -> int:
 def junit_xml(cells: list[Cell], out_dir: Path) -> ET.ElementTree:
     """A testsuite per kernel, a testcase per pair (classname = kernel).
 
-    xfail is reported as <skipped type="pytest.xfail">, as pytest does; an error
-    is <error>, never <failure>; the serial log is attached by path."""
+    xfail is reported as <skipped type="pytest.xfail">, as pytest does, and a pair that
+    does not apply as <skipped type="not-applicable">; an error is <error>, never
+    <failure>; the serial log is attached by path, and a failing pair's message ends
+    with the commands that reproduce it."""
     c = counts(cells)
     root = ET.Element("testsuites", name="kexec-lab", tests=str(len(cells)),
                       failures=str(c[FAIL] + c[XPASS]), errors=str(c[ERROR]),
-                      skipped=str(c[XFAIL]), time=f"{sum(x.seconds for x in cells):.3f}")
+                      skipped=str(c[XFAIL] + c[SKIP]), time=f"{sum(x.seconds for x in cells):.3f}")
     for kernel in sorted({cell.kernel for cell in cells}):
         mine = [cell for cell in cells if cell.kernel == kernel]
         k = counts(mine)
         suite = ET.SubElement(root, "testsuite", name=kernel, tests=str(len(mine)),
                               failures=str(k[FAIL] + k[XPASS]), errors=str(k[ERROR]),
-                              skipped=str(k[XFAIL]), time=f"{sum(x.seconds for x in mine):.3f}")
+                              skipped=str(k[XFAIL] + k[SKIP]), time=f"{sum(x.seconds for x in mine):.3f}")
         for cell in mine:
             _testcase(suite, cell, out_dir)
     ET.indent(root)
@@ -189,17 +204,22 @@ def _testcase(suite: ET.Element, cell: Cell, out_dir: Path) -> None:
         ET.SubElement(props, "property", name=name, value=str(value))
     summary = evidence_summary(cell.result)
     status = cell.status
+    steps = cell.repro(out_dir)
+    how = ("\n" + "\n".join(steps.lines())) if steps else ""
     if status == FAIL:
-        ET.SubElement(case, "failure", type="verdict-mismatch", message=summary).text = summary
+        ET.SubElement(case, "failure", type="verdict-mismatch", message=summary + how).text = summary + how
     elif status == XPASS:
         message = f"unexpectedly passed (expect_fail: {cell.matrix.get('expect_fail')}): {summary}"
-        ET.SubElement(case, "failure", type="unexpected-pass", message=message).text = message
+        ET.SubElement(case, "failure", type="unexpected-pass", message=message + how).text = message + how
     elif status == ERROR:
         ET.SubElement(case, "error", type=str(cell.result.get("outcome")),
-                      message=str(cell.result.get("reason"))).text = summary
+                      message=str(cell.result.get("reason")) + how).text = summary + how
     elif status == XFAIL:
         ET.SubElement(case, "skipped", type="pytest.xfail",
                       message=f"expected failure: {cell.matrix.get('expect_fail')}").text = summary
+    elif status == SKIP:
+        ET.SubElement(case, "skipped", type="not-applicable",
+                      message=str(cell.result.get("reason"))).text = summary
     lines = [summary] + [f"retried after: {r.get('outcome')}: {r.get('reason')}"
                          for r in cell.matrix.get("retries", [])]
     for name in ("serial.log", "result.json"):
@@ -222,6 +242,7 @@ def summary_md(cells: list[Cell], out_dir: Path) -> str:
     c = counts(cells)
     lines = ["# kexec-lab matrix", "",
              f"{len(cells)} pairs: " + ", ".join(f"{c[s]} {s}" for s in STATUS_LABELS), "",
+             *per_kernel_md(cells, kernels), "",
              "| scenario | " + " | ".join(kernels) + " |",
              "|---" * (len(kernels) + 1) + "|"]
     for scenario in scenarios:
@@ -238,12 +259,29 @@ def summary_md(cells: list[Cell], out_dir: Path) -> str:
                          f"{_md(evidence_summary(cell.result))}")
             if cell.status == XFAIL:
                 lines.append(f"  - expected failure: {_md(cell.matrix.get('expect_fail'))}")
+            if steps := cell.repro(out_dir):
+                lines += [f"  - reproduce: `{steps.run}`",
+                          f"  - inspect before the trigger: `{steps.console}`"]
+                if steps.serial:
+                    lines.append(f"  - [serial.log]({steps.serial})")
             for retry in cell.matrix.get("retries", []):
                 lines.append(f"  - retried once after {retry.get('outcome')}: {_md(retry.get('reason'))}")
     return "\n".join(lines) + "\n"
 
 
+def per_kernel_md(cells: list[Cell], kernels: list[str]) -> list[str]:
+    """Per kernel, a column per status (skipped pairs have their own)."""
+    lines = ["| kernel | " + " | ".join(STATUS_LABELS.values()) + " |",
+             "|---" * (len(STATUS_LABELS) + 1) + "|"]
+    for kernel in kernels:
+        k = counts([cell for cell in cells if cell.kernel == kernel])
+        lines.append(f"| {_md(kernel)} | " + " | ".join(str(k[s]) for s in STATUS_LABELS) + " |")
+    return lines
+
+
 def _md_cell(cell: Cell, out_dir: Path) -> str:
+    if cell.status == SKIP:  # the reason is in the notes below: keep the grid readable
+        return f"{STATUS_MARKS[SKIP]} {STATUS_LABELS[SKIP]}"
     label = f"{STATUS_MARKS[cell.status]} {STATUS_LABELS[cell.status]} {cell.result.get('outcome')}"
     if cell.status in (FAIL, XPASS):
         label += f" (expected {cell.result.get('expected')})"
@@ -283,7 +321,8 @@ def _html_cell(cell: Cell | None, out_dir: Path, change: dict | None = None) -> 
             "expected": cell.result.get("expected"), "seconds": cell.seconds,
             "summary": evidence_summary(cell.result), "timeline": cell.timeline(),
             "serial": cell.link("serial.log", out_dir), "result": cell.link("result.json", out_dir),
-            "expect_fail": cell.matrix.get("expect_fail"), "retries": cell.matrix.get("retries", [])}
+            "expect_fail": cell.matrix.get("expect_fail"), "retries": cell.matrix.get("retries", []),
+            "repro": cell.repro(out_dir)}
 
 
 def write_reports(cells: list[Cell], out_dir: Path, changes: dict | None = None) -> dict[str, Path]:

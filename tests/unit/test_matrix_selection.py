@@ -77,6 +77,28 @@ def test_selection_by_kernel_and_scenario(lab):
     assert all(p.path == scenarios(lab).resolve() / f"{p.scenario}.yaml" for p in pairs)
 
 
+def test_a_selection_is_a_set_in_the_order_given(lab):
+    """A name given twice (two globs, a name and its path, `a,a`) is one pair: two runs of
+    one pair would share its directory and log."""
+    a = str(scenarios(lab) / "a.yaml")
+    pairs = select_pairs(lab, scenarios(lab), ["k2", "k1,k2"], ["b", "a", "b", a, "b,a"])
+    assert [p.key for p in pairs] == ["k2/b", "k2/a", "k1/b", "k1/a"]
+
+
+def test_an_option_naming_nothing_is_an_error_not_everything(lab):
+    for kernels, names in ((None, [""]), (None, [",", " "]), ([""], None)):
+        with pytest.raises(ConfigError, match="names nothing.*leave the option out for all"):
+            select_pairs(lab, scenarios(lab), kernels, names)
+
+
+def test_two_scenario_files_with_one_name_are_refused(lab, tmp_path):
+    other = tmp_path / "elsewhere" / "a.yaml"
+    other.parent.mkdir()
+    other.write_text(SCENARIO)
+    with pytest.raises(ConfigError, match=r"two scenarios named 'a': .*scenarios/a.yaml and .*elsewhere/a.yaml"):
+        select_pairs(lab, scenarios(lab), ["k1"], ["a", str(other)])
+
+
 def test_unknown_kernel_or_scenario_is_named(lab):
     with pytest.raises(ConfigError, match=r"lab.yaml: unknown kernel 'k9' \(catalogue: k1, k2, k3\)"):
         select_pairs(lab, scenarios(lab), ["k9"])

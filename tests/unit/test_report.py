@@ -123,7 +123,11 @@ def test_junit_counts_and_kinds(mixed):
     cases = {(c.get("classname"), c.get("name")): c for c in tree.iter("testcase")}
     assert cases[("debian-6.12", "intact-expect-refused")].find("failure").get("type") == "verdict-mismatch"
     error = cases[("debian-6.1", "crash-corrupt")].find("error")
-    assert error.get("type") == "infra-error" and error.get("message") == "the guest never booted"
+    assert error.get("type") == "infra-error"
+    assert error.get("message").splitlines() == [
+        "the guest never booted", "reproduce: labctl run crash-corrupt --kernel debian-6.1",
+        "inspect before the trigger: labctl console crash-corrupt --kernel debian-6.1 --stop-at loaded",
+        "serial log: debian-6.1/crash-corrupt/serial.log"]
     xfail = cases[("debian-6.1", "intact-expect-refused")].find("skipped")
     assert xfail.get("type") == "pytest.xfail" and "digest skips this segment" in xfail.get("message")
     assert "unexpectedly passed" in cases[("debian-6.1", "crash-intact")].find("failure").get("message")
@@ -143,7 +147,9 @@ def test_summary_is_a_grid_with_kernels_as_columns(mixed):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| scenario"))
     assert header == "| scenario | debian-6.1 | debian-6.12 |"
-    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and line != header}
+    grid = lines[lines.index(header) + 2:]
+    rows = {line.split(" | ")[0][2:]: line for line in grid if line.startswith("| ")}
+    assert "| debian-6.1 | 0 | 0 | 1 | 1 | 1 | 0 |" in lines  # per kernel: a column per status
     assert set(rows) == {"crash-corrupt", "crash-intact", "intact-expect-refused"}
     corrupt = rows["crash-corrupt"].split(" | ")
     assert "ERROR infra-error" in corrupt[1] and "retried" in corrupt[1]
