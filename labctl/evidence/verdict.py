@@ -224,9 +224,9 @@ def judge(expected: str, outcome: str, evidence: dict, expected_errno: str | Non
     if outcome == Outcome.DUMP_MISMATCH:  # say what the lab found wrong with the dump
         problems = (evidence.get("dump") or {}).get("problems") or []
         return True, f"{outcome} as expected" + (f" ({expected_cause})" if expected_cause else "") + \
-            f": {'; '.join(problems[:2])}"
+            f": {'; '.join(problems[:2])}" + _unchecked(evidence)
     if expected_cause:
-        return True, f"{outcome} as expected ({expected_cause})"
+        return True, f"{outcome} as expected ({expected_cause})" + _unchecked(evidence)
     return True, f"{outcome} as expected" + (f" ({expected_errno})" if expected_errno else "") + \
         _unchecked(evidence)
 
