@@ -31,7 +31,7 @@ from pathlib import Path
 from labctl.cache_lock import locked
 from labctl.config.options import add_common_opts, lab_from_args
 from labctl.errors import ConfigError, InfraError
-from labctl.kernel.debian import archive_state
+from labctl.kernel.debian import archive_state, offered_versions
 from labctl.kernel.image import Kernel
 from labctl.kernel.providers import resolve_kernel
 from labctl.progress import say
@@ -104,15 +104,7 @@ def archive_versions(cache_dir: Path, packages: tuple[str, ...] = PACKAGES) -> d
             return remembered["versions"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages],
-                          capture_output=True, text=True)
-    versions: dict[str, str] = {}
-    name = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("Package: "):
-            name = line.split(": ", 1)[1].strip()
-        elif line.startswith("Version: ") and name:
-            versions.setdefault(name, line.split(": ", 1)[1].strip())
+    versions = offered_versions(list(packages))
     if missing := [p for p in packages if p not in versions]:
         raise InfraError(f"rootfs build failed at step 'resolve versions': the package lists know no "
                          f"{', '.join(missing)} (run 'apt-get update' as root)")

@@ -21,7 +21,7 @@ from elftools.elf.elffile import ELFFile
 
 from labctl.config.arch import Arch
 from labctl.errors import InfraError
-from labctl.kernel.debian import download_and_unpack
+from labctl.kernel.debian import download_and_unpack, offered_versions
 
 BUSYBOX_PACKAGE = "busybox-static"
 # kexec-tools and the packages holding the libraries its kexec loads (DT_NEEDED closure
@@ -45,16 +45,7 @@ def archive_versions(arch: Arch, packages: tuple[str, ...]) -> dict[str, str]:
     if arch.debian_arch not in _foreign_architectures():
         raise InfraError(f"{arch.name} guests need Debian packages for {arch.debian_arch}: run "
                          f"'dpkg --add-architecture {arch.debian_arch} && apt-get update' as root")
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions",
-                           *(f"{p}:{arch.debian_arch}" for p in packages)],
-                          capture_output=True, text=True)
-    versions: dict[str, str] = {}
-    name = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("Package: "):
-            name = line.split(": ", 1)[1].strip()
-        elif line.startswith("Version: ") and name:
-            versions.setdefault(name, line.split(": ", 1)[1].strip())
+    versions = offered_versions([f"{p}:{arch.debian_arch}" for p in packages])
     missing = [p for p in packages if p not in versions]
     if missing:
         raise InfraError(f"the package archive has no {arch.debian_arch} {', '.join(missing)}: "

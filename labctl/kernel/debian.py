@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -80,6 +81,20 @@ def _apt_cache_show(package: str) -> dict[str, str]:
             key, value = line.split(":", 1)
             fields[key] = value.strip()
     return fields
+
+
+def offered_versions(names: list[str]) -> dict[str, str]:
+    """Package -> the version the package lists offer, for several packages in one
+    apt-cache call (a name may carry ':arch'; the answer is keyed by the bare name)."""
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", *names], capture_output=True, text=True)
+    versions: dict[str, str] = {}
+    name = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("Package: "):
+            name = line.split(": ", 1)[1].strip()
+        elif line.startswith("Version: ") and name:
+            versions.setdefault(name, line.split(": ", 1)[1].strip())
+    return versions
 
 
 def installed_version(package: str) -> str | None:
