@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from labctl.artifacts import check_writable, new_run_id
@@ -212,6 +213,9 @@ def register(sub) -> None:
     parser.add_argument("--bad", help="a revision (or version) that fails it")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE,
                         help=f"catalogue recipe whose config and patches each step uses (default {DEFAULT_RECIPE})")
+    parser.add_argument("--kernel-config", type=Path, action="append", default=[], metavar="FRAGMENT",
+                        help="a config fragment merged after the recipe's own (repeatable), e.g. an "
+                             "option the regression needs")
     parser.add_argument("--runs", type=positive_int, default=1,
                         help="runs per step (default 1); any failure makes the step bad")
     parser.add_argument("-j", "--jobs", type=positive_int, help="make jobs (default: all cores)")
@@ -241,7 +245,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if report["source"]["kind"] == "debian":
         return bisect_debian.DebianBisection(lab, scenario, report["runs"], out, report).run()
     return GitBisection(lab, scenario, report["runs"], out, report,
-                        recipe_for(lab, report["recipe"]), args.jobs).run()
+                        recipe_for(lab, report["recipe"], report.get("kernel_config")), args.jobs).run()
 
 
 def first_error(log: Path, tree: Path) -> str:
@@ -254,13 +258,19 @@ def first_error(log: Path, tree: Path) -> str:
     return found[0].strip().replace(f"{tree}/", "") if found else "see the build log"
 
 
-def recipe_for(lab: LabConfig, name: str) -> Recipe:
+def recipe_for(lab: LabConfig, name: str, fragments: list[str] | None = None) -> Recipe:
+    """The recipe a bisection builds every step with, plus --kernel-config fragments."""
     entry = lab.kernels.get(name)
     if entry is None or not entry.recipe:
         recipes = sorted(n for n, e in lab.kernels.items() if e.recipe)
         raise ConfigError(f"--recipe {name}: not a recipe kernel in {lab.path} (recipes: "
                           f"{', '.join(recipes) or 'none'})")
-    return entry_recipe(lab, entry)
+    recipe = entry_recipe(lab, entry)
+    extra = tuple(Path(f) for f in fragments or [])
+    if missing := [str(f) for f in extra if not f.is_file()]:
+        raise ConfigError(f"--kernel-config {', '.join(missing)}: no such file; give a config "
+                          "fragment (lines like CONFIG_X=y)")
+    return replace(recipe, fragments=(*recipe.fragments, *extra))
 
 
 def new_report(lab: LabConfig, args: argparse.Namespace) -> dict:
@@ -280,12 +290,13 @@ def new_report(lab: LabConfig, args: argparse.Namespace) -> dict:
         return {**base, "source": {"kind": "debian", "where": args.debian},
                 "good": versions[0].version, "bad": versions[-1].version,
                 "versions": [v.to_json() for v in versions], "candidates_total": len(versions) - 1}
-    recipe_for(lab, args.recipe)
+    fragments = [str(f.resolve()) for f in args.kernel_config]
+    recipe_for(lab, args.recipe, fragments)
     repo = check_tree(args.tree)
     good, bad = resolve(repo, args.good, "--good"), resolve(repo, args.bad, "--bad")
     total = check_range(repo, good, bad)
     return {**base, "source": {"kind": "tree", "where": str(repo)}, "recipe": args.recipe,
-            "good": good, "bad": bad, "candidates_total": total}
+            "kernel_config": fragments, "good": good, "bad": bad, "candidates_total": total}
 
 
 def resume_report(path: Path) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labctl import cli
+from labctl.campaigns.bisect import recipe_for
 from labctl.campaigns.bisect_debian import Version, family, next_probe, parse_madison, pick_range
 from labctl.campaigns.bisect_git import Worktree, check_range, check_tree, describe, parse_next, resolve
 from labctl.campaigns.bisect_report import (
@@ -28,6 +29,7 @@ from labctl.campaigns.bisect_report import (
     progress_line,
     render_markdown,
 )
+from labctl.config.schema import load_lab
 from labctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,6 +229,8 @@ def run_cli(tmp_path, capsys, *args: str) -> tuple[int, str]:
     (("crash-corrupt", "--tree", "{repo}", "--good", "c0", "--bad", "c5", "--recipe", "debian-6.12"),
      "--recipe debian-6.12: not a recipe kernel"),
     (("no-such-scenario", "--tree", "{repo}", "--good", "c0", "--bad", "c5"), "unknown scenario"),
+    (("crash-corrupt", "--tree", "{repo}", "--good", "c0", "--bad", "c5", "--kernel-config", "{tmp}/x.config"),
+     "x.config: no such file"),
     (("--resume", "{tmp}/nowhere.json"), "cannot read a bisect.json"),
     (("crash-corrupt", "--debian", "kernel-of-mine", "--good", "1", "--bad", "2"),
      "not a Debian kernel image package name"),
@@ -241,6 +245,14 @@ def test_bad_input_exits_2_with_what_to_do_and_nothing_started(repo, tmp_path, c
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
     assert user_state(repo) == before
     assert git(repo, "worktree", "list").count("\n") == 0
+
+
+def test_kernel_config_fragments_follow_the_recipes_own():
+    lab = load_lab(ROOT / "lab.yaml")
+    plain = recipe_for(lab, "tiny-6.12")
+    extra = ROOT / "guests" / "kernels" / "kexec-sig.config"
+    merged = recipe_for(lab, "tiny-6.12", [str(extra)])
+    assert merged.fragments == (*plain.fragments, extra) and merged.patches == plain.patches
 
 
 def test_a_finished_bisection_is_not_resumed(tmp_path, capsys):
