@@ -329,17 +329,23 @@ static void put_optional_file(const char *name, const char *path)
  * vmcoreinfo under CONFIG_VMCORE_INFO; drivers/base/cpu.c crash_hotplug under
  * CONFIG_CRASH_HOTPLUG; security/lockdown/lockdown.c creates securityfs'
  * lockdown file whenever CONFIG_SECURITY_LOCKDOWN_LSM is built in.
+ * kexec_file_load(2) with flags no kernel accepts answers EINVAL (or EPERM) before it
+ * touches anything when CONFIG_KEXEC_FILE=y (kernel/kexec_file.c), ENOSYS without it
+ * (kernel/sys_ni.c: COND_SYSCALL(kexec_file_load)).
  */
 static void put_kernel_facts(void)
 {
 	int securityfs = mount("securityfs", "/sys/kernel/security", "securityfs", 0, NULL) == 0 ||
 			 errno == EBUSY;
+	long probe = syscall(SYS_kexec_file_load, -1, -1, 0UL, NULL, ~0UL);
+	int kexec_file = !(probe == -1 && errno == ENOSYS);
 
 	fprintf(out, ",\"sysfs\":{\"present\":true,\"securityfs\":%s", securityfs ? "true" : "false");
 	put_optional_file("lockdown", "/sys/kernel/security/lockdown");
 	put_optional_file("vmcoreinfo", "/sys/kernel/vmcoreinfo");
 	put_optional_file("crash_elfcorehdr_size", "/sys/kernel/crash_elfcorehdr_size");
 	put_optional_file("crash_hotplug", "/sys/devices/system/cpu/crash_hotplug");
+	fprintf(out, ",\"kexec_file_load\":%s", kexec_file ? "true" : "false");
 	fprintf(out, ",\"config_gz\":%s}", access("/proc/config.gz", F_OK) == 0 ? "true" : "false");
 }
 

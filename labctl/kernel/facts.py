@@ -9,7 +9,8 @@ CONFIG_CRASH_HOTPLUG=y`).  The answer comes, in this order, from:
   /sys/kernel/crash_elfcorehdr_size only under CONFIG_VMCORE_INFO &&
   CONFIG_CRASH_HOTPLUG (and /sys/kernel/vmcoreinfo under CONFIG_VMCORE_INFO
   alone), drivers/base/cpu.c /sys/devices/system/cpu/crash_hotplug under
-  CONFIG_CRASH_HOTPLUG;
+  CONFIG_CRASH_HOTPLUG; and whether kexec_file_load(2) exists (CONFIG_KEXEC_FILE:
+  ENOSYS without it, from a call with flags no kernel accepts);
 - the config file found beside the image (a Debian package's boot/config-*,
   a recipe build's .config).
 
@@ -67,6 +68,11 @@ def from_sysfs(sysfs: dict | None) -> dict[str, Fact]:
                                                   "but crash_elfcorehdr_size does not (kernel/ksysfs.c "
                                                   "creates it under CONFIG_VMCORE_INFO && "
                                                   "CONFIG_CRASH_HOTPLUG)")
+    if sysfs.get("kexec_file_load") is not None:  # probed by the helper (put_kernel_facts)
+        facts["CONFIG_KEXEC_FILE"] = Fact("y", "running kernel: kexec_file_load(2) with invalid flags "
+                                               "answers, not ENOSYS (kernel/kexec_file.c)") \
+            if sysfs["kexec_file_load"] else \
+            Fact("n", "running kernel: kexec_file_load(2) is ENOSYS (kernel/sys_ni.c COND_SYSCALL)")
     if sysfs.get("lockdown") is not None:
         facts["CONFIG_SECURITY_LOCKDOWN_LSM"] = Fact("y", "running kernel: /sys/kernel/security/"
                                                           "lockdown exists (security/lockdown/lockdown.c)")

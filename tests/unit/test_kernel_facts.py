@@ -103,3 +103,12 @@ def test_an_expectation_on_an_unknown_option_is_not_guessed():
         resolve(scenario.expect, "bzImage", KernelFacts(running={}))
     plain = load_scenario(SCENARIOS / "crash-intact.yaml")
     assert resolve(plain.expect, "bzImage", KernelFacts()).outcome == "capture-booted"
+
+
+@pytest.mark.parametrize("answer,value", [(True, "y"), (False, "n")])
+def test_kexec_file_is_read_from_the_syscalls_answer(answer, value):
+    """The helper calls kexec_file_load(2) with flags no kernel accepts: ENOSYS means the
+    syscall is not built (a hello without the probe, as older recordings, tells nothing)."""
+    fact = from_sysfs({"present": True, "kexec_file_load": answer})["CONFIG_KEXEC_FILE"]
+    assert fact.value == value and fact.source.startswith("running kernel: kexec_file_load(2)")
+    assert "CONFIG_KEXEC_FILE" not in from_sysfs({"present": True, "lockdown": None})
