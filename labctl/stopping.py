@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from contextlib import contextmanager
 
 from labctl.errors import Interrupted
 
@@ -63,6 +64,18 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     interrupt_here(f"received {signal.Signals(signum).name}")
+
+
+@contextmanager
+def deferred():
+    """Hold stop signals back while a resource comes into being and gets its owner (a run
+    directory made but not yet known to the Machine would be left behind by a stop that
+    lands in between); a signal that came meanwhile is handled at the end."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def install() -> None:

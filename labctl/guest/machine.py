@@ -229,7 +229,8 @@ class Machine:
             package = self.arch.qemu_package
             raise InfraError(f"{self.binary} not found: install {package} "
                              f"(apt-get install --no-install-recommends {package})")
-        self.rundir = RunDir()
+        with stopping.deferred():  # the directory is ours to remove as soon as it exists
+            self.rundir = RunDir()
         self.ram_path = self._make_ram_file()
         paths = {name: self.rundir / f"{name}.sock" for name in ("console", "control", "qmp")}
         listeners = {name: _listen(paths[name]) for name in ("console", "control")}

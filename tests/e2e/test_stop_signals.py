@@ -81,3 +81,15 @@ def test_sigint_inside_qmp_commands_interrupts_every_time(machine, stop_handler)
         assert machine.command("query-status")["status"] in ("running", "paused", "prelaunch")
     assert inside_loop == ROUNDS
 
+
+
+def test_a_stop_during_a_deferred_section_comes_after_it(stop_handler):
+    """A run directory made under stopping.deferred() is owned before a stop can land."""
+    stopping.install()
+    reached = []
+    with pytest.raises(Interrupted):
+        with stopping.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append("end of the section")
+    assert reached == ["end of the section"]
