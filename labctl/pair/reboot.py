@@ -26,7 +26,6 @@ kernel modules the control port needs are carried per release for both kernels.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,10 +110,6 @@ def reboot_cmdline(machine: MachineConfig, load: LoadStep, params: list[str], to
     crashkernel and no capture options: it is a normal boot."""
     return " ".join(filter(None, [*params, machine.cmdline, "panic=0", load.cmdline,
                                   f"{TOKEN_PARAM}={token}"]))
-
-
-def new_token() -> str:
-    return secrets.token_hex(8)
 
 
 def segment_bytes(role: str, image: bytes, initrd: bytes) -> bytes:

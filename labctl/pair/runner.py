@@ -19,6 +19,7 @@ from labctl.config.arch import HOST, Arch, get_arch
 from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, Timeouts, key_error
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.evidence.applicability import NotApplicable, RequirementUnmet, after_boot, symbols
+from labctl.evidence.identity import new_token
 from labctl.evidence.smp import cpu_watch, resolve_cpus
 from labctl.evidence.verdict import judge
 from labctl.guest.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
@@ -306,7 +307,7 @@ class PairRun:
         if load.crash:
             cmdline = capture_cmdline(self.lab.machine, load, self.arch)
         else:  # a kexec reboot: this run's token on the loaded kernel's command line
-            self.evidence["reboot"] = {"token": reboot.new_token()}
+            self.evidence["reboot"] = {"token": new_token()}
             cmdline = reboot.reboot_cmdline(self.lab.machine, load, self.arch.kernel_params,
                                             self.evidence["reboot"]["token"])
         loaded = session.load(cmdline, load.method, load.kernel, crash=load.crash)

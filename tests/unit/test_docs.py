@@ -156,6 +156,8 @@ def test_nothing_in_the_repository_cites_a_file_outside_it():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     me = Path(__file__).relative_to(ROOT).as_posix()
     citing = []
+    # spelled in parts, so that this test is not itself a file that cites them
+    outside = ("design" + ".md", "/work/" + "shared")
     for name in tracked.split():
         path = ROOT / name
         if name == me or not path.is_file() or path.stat().st_size > 2_000_000:
@@ -164,7 +166,7 @@ def test_nothing_in_the_repository_cites_a_file_outside_it():
             text = path.read_text()
         except UnicodeDecodeError:
             continue
-        if "design.md" in text or "/work/shared" in text:
+        if any(mention in text for mention in outside):
             citing.append(name)
     assert citing == []
 
