@@ -23,7 +23,6 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from labctl.errors import InfraError
 from labctl.evidence import distro_dump
@@ -33,16 +32,11 @@ from labctl.evidence.segments import SegmentTable, parse_segment_table
 from labctl.evidence.verdict import ParkWatch, parse_halted, parse_registers
 from labctl.guest import rootfs
 from labctl.guest.accel import Accel
-from labctl.guest.console import Console, StampedLog
-from labctl.guest.control import ControlChannel
 from labctl.guest.machine import Machine, MachineSpec
-from labctl.guest.memory import GuestMemory
-from labctl.pair.steps import END_OF_PANIC, LINUX_BANNER, PANIC_LINE, SYSRQ_LINE, Finding, Session
+from labctl.pair.context import PairContext
+from labctl.pair.steps import END_OF_PANIC, LINUX_BANNER, PANIC_LINE, SYSRQ_LINE, Finding, Session, opened_session
 from labctl.pair.vmcore_save import rebuild
 from labctl.result import Outcome
-
-if TYPE_CHECKING:
-    from labctl.pair.runner import PairRun
 
 CRASH_DISK_MIB = 512
 # Backstops only (a systemd boot under TCG takes tens of seconds; the capture boot, the
@@ -102,7 +96,7 @@ def copy_out(disk: Path, stamp: str, dest: Path) -> dict[str, Path]:
     return {p.name: p for p in (dest / stamp).iterdir() if p.is_file()}
 
 
-def machine_spec(pair: PairRun, accel: Accel, image: rootfs.RootfsImage, crash_disk: Path) -> MachineSpec:
+def machine_spec(pair: PairContext, accel: Accel, image: rootfs.RootfsImage, crash_disk: Path) -> MachineSpec:
     m = pair.lab.machine
     kexec = "file" if pair.scenario.load.method == "kexec_file_load" else "load"
     cmdline = " ".join(filter(None, [*pair.arch.kernel_params, "root=/dev/vda", "rw",
@@ -115,7 +109,7 @@ def machine_spec(pair: PairRun, accel: Accel, image: rootfs.RootfsImage, crash_d
                                f"file={crash_disk},format=raw,if=virtio"))
 
 
-def run(pair: PairRun, accel: Accel, out: Path, t0: float) -> Finding:
+def run(pair: PairContext, accel: Accel, out: Path, t0: float) -> Finding:
     """Build or find the image, boot, let kdump-tools load, crash, judge."""
     pair.progress.say("preparing the Debian root disk")
     start = time.monotonic()
@@ -131,20 +125,11 @@ def run(pair: PairRun, accel: Accel, out: Path, t0: float) -> Finding:
     pair.progress.say("booting the Debian guest (systemd; kdump-tools.service loads at boot)")
     try:
         spec = machine_spec(pair, accel, image, disk)
-        with Machine(spec, out / "qemu.log") as machine:
-            assert machine.console and machine.control and machine.ram_path, "launched"
-            console = Console(machine.console.fileno(), StampedLog(out / "serial.log", t0))
-            control = ControlChannel(machine.control, out / "control.log", t0)
-            memory = GuestMemory(machine.ram_path, pair.arch.ram_base)
-            session = Session(machine, console, control, memory, pair.lab.timeouts, pair.progress)
+        with Machine(spec, out / "qemu.log") as machine, \
+                opened_session(machine, out, t0, pair.lab.timeouts, pair.progress) as session:
             pair.session = session
             flow = DistroFlow(pair, session)
-            try:
-                finding = flow.steps()
-            finally:
-                memory.close()
-                console.close()
-                control.close()
+            finding = flow.steps()
         return flow.judge_disk(finding, disk, out)
     finally:
         disk.unlink(missing_ok=True)
@@ -153,7 +138,7 @@ def run(pair: PairRun, accel: Accel, out: Path, t0: float) -> Finding:
 class DistroFlow:
     """The steps on the running Debian guest."""
 
-    def __init__(self, pair: PairRun, session: Session):
+    def __init__(self, pair: PairContext, session: Session):
         self.pair = pair
         self.session = session
         self.log: list[dict] = []  # the report unit's log lines

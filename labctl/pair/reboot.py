@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from labctl.config.schema import Corruption, LabConfig, LoadStep, MachineConfig, Scenario
 from labctl.errors import ConfigError, InfraError
@@ -39,6 +38,7 @@ from labctl.guest.memory import GuestMemory
 from labctl.kernel.image import Kernel
 from labctl.kernel.other_arch import control_port_modules
 from labctl.kernel.providers import resolve_kernel
+from labctl.pair.context import PairContext
 from labctl.pair.steps import (
     END_OF_PANIC,
     EXIT_GRACE_SECONDS,
@@ -51,9 +51,6 @@ from labctl.pair.steps import (
     placement_offset,
 )
 from labctl.result import Outcome
-
-if TYPE_CHECKING:
-    from labctl.pair.runner import PairRun
 
 PAGE = 4096
 REBOOT_REPLY_SECONDS = 10.0  # the helper says "rebooting" before the syscall
@@ -247,7 +244,7 @@ def observe_reboot(session: Session, table: SegmentTable, token: str, release: s
         session.progress.tick("the new kernel or a parked vCPU", start)
 
 
-def run_reboot(pair: PairRun, session: Session, table: SegmentTable) -> Finding:
+def run_reboot(pair: PairContext, session: Session, table: SegmentTable) -> Finding:
     """After a reboot load: corrupt if asked, reboot, judge what came up."""
     scenario, reboot = pair.scenario, pair.evidence["reboot"]
     if scenario.corrupt:

@@ -16,7 +16,7 @@ from pathlib import Path
 from labctl import stopping
 from labctl.artifacts import pair_dir
 from labctl.config.arch import HOST, Arch, get_arch
-from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, Timeouts, key_error
+from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.evidence.applicability import NotApplicable, RequirementUnmet, after_boot, symbols
 from labctl.evidence.identity import new_token
@@ -24,10 +24,7 @@ from labctl.evidence.smp import cpu_watch, resolve_cpus
 from labctl.evidence.verdict import judge
 from labctl.guest.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
 from labctl.guest.assets import GuestAssets, build_assets
-from labctl.guest.console import Console, StampedLog
-from labctl.guest.control import ControlChannel
 from labctl.guest.machine import MachineSpec
-from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import KernelFacts, UnknownFact, from_sysfs, needed_symbols
 from labctl.kernel.facts import resolve as resolve_expectation
 from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES
@@ -54,7 +51,7 @@ from labctl.pair.snapshot import (
     obtain,
     restore_pair,
 )
-from labctl.pair.steps import Finding, Loaded, Session
+from labctl.pair.steps import Finding, Loaded, Session, opened_session
 from labctl.progress import Progress
 from labctl.result import Outcome, PairResult
 
@@ -184,26 +181,17 @@ class PairRun:
     def _guest(self, spec: MachineSpec, out: Path, t0: float, snap: Snapshot | None) -> Finding:
         """One QEMU: booted fresh, or restored from a snapshot of the booted or loaded guest."""
         started = time.monotonic()
-        with launched(spec, out / "qemu.log", snap) as machine:
-            assert machine.console and machine.control and machine.ram_path, "launched"
-            console = Console(machine.console.fileno(), StampedLog(out / "serial.log", t0))
-            control = ControlChannel(machine.control, out / "control.log", t0)
-            memory = GuestMemory(machine.ram_path, self.arch.ram_base)
-            self.session = Session(machine, console, control, memory,
-                                   scaled_timeouts(self.lab.timeouts, self.arch), self.progress)
-            self.session.save_vmcore_to = out if self.save_vmcore else None
-            self.session.symbols_cache = self.lab.cache_dir / "kallsyms"
-            try:
-                if snap is None:
-                    return self._steps(self.session)
-                hello, loaded = restore_pair(self, self.session, snap, started, out)
-                self.learn_facts(self.session, hello)  # the running kernel's word, as on a boot
-                self.take_cpu_facts(hello, spec)
-                return self._after_load(self.session, loaded or self.step_load(self.session))
-            finally:
-                memory.close()
-                console.close()
-                control.close()
+        with launched(spec, out / "qemu.log", snap) as machine, \
+                opened_session(machine, out, t0, self.lab.timeouts, self.progress) as session:
+            self.session = session
+            session.save_vmcore_to = out if self.save_vmcore else None
+            session.symbols_cache = self.lab.cache_dir / "kallsyms"
+            if snap is None:
+                return self._steps(session)
+            hello, loaded = restore_pair(self, session, snap, started, out)
+            self.learn_facts(session, hello)  # the running kernel's word, as on a boot
+            self.take_cpu_facts(hello, spec)
+            return self._after_load(session, loaded or self.step_load(session))
 
     def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
         """The snapshot this pair forks from (of the loaded guest, or of the booted one when
@@ -423,12 +411,6 @@ def corruption_at_verdict(session: Session, corruption: dict) -> dict:
     address, length = int(corruption["address"], 16), corruption["length"]
     now = session.memory.read(address, length).hex()
     return {"at_verdict": now, "still_corrupted": now == corruption["written"]}
-
-
-def scaled_timeouts(timeouts: Timeouts, arch: Arch) -> Timeouts:
-    """lab.yaml's backstops, stretched for an architecture TCG runs more slowly."""
-    f = arch.tcg_slowdown
-    return Timeouts(boot=timeouts.boot * f, load=timeouts.load * f, verdict=timeouts.verdict * f)
 
 
 def choose_accel(chooser: AccelChooser, requested: str, arch: Arch) -> Accel:

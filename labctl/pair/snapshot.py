@@ -40,12 +40,10 @@ from labctl import stopping
 from labctl.config.arch import HOST, get_arch
 from labctl.errors import InfraError
 from labctl.evidence.segments import Segment, SegmentTable
-from labctl.guest.console import Console, StampedLog
-from labctl.guest.control import ControlChannel
-from labctl.guest.machine import OWNER_FILE, Machine, owner_gone
-from labctl.guest.memory import GuestMemory
+from labctl.guest.machine import OWNER_FILE, Machine, MachineSpec, owner_gone
 from labctl.guest.ramcopy import allocated_bytes, sparse_copy
-from labctl.pair.steps import Loaded, Session
+from labctl.pair.context import PairContext
+from labctl.pair.steps import Loaded, Session, opened_session
 
 FORMAT = 4  # bump when what a snapshot holds or means changes: old ones become stale
 RAM, STATE, META = "ram", "state", "snapshot.json"
@@ -436,7 +434,7 @@ def launched(spec, qemu_log: Path, snap: Snapshot | None):
         machine.shutdown()
 
 
-def obtain(pair, spec, load: dict | None, t0: float, out: Path | None = None) -> Snapshot:
+def obtain(pair: PairContext, spec: MachineSpec, load: dict | None, t0: float, out: Path | None = None) -> Snapshot:
     """The snapshot for this pair's kernel, machine and load step (None: of the booted
     guest), created if missing (one creator per key; parallel runs wait for it).  A broken
     one is RestoreFailed."""
@@ -450,7 +448,7 @@ def obtain(pair, spec, load: dict | None, t0: float, out: Path | None = None) ->
     return snap
 
 
-def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
+def create(pair: PairContext, store: SnapshotStore, key: str, inputs: dict, spec: MachineSpec, t0: float,
            out: Path | None = None) -> Snapshot:
     """Boot and, if the key has a load step, load once (the pair's own steps), save the
     stopped guest, publish it.
@@ -462,27 +460,18 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
     with_load = inputs["load"] is not None
     pair.progress.say(f"creating snapshot {key}: boot{' and load' if with_load else ''} once, then save")
     try:
-        with Machine(spec, tmp / "qemu.log") as machine:
-            assert machine.console and machine.control and machine.ram_path, "launched"
-            console = Console(machine.console.fileno(), StampedLog(tmp / "serial.log", t0))
-            control = ControlChannel(machine.control, tmp / "control.log", t0)
-            memory = GuestMemory(machine.ram_path)
-            session = pair.session = Session(machine, console, control, memory,
-                                             pair.lab.timeouts, pair.progress)
-            try:
-                hello = pair.step_boot(session)
-                loaded = pair.step_load(session) if with_load else None
-                if loaded is not None and loaded.rejected:
-                    raise SnapshotUnavailable(f"no snapshot: the load was rejected "
-                                              f"(rc {loaded.message.get('rc')}, "
-                                              f"{loaded.message.get('strerror')})")
-                session.phase = "saving a snapshot"
-                pair.progress.say(f"saving snapshot {key}")
-                figures = save(machine, tmp)
-            finally:
-                memory.close()
-                console.close()
-                control.close()
+        with Machine(spec, tmp / "qemu.log") as machine, \
+                opened_session(machine, tmp, t0, pair.lab.timeouts, pair.progress) as session:
+            pair.session = session
+            hello = pair.step_boot(session)
+            loaded = pair.step_load(session) if with_load else None
+            if loaded is not None and loaded.rejected:
+                raise SnapshotUnavailable(f"no snapshot: the load was rejected "
+                                          f"(rc {loaded.message.get('rc')}, "
+                                          f"{loaded.message.get('strerror')})")
+            session.phase = "saving a snapshot"
+            pair.progress.say(f"saving snapshot {key}")
+            figures = save(machine, tmp)
         meta = {"inputs": inputs,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "primary": pair.evidence["primary"], "hello": hello,
@@ -506,13 +495,15 @@ def create(pair, store: SnapshotStore, key: str, inputs: dict, spec, t0: float,
         shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed
 
 
-def restore_pair(pair, session, snap: Snapshot, started: float, out: Path) -> tuple[dict, Loaded | None]:
+def restore_pair(pair: PairContext, session: Session, snap: Snapshot, started: float,
+                 out: Path) -> tuple[dict, Loaded | None]:
     """Run a restored guest and give the pair the boot (and load) evidence of its snapshot,
     marked as such; return the helper's hello from that boot and the Loaded the scenario
     goes on from (None for a booted snapshot: the pair loads on its own)."""
     session.phase = "restoring"
     pair.progress.say(f"restoring snapshot {snap.key}")
     figures = restore(session.machine, snap)
+    assert session.machine.ram_path is not None, "launched"
     session.primary = meta_hello = snap.meta["hello"]  # what Session.boot keeps of the boot
     session.timings["restore"] = round(time.monotonic() - started, 3)
     note = snap.note()

@@ -15,11 +15,13 @@ import random
 import re
 import select
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from labctl.config.arch import get_arch
+from labctl.config.arch import Arch, get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence import causes, dump_check, dump_cpus, kernel_symbols
@@ -30,7 +32,7 @@ from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, parse_halted, p
 from labctl.evidence.vmcore import check_vmcore
 from labctl.guest.accel import KvmUnusable, kvm_unusable
 from labctl.guest.assets import GUEST_INITRD
-from labctl.guest.console import Console
+from labctl.guest.console import Console, StampedLog
 from labctl.guest.control import ControlChannel
 from labctl.guest.machine import Machine
 from labctl.guest.memory import GuestMemory
@@ -139,6 +141,28 @@ def placement_offset(corruption: Corruption, segment: Segment) -> int:
                           f"{segment.role} segment (bufsz {segment.bufsz:#x}, memsz "
                           f"{segment.memsz:#x}) on this kernel", key=("corrupt", "offset"))
     return offset
+
+
+def scaled_timeouts(timeouts: Timeouts, arch: Arch) -> Timeouts:
+    """lab.yaml's backstops, stretched for an architecture TCG runs more slowly."""
+    f = arch.tcg_slowdown
+    return Timeouts(boot=timeouts.boot * f, load=timeouts.load * f, verdict=timeouts.verdict * f)
+
+
+@contextmanager
+def opened_session(machine: Machine, logs: Path, t0: float, timeouts: Timeouts,
+                   progress: Progress) -> Iterator[Session]:
+    """The one way to a Session on a launched Machine: its console and control port logged
+    into `logs` (stamped from t0), its RAM file read at the architecture's RAM base,
+    lab.yaml's timeouts scaled for that architecture; all three closed however it ends."""
+    assert machine.console and machine.control and machine.ram_path, "launched"
+    arch = get_arch(machine.spec.arch)
+    with ExitStack() as stack:
+        console = stack.enter_context(closing(Console(machine.console.fileno(),
+                                                      StampedLog(logs / "serial.log", t0))))
+        control = stack.enter_context(closing(ControlChannel(machine.control, logs / "control.log", t0)))
+        memory = stack.enter_context(closing(GuestMemory(machine.ram_path, arch.ram_base)))
+        yield Session(machine, console, control, memory, scaled_timeouts(timeouts, arch), progress)
 
 
 class Session:

@@ -12,16 +12,11 @@ import pytest
 LABCTL = Path(__file__).resolve().parents[2] / "labctl"
 
 
-def runtime_imports(tree: ast.AST):
-    """Every `from ... import` node, wherever it sits, except under `if TYPE_CHECKING:`
-    (annotations only: never executed, so never part of a cycle)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-            yield from (n for child in node.orelse for n in runtime_imports(child))
-            continue
-        if isinstance(node, ast.ImportFrom):
-            yield node
-        yield from runtime_imports(node)
+def import_nodes(tree: ast.AST):
+    """Every `from ... import` node, wherever it sits: in functions, and under
+    `if TYPE_CHECKING:` too (a type-only import back up the order is the same coupling,
+    hidden: a helper that needs its caller's type gets a Protocol, as pair/context.py)."""
+    return (node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
 
 
 def module_name(path: Path, root: Path = LABCTL) -> str:
@@ -37,7 +32,7 @@ def imports(root: Path = LABCTL) -> dict[str, list[tuple[str, str]]]:
     found: dict[str, list[tuple[str, str]]] = {}
     for path in root.rglob("*.py"):
         edges = found.setdefault(module_name(path, root), [])
-        for node in runtime_imports(ast.parse(path.read_text())):
+        for node in import_nodes(ast.parse(path.read_text())):
             if not (node.module or "").startswith("labctl"):
                 continue
             target = node.module.removeprefix("labctl").removeprefix(".")
@@ -119,3 +114,15 @@ def test_the_order_check_catches_a_bad_import_in_a_copy_of_the_package(tmp_path)
                       "    return run_pair\n")
     assert order_violations(import_graph(copy)) == [
         "guest.memory (guest) imports pair.runner (pair): pair is not below guest"]
+
+
+def test_a_type_only_back_import_is_a_cycle(tmp_path):
+    """The back-imports pair/distro.py and pair/reboot.py once had (runner imports them)."""
+    copy = tmp_path / "labctl"
+    shutil.copytree(LABCTL, copy, ignore=shutil.ignore_patterns("__pycache__", "templates"))
+    distro = copy / "pair" / "distro.py"
+    distro.write_text(distro.read_text() + "\n\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                      "    from labctl.pair.runner import PairRun\n")
+    with pytest.raises(graphlib.CycleError) as cycle:
+        graphlib.TopologicalSorter(import_graph(copy)).prepare()
+    assert {"pair.distro", "pair.runner"} <= set(cycle.value.args[1])
