@@ -40,7 +40,7 @@ def phases(result: dict) -> dict[str, float | None]:
                 "panic -> reboot": t.get("panic_to_reboot"),
                 "host dump check": t.get("dump_check"), "labctl total": t.get("total")}
     # the helper's verdict comes once the capture helper streamed the dump out and the host
-    # rebuilt and checked it (steps.py _capture_booted: save_vmcore is inside panic_to_verdict)
+    # rebuilt and checked it (Session.capture_booted: save_vmcore is inside panic_to_verdict)
     return {"boot + load": t["boot"] + t["load"],
             "panic -> capture kernel": t.get("panic_to_capture_banner"),
             "panic -> dump saved": t["panic_to_verdict"] if "save_vmcore" in t else None,

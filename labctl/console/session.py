@@ -161,7 +161,7 @@ class LiveGuest:
         have been read by the terminal loop, so the control messages are checked first."""
         self.session.control.pump(strict=False)
         if hello := self._capture_hello():
-            return self.session._capture_booted(hello, self.pair.kernel.release, self.table())
+            return self.session.capture_booted(hello, self.pair.kernel.release, self.table())
         return self.session.observe(self.table(), self.pair.kernel.release, within)
 
     def verdict_now(self) -> Finding | None:

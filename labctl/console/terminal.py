@@ -17,7 +17,7 @@ from typing import TextIO
 
 from labctl.console.prompt import ESCAPE_NAME, Guest, PromptCommands, Speaker
 from labctl.guest.console import StampedLog
-from labctl.pair.steps import POLL_SECONDS
+from labctl.pair.link import POLL_SECONDS
 
 ESCAPE = b"\x1d"  # Ctrl-], as telnet uses
 

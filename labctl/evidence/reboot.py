@@ -8,24 +8,19 @@ purgatory() loops forever when verify_sha256_digest() fails.  A refusal is there
 the same parked vCPU as after a crash (verdict.ParkWatch); a boot is the new kernel's
 own word: its helper's hello carries /proc/cmdline, and its console prints
 `Kernel command line:`, both of which must hold the token this run put on the loaded
-kernel's command line (an old kernel or a stale log cannot have it).
+kernel's command line (an old kernel or a stale log cannot have it): the same
+`labctl_run=` token every load carries (identity.py), so that a reboot kernel and a
+capture kernel are told apart from the primary the same way.
 """
 
 from __future__ import annotations
 
 import re
 
+from labctl.evidence.identity import TOKEN_PARAM, token_in
 from labctl.result import Outcome
 
-TOKEN_PARAM = "kexec_lab_reboot"  # guests/init checks the initramfs when it sees this
 CONSOLE_CMDLINE = re.compile(r"Kernel command line: [^\r\n]*\r?\n")  # whole lines
-TOKEN = re.compile(rf"\b{TOKEN_PARAM}=([0-9a-f]+)\b")
-
-
-def token_in(text: str | None) -> str | None:
-    """The reboot token on a command line, or None."""
-    m = TOKEN.search(text or "")
-    return m[1] if m else None
 
 
 def rebooted_evidence(hello: dict, console_lines: list[str], token: str, release: str) -> dict:

@@ -29,7 +29,7 @@ from labctl.evidence import distro_dump
 from labctl.evidence.applicability import UNMET, Check, Need, NotApplicable
 from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
-from labctl.evidence.verdict import ParkWatch, parse_halted, parse_registers
+from labctl.evidence.verdict import ParkWatch
 from labctl.guest import rootfs
 from labctl.guest.accel import Accel
 from labctl.guest.machine import Machine, MachineSpec
@@ -167,7 +167,7 @@ class DistroFlow:
         s = self.session
         s.phase, start = "booting", time.monotonic()
         while time.monotonic() - start < BOOT_SECONDS:
-            messages, hits = s._events({"panic": PANIC_LINE, "no_root": NO_ROOT}, strict=False)
+            messages, hits = s.link.events({"panic": PANIC_LINE, "no_root": NO_ROOT}, strict=False)
             if hits:
                 raise InfraError(f"the Debian guest failed to boot: {hits[0][1].strip()} (see serial.log)")
             for message in messages:
@@ -224,7 +224,7 @@ class DistroFlow:
                     "end": END_OF_PANIC, "makedumpfile": MAKEDUMPFILE, "dmesg_saved": SAVED_DMESG,
                     "saved": SAVED_VMCORE, "failed": KDUMP_FAILED}
         while time.monotonic() - start < CAPTURE_SECONDS:
-            _, hits = s._events(patterns, strict=False)
+            _, hits = s.link.events(patterns, strict=False)
             self.mark(hits, start)
             if ended := [line for name, line in hits if name == "end"]:  # as steps.py: before
                 # the capture kernel's banner the crashed kernel gave up on kexec, after it the
@@ -235,10 +235,11 @@ class DistroFlow:
                 return self.reset(start)
             now = time.monotonic()
             if "capture_banner" not in s.marks and now >= next_sample:
-                registers = s.machine.hmp("info registers -a")
-                watch.add(parse_registers(registers, s.arch), parse_halted(registers))
+                if (sample := s.link.sample(watch)) is None:  # QEMU ended between two checks
+                    return self.reset(start)
+                registers = sample
                 next_sample = now + SAMPLE_SECONDS
-                if parked := watch.parked(s._code_at):
+                if parked := watch.parked(s.link.code_at):
                     s.timings["panic_to_verdict"] = round(now - start, 3)
                     return Finding(Outcome.PURGATORY_REFUSED, {"parked": parked}, {"registers.txt": registers})
         return Finding(Outcome.HANG, {"waited": CAPTURE_SECONDS, "vcpus": watch.last_positions(),

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from labctl.config.schema import Corruption, LabConfig, LoadStep, MachineConfig, Scenario
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence.reboot import CONSOLE_CMDLINE, TOKEN_PARAM, rebooted_evidence
+from labctl.evidence.reboot import CONSOLE_CMDLINE, rebooted_evidence
 from labctl.evidence.segments import SegmentTable
-from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers
+from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch
 from labctl.guest.memory import GuestMemory
 from labctl.kernel.image import Kernel
 from labctl.kernel.other_arch import control_port_modules
@@ -41,7 +41,6 @@ from labctl.kernel.providers import resolve_kernel
 from labctl.pair.context import PairContext
 from labctl.pair.steps import (
     END_OF_PANIC,
-    EXIT_GRACE_SECONDS,
     INITRAMFS_DAMAGED,
     LINUX_BANNER,
     PANIC_LINE,
@@ -101,12 +100,11 @@ def describe_loaded(kernel: Kernel) -> dict:
 
 # ---------------------------------------------------------------- the reboot load
 
-def reboot_cmdline(machine: MachineConfig, load: LoadStep, params: list[str], token: str) -> str:
+def reboot_cmdline(machine: MachineConfig, load: LoadStep, params: list[str]) -> str:
     """The reboot kernel's command line: the console and control port (params), the lab's
-    words, panic=0 (a panic stays on screen), the scenario's, and the run's token.  No
-    crashkernel and no capture options: it is a normal boot."""
-    return " ".join(filter(None, [*params, machine.cmdline, "panic=0", load.cmdline,
-                                  f"{TOKEN_PARAM}={token}"]))
+    words, panic=0 (a panic stays on screen) and the scenario's (Session.load adds the
+    run's token).  No crashkernel and no capture options: it is a normal boot."""
+    return " ".join(filter(None, [*params, machine.cmdline, "panic=0", load.cmdline]))
 
 
 def segment_bytes(role: str, image: bytes, initrd: bytes) -> bytes:
@@ -191,7 +189,7 @@ def trigger_reboot(session: Session, method: str) -> None:
         session.control.send("kexec-tool -e")  # no reply: success never returns
         return
     session.control.send("reboot")
-    reply = session._await_message(("rebooting", "error"), REBOOT_REPLY_SECONDS, "the helper to reboot")
+    reply = session.link.await_message(("rebooting", "error"), REBOOT_REPLY_SECONDS, "the helper to reboot")
     if reply["type"] == "error":
         raise InfraError(f"the guest helper could not reboot: {reply.get('what')}: {reply.get('strerror')}")
 
@@ -203,43 +201,39 @@ def observe_reboot(session: Session, table: SegmentTable, token: str, release: s
     watch, cmdlines, registers = ParkWatch(table, session.arch), [], ""
     next_sample = time.monotonic() + SINGLE_VCPU_SAMPLE_SECONDS
     while True:
-        messages, hits = session._events({"cmdline": CONSOLE_CMDLINE, "banner": LINUX_BANNER,
+        messages, hits = session.link.events({"cmdline": CONSOLE_CMDLINE, "banner": LINUX_BANNER,
                                           "panic": PANIC_LINE, "end": END_OF_PANIC,
                                           "damaged": INITRAMFS_DAMAGED,
                                           "purgatory": PURGATORY_REPORT}, strict=False)
-        session._mark_console(hits, start)
+        session.mark_console(hits, start)
         cmdlines += [line for name, line in hits if name == "cmdline"]
         session.purgatory_line = session.purgatory_line or next(
             (line for name, line in hits if name == "purgatory"), None)
         if damaged := [line for name, line in hits if name == "damaged"]:
-            return session._finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
+            return session.finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000]}))
         if ended := [line for name, line in hits if name == "end"]:
-            return session._finish(start, Finding(Outcome.CAPTURE_PANICKED, {"console": ended[0].strip(),
+            return session.finish(start, Finding(Outcome.CAPTURE_PANICKED, {"console": ended[0].strip(),
                                                                      "kexec_reboot": True}))
         for message in messages:
             if message["type"] == "hello":
-                return session._finish(start, Finding(Outcome.REBOOTED,
+                return session.finish(start, Finding(Outcome.REBOOTED,
                                                       rebooted_evidence(message, cmdlines, token, release)))
             if message["type"] in ("kexec-tool", "error"):  # `kexec -e` or the syscall returned
                 raise InfraError(f"the kexec reboot did not happen: {message}")
         if not session.machine.alive():
-            return session._finish(start, session._reset(start))
+            return session.finish(start, session.reset(start))
         now = time.monotonic()
         if now >= next_sample:
-            try:
-                registers = session.machine.hmp("info registers -a")
-            except InfraError:
-                if session.machine.exited_within(EXIT_GRACE_SECONDS):
-                    return session._finish(start, session._reset(start))
-                raise
-            watch.add(parse_registers(registers, session.arch), parse_halted(registers))
+            if (sample := session.link.sample(watch)) is None:  # a reset, mid-sample
+                return session.finish(start, session.reset(start))
+            registers = sample
             next_sample = now + SINGLE_VCPU_SAMPLE_SECONDS
-            if parked := watch.parked(session._code_at):
-                return session._finish(start, Finding(Outcome.PURGATORY_REFUSED, {"parked": parked},
+            if parked := watch.parked(session.link.code_at):
+                return session.finish(start, Finding(Outcome.PURGATORY_REFUSED, {"parked": parked},
                                                       {"registers.txt": registers}))
         if now - start > session.timeouts.verdict:
-            return session._finish(start, Finding(Outcome.HANG, {"waited": session.timeouts.verdict,
-                                                         **session._seen(watch, start)},
+            return session.finish(start, Finding(Outcome.HANG, {"waited": session.timeouts.verdict,
+                                                         **session.seen(watch, start)},
                                                   {"registers.txt": registers}))
         session.progress.tick("the new kernel or a parked vCPU", start)
 

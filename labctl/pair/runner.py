@@ -19,7 +19,6 @@ from labctl.config.arch import HOST, Arch, get_arch
 from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
 from labctl.evidence.applicability import NotApplicable, RequirementUnmet, after_boot, symbols
-from labctl.evidence.identity import new_token
 from labctl.evidence.smp import cpu_watch, resolve_cpus
 from labctl.evidence.verdict import judge
 from labctl.guest.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
@@ -292,13 +291,11 @@ class PairRun:
 
     def step_load(self, session: Session) -> Loaded:
         load = self.scenario.load
-        if load.crash:
-            cmdline = capture_cmdline(self.lab.machine, load, self.arch)
-        else:  # a kexec reboot: this run's token on the loaded kernel's command line
-            self.evidence["reboot"] = {"token": new_token()}
-            cmdline = reboot.reboot_cmdline(self.lab.machine, load, self.arch.kernel_params,
-                                            self.evidence["reboot"]["token"])
+        cmdline = (capture_cmdline(self.lab.machine, load, self.arch) if load.crash
+                   else reboot.reboot_cmdline(self.lab.machine, load, self.arch.kernel_params))
         loaded = session.load(cmdline, load.method, load.kernel, crash=load.crash)
+        if not load.crash:  # a kexec reboot: the new kernel must show this load's token
+            self.evidence["reboot"] = {"token": session.token}
         self.evidence["load"] = {"method": load.method, "image": load.kernel, "crash": load.crash,
                                  **loaded.evidence()}
         if load.kernel_from:

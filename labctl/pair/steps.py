@@ -13,24 +13,21 @@ import errno
 import os
 import random
 import re
-import select
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
 
 from labctl.config.arch import Arch, get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
-from labctl.evidence import causes, dump_check, dump_cpus, kernel_symbols
+from labctl.evidence import causes, dump_check, dump_cpus
 from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, decide_end, new_token, where_votes, with_token
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
-from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, parse_halted, parse_registers, purgatory_report
+from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, purgatory_report
 from labctl.evidence.vmcore import check_vmcore
-from labctl.guest.accel import KvmUnusable, kvm_unusable
 from labctl.guest.assets import GUEST_INITRD
 from labctl.guest.console import Console, StampedLog
 from labctl.guest.control import ControlChannel
@@ -38,31 +35,28 @@ from labctl.guest.machine import Machine
 from labctl.guest.memory import GuestMemory
 from labctl.kernel.facts import from_config_gz
 from labctl.kernel.load_images import guest_path
-from labctl.pair import identify
+from labctl.pair import capture_dump, identify
 from labctl.pair.dump_open import check_saved
 from labctl.pair.hotplug import read_headers
-from labctl.pair.vmcore_save import VMCORE, DumpReceiver
+from labctl.pair.link import GuestLink
+from labctl.pair.vmcore_save import VMCORE
 from labctl.progress import Progress
 from labctl.result import Outcome
 
-T = TypeVar("T")
 KEXEC_FILE_ON_CRASH = 0x2
 KEXEC_FILE_DEBUG = 0x8
 
-POLL_SECONDS = 0.1
 REGISTER_SAMPLE_SECONDS = 0.25
 # One vCPU: a park is recognised by the self-jump code at RIP whatever the interval, so sample
 # faster (a refusal's verdict comes ~0.6 s sooner).  Several vCPUs keep 0.25 s: CpuWatch judges
 # the other CPUs from the last two samples, and 0.1 s there coincided with 2 of 14 runs of
 # crash-intact-cpu1 on 6.1 seeing vCPU 0 at two RIPs in NMI context (0 of 8 at 0.25 s).
 SINGLE_VCPU_SAMPLE_SECONDS = 0.1
-STATUS_SAMPLE_SECONDS = 1.0
 # identity.RamLog: read the capture kernel's log from its memory once the console has been
 # silent this long, at most this often, unless the console showed its command line (a first
 # scan of a 256 MiB reservation takes 0.2-0.6 s on a loaded 2-core host).
 RAM_SCAN_QUIET_SECONDS = 3.0
 RAM_SCAN_SECONDS = 3.0
-EXIT_GRACE_SECONDS = 2.0  # QMP can drop a moment before QEMU's exit status is there
 
 # Whole lines (up to their newline): a pattern that matched a line still arriving recorded
 # "Kernel panic - not syncing: sysrq trigge" as the console's panic line.
@@ -70,8 +64,6 @@ PANIC_LINE = re.compile(r"Kernel panic - not syncing[^\r\n]*\r?\n")
 SYSRQ_LINE = re.compile(r"sysrq: Trigger a crash[^\r\n]*\r?\n")
 # guests/init's check of the initramfs the capture kernel unpacked (guest_assets.manifest_bytes)
 INITRAMFS_DAMAGED = re.compile(r"kexec-lab: initramfs damaged:[^\r\n]*\r?\n")
-SAVE_VMCORE_SECONDS = 900.0  # a few MB over the serial line, a few hundred KB/s under TCG
-DUMP_REPLY_SECONDS = 30.0  # the capture helper's page hashes and vmcore-dmesg (about 0.5 s)
 # Printed only once panic() has given up on kexec: no capture kernel will run.
 END_OF_PANIC = re.compile(r"---\[ end Kernel panic - not syncing[^\r\n]*\r?\n")
 LINUX_BANNER = re.compile(r"Linux version \S+")
@@ -170,15 +162,12 @@ class Session:
 
     def __init__(self, machine: Machine, console: Console, control: ControlChannel,
                  memory: GuestMemory, timeouts: Timeouts, progress: Progress):
-        self.machine = machine
+        self.link = GuestLink(machine, console, control, memory, progress)
+        self.machine, self.console, self.control, self.memory = machine, console, control, memory
         self.arch = get_arch(machine.spec.arch)
-        self.console = console
-        self.control = control
-        self.memory = memory
         self.timeouts = timeouts
         self.progress = progress
         self.timings: dict[str, float] = {}
-        self.phase = "booting"
         self.marks: dict[str, float] = {}
         self.purgatory_line: str | None = None  # an instrumented purgatory's COM1 report
         self.cpus: CpuWatch | None = None  # several CPUs: where the panic ran, the others
@@ -191,29 +180,14 @@ class Session:
         self.hot_memory_files: list[tuple[int, Path]] = []  # hot-added DIMMs: address, file
         self.symbols_cache: Path | None = None  # decoded kallsyms per kernel build (kernel_symbols.py)
 
-    # ------------------------------------------------------------ plumbing
-    def _events(self, patterns: dict, strict: bool = True) -> tuple[list[dict], list[tuple[str, str]]]:
-        fds = [self.control.fileno(), self.console.spawn.child_fd]
-        select.select(fds, [], [], POLL_SECONDS)
-        try:
-            return self.control.pump(strict=strict), self.console.poll(patterns)
-        except ConnectionError as exc:  # the socket went with QEMU (killed from outside)
-            if self.machine.exited_within(EXIT_GRACE_SECONDS):
-                raise self._guest_gone() from None
-            raise InfraError(f"lost the guest's serial ports while {self.phase}: {exc}") from None
+    @property
+    def phase(self) -> str:
+        """What the lab is doing with this guest (an error or an interruption names it)."""
+        return self.link.phase
 
-    def _guest_gone(self) -> InfraError | KvmUnusable:
-        return kvm_unusable(self.machine.spec.accel, self.machine.qemu_output()) or \
-            InfraError(f"{self.machine.death_reason()} while {self.phase}")
-
-    def _check_kvm(self, since: float) -> None:
-        """KVM failures leave QEMU alive: look at its log, its run state, and whether the
-        guest has said anything on its console since `since`."""
-        if self.machine.spec.accel != "kvm":
-            return
-        silent_for = 0.0 if self.console.log.received else time.monotonic() - since
-        if unusable := kvm_unusable("kvm", self.machine.qemu_output(), self.machine.status, silent_for):
-            raise unusable
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self.link.phase = value
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = round(time.monotonic() - start, 3)
@@ -233,10 +207,10 @@ class Session:
                                  "(see serial.log)")
             return None
 
-        message = self._wait(hello, self.timeouts.boot, "the guest to boot",
+        message = self.link.wait(hello, self.timeouts.boot, "the guest to boot",
                              f"the guest did not reach init within {self.timeouts.boot:g} s "
                              "(no hello on the control port); see serial.log",
-                             patterns={"panic": PANIC_LINE}, every=lambda: self._check_kvm(start))
+                             patterns={"panic": PANIC_LINE}, every=lambda: self.link.check_kvm(start))
         self.primary = message
         self._timed("boot", start)
         self.progress.say(f"booted {message.get('release')} in {self.timings['boot']:.1f} s")
@@ -245,7 +219,7 @@ class Session:
     def kernel_config(self) -> dict[str, str] | None:
         """The running kernel's /proc/config.gz, parsed (None if it cannot be read)."""
         self.control.send("kernel-config")
-        message = self._await_message(("kernel-config",), self.timeouts.load, "/proc/config.gz")
+        message = self.link.await_message(("kernel-config",), self.timeouts.load, "/proc/config.gz")
         return from_config_gz(message.get("gz"))
 
     def load(self, cmdline: str, method: str = "kexec_file_load", image: str = "default",
@@ -264,7 +238,7 @@ class Session:
         if method == "kexec_load":
             args = ["-p" if crash else "-l", "-d", "-c", kernel, f"--initrd={GUEST_INITRD}", f"--append={cmdline}"]
             self.control.send("kexec-tool " + "\t".join(args))
-            message = self._await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
+            message = self.link.await_message(("kexec-tool", "error"), self.timeouts.load, "kexec-tools")
             lines = message.get("output", []) + message.get("log", [])
             if message.get("rc"):
                 message.update(kexec_tools_errno(message.get("output", [])))
@@ -293,7 +267,7 @@ class Session:
                 raise InfraError(f"the running kernel oopsed inside kexec_file_load: "
                                  f"{oops[0].strip()!r} (see serial.log)")
             return next((m for m in messages if m["type"] in ("loaded", "error")), None)
-        return self._wait(found, self.timeouts.load, "the load to finish",
+        return self.link.wait(found, self.timeouts.load, "the load to finish",
                           f"timed out after {self.timeouts.load:g} s waiting for the load to finish",
                           patterns={"oops": OOPS_LINE})
 
@@ -311,10 +285,10 @@ class Session:
         self.phase = "unloading"
         if method == "kexec_load":
             self.control.send("kexec-tool -p\t-u")
-            message = self._await_message(("kexec-tool",), self.timeouts.load, "kexec -p -u")
+            message = self.link.await_message(("kexec-tool",), self.timeouts.load, "kexec -p -u")
         else:
             self.control.send("unload")
-            message = self._await_message(("unloaded",), self.timeouts.load, "the unload")
+            message = self.link.await_message(("unloaded",), self.timeouts.load, "the unload")
         self.progress.say(f"unloaded: rc {message.get('rc')}, kexec_crash_loaded="
                           f"{message.get('kexec_crash_loaded')}")
         return {"rc": message.get("rc"), "kexec_crash_loaded": message.get("kexec_crash_loaded")}
@@ -322,35 +296,7 @@ class Session:
     def ask(self, line: str, types: tuple[str, ...], what: str) -> dict:
         """Send the helper one command and wait (load timeout) for its reply."""
         self.control.send(line)
-        return self._await_message(types, self.timeouts.load, what)
-
-    def _await_message(self, types: tuple[str, ...], timeout: float, what: str) -> dict:
-        return self._wait(lambda messages, _: next((m for m in messages if m["type"] in types), None),
-                          timeout, what, f"timed out after {timeout:g} s waiting for {what}")
-
-    def _wait(self, found: Callable[[list[dict], list[tuple[str, str]]], T | None], timeout: float,
-              what: str, timed_out: str, patterns: dict | None = None,
-              every: Callable[[], None] | None = None) -> T:
-        """The wait before a verdict: pump the control channel and the console until
-        found(messages, console hits) returns something.  A guest that dies is the
-        guest-gone error, the deadline an InfraError saying `timed_out`; `every` runs
-        each STATUS_SAMPLE_SECONDS.  (observe has its own loop: there a reset or the
-        deadline is a finding, not an error.)"""
-        start = time.monotonic()
-        next_status = start + STATUS_SAMPLE_SECONDS
-        while True:
-            messages, hits = self._events(patterns or {})
-            if (value := found(messages, hits)) is not None:
-                return value
-            if not self.machine.alive():
-                raise self._guest_gone()
-            now = time.monotonic()
-            if every and now >= next_status:
-                every()
-                next_status = now + STATUS_SAMPLE_SECONDS
-            if now - start > timeout:
-                raise InfraError(timed_out)
-            self.progress.tick(what, start)
+        return self.link.await_message(types, self.timeouts.load, what)
 
     def corrupt(self, table: SegmentTable, corruption: Corruption) -> dict:
         """Overwrite bytes of a loaded segment through the RAM file; return the evidence."""
@@ -388,7 +334,7 @@ class Session:
         self.marks["trigger"] = time.monotonic()
         self.control.send(f"panic {trigger}" + (f" {cpu}" if cpu is not None else ""))
         if trigger == "nmi" or cpu is not None:
-            reply = self._await_message(("panicking", "error"), self.timeouts.load, "the helper to panic")
+            reply = self.link.await_message(("panicking", "error"), self.timeouts.load, "the helper to panic")
             if reply["type"] == "error":
                 raise InfraError(f"the guest helper could not panic: {reply.get('what')}: "
                                  f"{reply.get('strerror')}")
@@ -414,13 +360,13 @@ class Session:
         next_sample = time.monotonic() + every
         window_end = None if within is None else time.monotonic() + within
         while True:
-            messages, hits = self._events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
+            messages, hits = self.link.events({"panic": PANIC_LINE, "sysrq": SYSRQ_LINE,
                                            "banner": LINUX_BANNER, "damaged": INITRAMFS_DAMAGED,
                                            "end": END_OF_PANIC, "purgatory": PURGATORY_REPORT,
                                            **IdentityWatch.patterns,
                                            **(CpuWatch.patterns if self.cpus else {})},
                                           strict=False)
-            self._mark_console(hits, start)
+            self.mark_console(hits, start)
             identity.console(hits)
             if self.cpus:
                 self.cpus.console(hits)
@@ -429,7 +375,7 @@ class Session:
             if damaged := [line for name, line in hits if name == "damaged"]:
                 said = identify.confirm_capture(self, identity, identity.token_vote("init-line", damaged[0]),
                                                 identity.unended_vote())
-                return self._finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000],
+                return self.finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000],
                                                                      "identity": said}))
             if ended := [line for name, line in hits if name == "end"]:
                 # Whose panic ended: the crashed kernel's (it gave up on kexec) or a capture
@@ -438,53 +384,49 @@ class Session:
                 claim, evidence = decide_end(identity, ended[0], where_votes(
                     positions, self.primary.get("crashkernel")), positions)
                 outcome = Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED
-                return self._finish(start, Finding(outcome, {"console": ended[0].strip(), "identity": evidence}))
+                return self.finish(start, Finding(outcome, {"console": ended[0].strip(), "identity": evidence}))
             for message in messages:
                 # After the panic only a kexec'd kernel can say hello, even one that
                 # failed to set up /proc/vmcore (its role then reads "primary").
                 if message["type"] == "hello":
-                    return self._finish(start, self._capture_booted(message, release, table, identity))
+                    return self.finish(start, self.capture_booted(message, release, table, identity))
             if not self.machine.alive():
-                return self._finish(start, self._reset(start))
+                return self.finish(start, self.reset(start))
             now = time.monotonic()
             if now >= next_sample:
-                try:
-                    registers = self.machine.hmp("info registers -a")
-                except InfraError:
-                    if self.machine.exited_within(EXIT_GRACE_SECONDS):  # a reset, mid-sample
-                        return self._finish(start, self._reset(start))
-                    raise
-                watch.add(parse_registers(registers, self.arch), parse_halted(registers))
+                if (sample := self.link.sample(watch)) is None:  # a reset, mid-sample
+                    return self.finish(start, self.reset(start))
+                registers = sample
                 if self.cpus:
                     self.cpus.sample(registers)
                 next_sample = now + every
-                if parked := watch.parked(self._code_at):
-                    return self._finish(start, Finding(Outcome.PURGATORY_REFUSED, {"parked": parked},
+                if parked := watch.parked(self.link.code_at):
+                    return self.finish(start, Finding(Outcome.PURGATORY_REFUSED, {"parked": parked},
                                                        {"registers.txt": registers}))
                 if now >= next_scan and now - self.console.last_output >= RAM_SCAN_QUIET_SECONDS \
                         and identity.needs_ram():
                     next_scan = now + RAM_SCAN_SECONDS
                     if ended_in_ram := identify.scan_ram(self, identity):
                         claim, evidence = ended_in_ram
-                        return self._finish(start, Finding(
+                        return self.finish(start, Finding(
                             Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED, evidence))
-                if stopped := watch.stopped(self._code_at, self.primary.get("crashkernel")):
+                if stopped := watch.stopped(self.link.code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
                     said = identify.confirm_capture(self, identity, identity.console_vote(),
                                                     identity.unended_vote())
-                    return self._finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": stopped, "identity": said},
+                    return self.finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": stopped, "identity": said},
                                                        {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
-                return self._finish(start, Finding(Outcome.HANG, {
-                    "waited": self.timeouts.verdict, **self._seen(watch, start),
+                return self.finish(start, Finding(Outcome.HANG, {
+                    "waited": self.timeouts.verdict, **self.seen(watch, start),
                     "positions": [p.to_json() for p in identify.positions(self)]},
                     {"registers.txt": registers}))
             if window_end is not None and now > window_end:
-                return Finding(Outcome.NO_VERDICT, self._seen(watch, start))
+                return Finding(Outcome.NO_VERDICT, self.seen(watch, start))
             self.progress.tick("the capture kernel or a parked vCPU", start)
 
     # ------------------------------------------------------------ observe helpers
-    def _mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
+    def mark_console(self, hits: list[tuple[str, str]], start: float) -> None:
         for name, line in hits:
             if name in ("panic", "sysrq") and "capture_banner" not in self.marks:
                 self.panic_lines.append(line.strip())
@@ -494,7 +436,7 @@ class Session:
                 self.marks[key] = time.monotonic()
                 self.timings[f"panic_to_{key}"] = round(self.marks[key] - start, 3)
 
-    def _seen(self, watch: ParkWatch, start: float) -> dict:
+    def seen(self, watch: ParkWatch, start: float) -> dict:
         """What is known without a verdict: where the vCPUs are, what the console said."""
         return {"vcpus": watch.last_positions(), "console_marks": dict(self.marks_since(start))}
 
@@ -505,21 +447,15 @@ class Session:
     def _since(self, start: float) -> float:
         return round(time.monotonic() - start, 3)
 
-    def _code_at(self, rip: int) -> bytes:
-        try:
-            return self.memory.read(rip, 8)
-        except ValueError:
-            return b""
-
-    def _reset(self, start: float) -> Finding:
+    def reset(self, start: float) -> Finding:
         """QEMU ended after the panic: a reset (exit 0 under -no-reboot) is a finding; QEMU
         killed from outside or failing is not, and is the guest-gone infrastructure error."""
         if self.machine.proc is None or self.machine.proc.returncode != 0:
-            raise self._guest_gone()
+            raise self.link.guest_gone()
         return Finding(Outcome.GUEST_RESET, {"qemu": self.machine.death_reason(),
                                      "since_panic": self._since(start)})
 
-    def _capture_booted(self, hello: dict, release: str, table: SegmentTable,
+    def capture_booted(self, hello: dict, release: str, table: SegmentTable,
                         identity: IdentityWatch | None = None) -> Finding:
         """The capture kernel said hello: a healthy capture only if its dump is the
         crashed kernel's memory (dump_check.py); otherwise dump-mismatch, naming what differed.
@@ -533,91 +469,37 @@ class Session:
                     "vmcore": vmcore, "identity": said}
         if not vmcore["ok"] or not self.primary:
             return Finding(Outcome.CAPTURE_BOOTED, evidence)
-        dump, attachments = self._check_dump(bytes.fromhex(hello["vmcore_head"]), table)
+        dump, attachments = self.check_dump(bytes.fromhex(hello["vmcore_head"]), table)
         evidence["dump"] = dump
         if self.save_vmcore_to is not None:
-            evidence["saved_vmcore"] = saved = self.save_vmcore(self.save_vmcore_to)
+            evidence["saved_vmcore"] = saved = capture_dump.save_vmcore(self.link, self.save_vmcore_to, self.timings)
             if saved.get("file") == VMCORE:
                 saved["drgn"] = check_saved(self.save_vmcore_to, self.panic_lines, dump.get("cpus") or {})
                 saved["problems"] += saved["drgn"]["problems"]
         return Finding(Outcome.CAPTURE_BOOTED if dump["ok"] else dump_check.outcome(dump), evidence, attachments)
 
-    def save_vmcore(self, directory: Path) -> dict:
-        """Stream a filtered, compressed dump out of the capture kernel (vmcore_save.py)."""
-        start = time.monotonic()
-        self.progress.say("saving a filtered, compressed dump (makedumpfile -c -d 23)")
-        receiver = DumpReceiver(directory)
-        self.control.send("save-vmcore")
-        try:
-            while True:
-                messages, _ = self._events({}, strict=False)
-                for message in messages:
-                    if message["type"] == "vmcore-window":
-                        self.control.send("next" if receiver.window(message, self.memory) else "stop")
-                    elif message["type"] == "vmcore-chunk":
-                        receiver.chunk(message)
-                    elif message["type"] in ("vmcore-saved", "error"):
-                        evidence = receiver.finish(message)
-                        self._timed("save_vmcore", start)
-                        self.progress.say(f"saved {receiver.bytes} bytes in "
-                                          f"{self.timings['save_vmcore']:.1f} s: {evidence.get('file')}")
-                        return evidence
-                if not self.machine.alive():
-                    raise self._guest_gone()
-                if time.monotonic() - start > SAVE_VMCORE_SECONDS:
-                    raise InfraError(f"--save-vmcore: no end of the dump after {SAVE_VMCORE_SECONDS:g} s "
-                                     f"({receiver.bytes} bytes so far)")
-                self.progress.tick(f"the dump ({receiver.bytes >> 10} KiB so far)", start)
-        finally:
-            receiver.close()
-
-    def _check_dump(self, head: bytes, table: SegmentTable) -> tuple[dict, dict[str, str]]:
-        """Ask the capture helper for page hashes and the log out of the dump; compare."""
+    def check_dump(self, head: bytes, table: SegmentTable) -> tuple[dict, dict[str, str]]:
+        """The dump the capture kernel serves against what the lab recorded of the crashed
+        kernel (capture_dump.check_dump), with the hot-added DIMMs' files open meanwhile."""
         hot = [GuestMemory(path, address) for address, path in self.hot_memory_files]
         try:
-            return self._compare_dump(head, table, hot)
+            headers = read_headers(self.memory, table)
+            facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
+                                         seed=random.randrange(1 << 32),
+                                         hot_added=[(m.base, m.end) for m in hot], hot_memory=hot,
+                                         low_memory=self.low_memory, headers=headers and headers[1],
+                                         no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch),
+                                         online=self.cpus.online if self.cpus else None)
+            dump = capture_dump.check_dump(self.link, facts, self.symbols_cache, self.timings)
         finally:
             for region in hot:
                 region.close()
-
-    def _compare_dump(self, head: bytes, table: SegmentTable, hot: list[GuestMemory]) -> tuple[dict, dict[str, str]]:
-        start = time.monotonic()
-        headers = read_headers(self.memory, table)
-        facts = dump_check.DumpFacts(head, self.primary, self.memory, self.panic_lines,
-                                     seed=random.randrange(1 << 32),
-                                     hot_added=[(m.base, m.end) for m in hot], hot_memory=hot,
-                                     low_memory=self.low_memory, headers=headers and headers[1],
-                                     no_reader=dump_check.no_reader(self.arch.name, self.arch.debian_arch),
-                                     online=self.cpus.online if self.cpus else None)
-        for command in facts.requests().values():
-            self.control.send(command)
-        # while the capture helper hashes pages and runs vmcore-dmesg
-        facts.symbols, facts.symbols_missing = kernel_symbols.kallsyms(head, [self.memory, *hot],
-                                                                       self.symbols_cache)
-        self._timed("dump_kallsyms", start)
-        wanted = set(facts.requests())
-        while wanted and time.monotonic() - start < DUMP_REPLY_SECONDS:
-            messages, _ = self._events({}, strict=False)
-            for message in messages:
-                kind = message["type"] if message["type"] in wanted else \
-                    (message.get("what") == "/sbin/vmcore-dmesg" and "vmcore-dmesg")
-                if kind in wanted:
-                    facts.replies[kind] = message
-                    wanted.discard(kind)
-            if not self.machine.alive():
-                raise self._guest_gone()
-        dump = dump_check.verify(facts)
         if self.cpus and self.cpus.samples:
             dump["cpus"]["qmp_rips"] = dump_cpus.name_vcpus(
                 facts.symbols, {vcpu: state.rip for vcpu, state in self.cpus.samples[-1].items()})
-        if wanted:
-            dump["problems"].append(f"the capture helper did not answer {', '.join(sorted(wanted))} "
-                                    f"within {DUMP_REPLY_SECONDS:g} s (reading /proc/vmcore hung?)")
-            dump["ok"] = False
-        self._timed("dump_check", start)
         return dump, {"dump-dmesg.txt": dump_check.dmesg_text(facts)}
 
-    def _finish(self, start: float, finding: Finding) -> Finding:
+    def finish(self, start: float, finding: Finding) -> Finding:
         self.timings["panic_to_verdict"] = self._since(start)
         if cause := causes.classify(finding.outcome, finding.evidence, self.tool_output, self.arch.name):
             finding.evidence["cause"] = cause

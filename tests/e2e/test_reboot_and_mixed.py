@@ -38,7 +38,7 @@ def test_the_new_kernel_boots_with_this_runs_token(run, name):
     verdict, token = result["evidence"]["verdict"], result["evidence"]["reboot"]["token"]
     assert result["outcome"] == "rebooted" and len(token) == 16
     assert verdict["hello_has_token"] and verdict["console_has_token"] and verdict["token"] == token
-    assert f"kexec_lab_reboot={token}" in verdict["cmdline"]
+    assert f"labctl_run={token}" in verdict["cmdline"] and verdict["cmdline"].count("labctl_run=") == 1
     assert verdict["helper_role"] == "primary" and verdict["release"] == result["kernel"]["release"]
     assert result["evidence"]["load"]["crash"] is False
     serial = (result["_dir"] / "serial.log").read_text()

@@ -13,7 +13,7 @@ import pytest
 from labctl.guest.assets import BUSYBOX, INIT_SCRIPT
 from labctl.pair.steps import INITRAMFS_DAMAGED
 
-BLOCK = re.compile(r"^if grep -q -e elfcorehdr= -e kexec_lab_reboot= /proc/cmdline; then\n.*?^fi\n", re.S | re.M)
+BLOCK = re.compile(r"^if grep -q -e elfcorehdr= -e labctl_run= /proc/cmdline; then\n.*?^fi\n", re.S | re.M)
 
 
 def run_check(tmp_path, cmdline: str, manifest: str | None) -> list[str]:

@@ -13,14 +13,8 @@ from recorded import DATA, control_messages, registers, result
 
 from labctl.config.schema import LoadStep, MachineConfig, find_scenario, load_lab, load_scenario
 from labctl.errors import ConfigError
-from labctl.evidence.reboot import (
-    CONSOLE_CMDLINE,
-    TOKEN_PARAM,
-    loaded_kernel_problem,
-    reboot_problem,
-    rebooted_evidence,
-    token_in,
-)
+from labctl.evidence.identity import TOKEN_PARAM, token_in, with_token
+from labctl.evidence.reboot import CONSOLE_CMDLINE, loaded_kernel_problem, reboot_problem, rebooted_evidence
 from labctl.evidence.segments import parse_segment_table
 from labctl.evidence.verdict import ParkWatch, judge, parse_registers
 from labctl.guest.assets import modules_layer_bytes
@@ -86,10 +80,11 @@ def test_a_reboot_scenario_loads_on_its_own_run_from_a_booted_snapshot():
 
 
 def test_the_reboot_command_line_is_a_normal_boot_carrying_the_token():
-    line = reboot_cmdline(MachineConfig(), LoadStep(cmdline="quiet"), ["console=ttyS0,115200"], "abc123")
-    assert line.startswith("console=ttyS0,115200 ") and line.endswith(f" quiet {TOKEN_PARAM}=abc123")
+    line = with_token(reboot_cmdline(MachineConfig(), LoadStep(cmdline="quiet"), ["console=ttyS0,115200"]),
+                      "0123456789abcdef")  # Session.load adds the run's token to every load
+    assert line.startswith("console=ttyS0,115200 ") and line.endswith(f" quiet {TOKEN_PARAM}=0123456789abcdef")
     assert "crashkernel" not in line and "elfcorehdr" not in line and "panic=0" in line
-    assert token_in(line) == "abc123" and token_in("console=ttyS0") is None
+    assert token_in(line) == "0123456789abcdef" and token_in("console=ttyS0") is None
 
 
 # ------------------------------------------------------------ recorded reboots
