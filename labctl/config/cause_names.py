@@ -10,6 +10,7 @@ from labctl.result import Outcome
 
 LAB_TIMEOUT = "lab-timeout"
 HALT_HOWS = {"hlt with interrupts off": "hlt", "jump-to-self": "self-jump"}
+FAULT_LOOP = "fault loop"  # evidence/verdict.py ParkWatch.faulting: the cause fault-loop
 HALT_PLACES = ("kernel", "initrd", "boot_params", "elfcorehdr", "purgatory", "backup", "dtb",
                "reservation")
 CAUSES: dict[str, tuple[str, ...]] = {
@@ -20,6 +21,8 @@ CAUSES: dict[str, tuple[str, ...]] = {
                             "missing-symbol", "cpu-notes"),
     Outcome.CAPTURE_PANICKED: ("no-root-fs", "no-init", "init-exited", "out-of-memory", "oops", "other"),
     Outcome.CAPTURE_DAMAGED: ("initramfs-checksum", "initramfs-missing-file", "missing-reader"),
-    Outcome.CAPTURE_HALTED: tuple(f"{how}-in-{place}" for how in HALT_HOWS.values() for place in HALT_PLACES),
+    # where the vCPU stopped; fault-loop: re-taking a fault where nothing is mapped (no place)
+    Outcome.CAPTURE_HALTED: (*(f"{how}-in-{place}" for how in HALT_HOWS.values() for place in HALT_PLACES),
+                             "fault-loop"),
 }
 FAILURE_CLASSES = tuple(CAUSES)

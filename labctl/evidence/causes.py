@@ -24,14 +24,15 @@ expect).  Every cause is read from what the run recorded:
 - capture-damaged (the capture init's line): initramfs-checksum (a file differs),
   initramfs-missing-file (a file is gone).
 - capture-halted (where the vCPU stopped): <hlt|self-jump>-in-<segment>, the
-  segment of the load it stopped in, or the reservation outside every segment.
+  segment of the load it stopped in, or the reservation outside every segment;
+  fault-loop where it re-takes a fault at an address nothing maps.
 """
 
 from __future__ import annotations
 
 import re
 
-from labctl.config.cause_names import CAUSES, HALT_HOWS, LAB_TIMEOUT
+from labctl.config.cause_names import CAUSES, FAULT_LOOP, HALT_HOWS, LAB_TIMEOUT
 from labctl.result import Outcome
 
 RISCV_RAM_BASE = 0x8000_0000  # hw/riscv/virt.c VIRT_DRAM; OpenSBI keeps the first 2 MiB
@@ -102,6 +103,8 @@ def _damaged_cause(evidence: dict) -> list[str]:
 
 def _halted_cause(evidence: dict) -> list[str]:
     halted = evidence.get("halted") or {}
+    if halted.get("how") == FAULT_LOOP:  # verdict.ParkWatch.faulting: no segment, nothing mapped
+        return ["fault-loop"]
     how = HALT_HOWS.get(str(halted.get("how")), "hlt")
     return [f"{how}-in-{halted.get('segment') or 'reservation'}"]
 

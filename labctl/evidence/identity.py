@@ -145,6 +145,15 @@ def where_votes(positions: list[Position], region: tuple[int, int] | None) -> li
     return votes
 
 
+def fault_loop_vote(faulting: dict) -> Vote:
+    """A vCPU re-taking a fault at an address nothing maps (verdict.ParkWatch.faulting):
+    only the kexec path turns the crashed kernel's MMU off, so the kernel it entered runs
+    (and faulted) there."""
+    return Vote("fault-loop", CAPTURE, f"vCPU {faulting['cpu']} re-takes a fault at {faulting['pc']}, "
+                                       "which neither RAM nor its MMU maps: the kexec path switched "
+                                       "the MMU off and the code it entered faulted")
+
+
 @dataclass
 class IdentityWatch:
     """What the console showed after the trigger that says which kernel printed it."""

@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.config.arch import HOST, Arch
+from labctl.config.cause_names import FAULT_LOOP
 from labctl.evidence.causes import cause_problem
 from labctl.evidence.identity import disagreement
 from labctl.evidence.reboot import kexec_problem
@@ -48,6 +49,7 @@ HLT_STATE = re.compile(r"\bHLT=(\d)")
 RFLAGS = re.compile(r"\bRFL=([0-9a-fA-F]+)")
 RFLAGS_IF = 0x200
 HLT_OPCODE = 0xF4
+FAULT_LOOP_SAMPLES = 3  # one pc held this long, unfetchable: a fault loop (ParkWatch.faulting)
 
 
 def parse_registers(text: str, arch: Arch = HOST) -> dict[int, int]:
@@ -132,6 +134,27 @@ class ParkWatch:
                     "segment": segment.role if segment else None,
                     "segment_offset": hex(rip - segment.mem) if segment else None,
                     "crashkernel": [hex(region[0]), hex(region[1])], "samples": len(self.samples)}
+        return None
+
+    def faulting(self, code_at, translate) -> dict | None:
+        """Evidence dict if a vCPU re-takes a fault for good: the same pc in the last
+        FAULT_LOOP_SAMPLES samples, no RAM at that address and no mapping for it through the
+        vCPU's own MMU (translate(cpu, pc): QEMU's gva2gpa, None when it cannot).  Nothing
+        runs there: the fetch faults, and so does the fetch of the exception vector it goes
+        to.  The crashed kernel's vectors are mapped while its MMU is on; after a panic only
+        the kexec path switches the MMU off and jumps (arm64 cpu_soft_restart() in
+        arch/arm64/kernel/cpu-reset.S, entered from machine_kexec()), leaving VBAR_EL1 at the
+        old kernel's virtual vectors: the code it jumped to faulted at once."""
+        if len(self.samples) < FAULT_LOOP_SAMPLES:
+            return None
+        recent = self.samples[-FAULT_LOOP_SAMPLES:]
+        for cpu, pc in sorted(recent[-1].items()):
+            if any(sample.get(cpu) != pc for sample in recent) or code_at(pc):
+                continue
+            if translate(cpu, pc) is not None:
+                continue
+            return {"cpu": cpu, "pc": hex(pc), "samples": len(self.samples),
+                    "how": FAULT_LOOP, "detail": "no RAM at its pc and its MMU maps none there"}
         return None
 
     def last_positions(self) -> list[dict]:

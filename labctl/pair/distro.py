@@ -27,14 +27,26 @@ from pathlib import Path
 from labctl.errors import InfraError
 from labctl.evidence import distro_dump
 from labctl.evidence.applicability import UNMET, Check, Need, NotApplicable
+from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, confirm, decide_end, new_token, where_votes
 from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
 from labctl.evidence.verdict import ParkWatch
 from labctl.guest import rootfs
 from labctl.guest.accel import Accel
 from labctl.guest.machine import Machine, MachineSpec
+from labctl.pair import identify
 from labctl.pair.context import PairContext
-from labctl.pair.steps import END_OF_PANIC, LINUX_BANNER, PANIC_LINE, SYSRQ_LINE, Finding, Session, opened_session
+from labctl.pair.steps import (
+    END_OF_PANIC,
+    LINUX_BANNER,
+    PANIC_LINE,
+    RAM_SCAN_QUIET_SECONDS,
+    RAM_SCAN_SECONDS,
+    SYSRQ_LINE,
+    Finding,
+    Session,
+    opened_session,
+)
 from labctl.pair.vmcore_save import rebuild
 from labctl.result import Outcome
 
@@ -96,12 +108,17 @@ def copy_out(disk: Path, stamp: str, dest: Path) -> dict[str, Path]:
     return {p.name: p for p in (dest / stamp).iterdir() if p.is_file()}
 
 
-def machine_spec(pair: PairContext, accel: Accel, image: rootfs.RootfsImage, crash_disk: Path) -> MachineSpec:
+def machine_spec(pair: PairContext, accel: Accel, image: rootfs.RootfsImage, crash_disk: Path,
+                 token: str) -> MachineSpec:
+    """The Debian guest: its root disk (snapshot=on), the /var/crash disk, and on the command
+    line the kexec call kdump-tools is to use and this run's token, which kexec-lab-setup
+    hands to kdump-tools for the capture kernel's command line (labctl_run=, identity.py)."""
     m = pair.lab.machine
     kexec = "file" if pair.scenario.load.method == "kexec_file_load" else "load"
     cmdline = " ".join(filter(None, [*pair.arch.kernel_params, "root=/dev/vda", "rw",
                                      f"crashkernel={m.crashkernel_mib}M", "panic=0", m.cmdline,
-                                     pair.scenario.boot_cmdline, f"kexec_lab.kexec={kexec}"]))
+                                     pair.scenario.boot_cmdline, f"kexec_lab.kexec={kexec}",
+                                     f"kexec_lab.capture_token={token}"]))
     return MachineSpec(kernel=pair.kernel.bzimage, initrd=image.initrd, cmdline=cmdline,
                        accel=accel.name, machine_type=m.type, memory_mib=m.memory_mib, smp=1,
                        tcg_threads=m.tcg_threads, arch=pair.arch.name,
@@ -124,10 +141,11 @@ def run(pair: PairContext, accel: Accel, out: Path, t0: float) -> Finding:
     make_crash_disk(disk)
     pair.progress.say("booting the Debian guest (systemd; kdump-tools.service loads at boot)")
     try:
-        spec = machine_spec(pair, accel, image, disk)
+        token = new_token()
+        spec = machine_spec(pair, accel, image, disk, token)
         with Machine(spec, out / "qemu.log") as machine, \
                 opened_session(machine, out, t0, pair.lab.timeouts, pair.progress) as session:
-            pair.session = session
+            pair.session, session.token = session, token
             flow = DistroFlow(pair, session)
             finding = flow.steps()
         return flow.judge_disk(finding, disk, out)
@@ -145,6 +163,7 @@ class DistroFlow:
         self.truth: dict[int, int] | None = None  # page hashes when the capture kernel started
         self.iomem: dict = {}
         self.saved: str | None = None
+        self.identity: IdentityWatch | None = None  # which kernel printed what (identity.py)
 
     def steps(self) -> Finding:
         report = self.boot()
@@ -180,6 +199,7 @@ class DistroFlow:
                     return message
             if not s.machine.alive():
                 raise InfraError(f"{s.machine.death_reason()} while the Debian guest booted")
+            s.progress.tick("systemd and kdump-tools.service", start)
         raise InfraError(f"the Debian guest's kdump report did not come within {BOOT_SECONDS:.0f} s "
                          "(see serial.log)")
 
@@ -198,6 +218,7 @@ class DistroFlow:
         facts = {"kexec_crash_loaded": report.get("kexec_crash_loaded"), "unit": report.get("unit"),
                  "kexec_crash_size": report.get("kexec_crash_size"), "release": report.get("release"),
                  "kexec_cmd": command, "kexec_call_by_command": by_command, "kexec_call_by_log": by_log,
+                 "capture_token": self.session.token,
                  "kdump_tools_output": self.lines("kdump-tools")[-12:],
                  "crashkernel": [hex(x) for x in self.iomem["crashkernel"] or []]}
         self.pair.evidence["load"] = {"method": self.pair.scenario.load.method, "by": "kdump-tools", **facts}
@@ -216,25 +237,32 @@ class DistroFlow:
         s.control.send("crash")
 
     def observe(self, table: SegmentTable) -> Finding:
-        """Purgatory parked, or the capture boot saving the dump and rebooting."""
+        """Purgatory parked, or the capture boot saving the dump and rebooting.  Which kernel
+        printed an end of panic, and whether a capture kernel ran before a reset, rest on the
+        signals of identity.py (this run's token in the capture kernel's command line, on the
+        console or in its own log in the reservation, where the vCPUs run), as for the lab's
+        own loads, never on a `Linux version` banner alone."""
         s = self.session
         s.phase, start = "observing", s.marks["trigger"]
-        watch, registers, next_sample = ParkWatch(table, s.arch), "", start + SAMPLE_SECONDS
+        self.identity = identity = IdentityWatch(s.token, RamLog(s.token, s.primary.get("crashkernel")))
+        watch, registers, next_sample, next_scan = ParkWatch(table, s.arch), "", start + SAMPLE_SECONDS, 0.0
         patterns = {"panic": PANIC_LINE, "sysrq": SYSRQ_LINE, "banner": LINUX_BANNER,
                     "end": END_OF_PANIC, "makedumpfile": MAKEDUMPFILE, "dmesg_saved": SAVED_DMESG,
-                    "saved": SAVED_VMCORE, "failed": KDUMP_FAILED}
+                    "saved": SAVED_VMCORE, "failed": KDUMP_FAILED, **IdentityWatch.patterns}
         while time.monotonic() - start < CAPTURE_SECONDS:
             _, hits = s.link.events(patterns, strict=False)
+            identity.console(hits)
             self.mark(hits, start)
-            if ended := [line for name, line in hits if name == "end"]:  # as steps.py: before
-                # the capture kernel's banner the crashed kernel gave up on kexec, after it the
-                # capture kernel itself panicked
-                outcome = Outcome.CAPTURE_PANICKED if "capture_banner" in s.marks else Outcome.PANIC_HALTED
-                return Finding(outcome, {"console": ended[0].strip()})
+            if ended := [line for name, line in hits if name == "end"]:
+                positions = identify.positions(s)
+                claim, said = decide_end(identity, ended[0], where_votes(positions, s.primary.get("crashkernel")),
+                                         positions)
+                outcome = Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED
+                return Finding(outcome, {"console": ended[0].strip(), "identity": said})
             if not s.machine.alive():
                 return self.reset(start)
             now = time.monotonic()
-            if "capture_banner" not in s.marks and now >= next_sample:
+            if self.truth is None and now >= next_sample:
                 if (sample := s.link.sample(watch)) is None:  # QEMU ended between two checks
                     return self.reset(start)
                 registers = sample
@@ -242,33 +270,54 @@ class DistroFlow:
                 if parked := watch.parked(s.link.code_at):
                     s.timings["panic_to_verdict"] = round(now - start, 3)
                     return Finding(Outcome.PURGATORY_REFUSED, {"parked": parked}, {"registers.txt": registers})
+            if now >= next_scan and now - s.console.last_output >= RAM_SCAN_QUIET_SECONDS and identity.needs_ram():
+                next_scan = now + RAM_SCAN_SECONDS  # a quiet capture kernel: its own log says it runs
+                if ended_in_ram := identify.scan_ram(s, identity):
+                    claim, said = ended_in_ram
+                    return Finding(Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED, said)
+                if identity.ram_votes():
+                    self.capture_started(start, "its own log in the reservation")
+            s.progress.tick("the capture boot, the dump and the reboot (or a parked vCPU)", start)
         return Finding(Outcome.HANG, {"waited": CAPTURE_SECONDS, "vcpus": watch.last_positions(),
                               "console_marks": sorted(k for k in s.marks)}, {"registers.txt": registers})
 
     def mark(self, hits: list[tuple[str, str]], start: float) -> None:
-        """Console milestones as timings; the RAM's page hashes at the capture kernel's banner."""
+        """Console milestones as timings; the capture kernel's start once its command line
+        with this run's token is on the console."""
         s = self.session
         for name, line in hits:
-            if name in ("panic", "sysrq") and "capture_banner" not in s.marks:
+            if name in ("panic", "sysrq") and self.truth is None:
                 s.panic_lines.append(line.strip())
-            if name == "saved" and "capture_banner" in s.marks:
+            if name == "saved" and self.truth is not None:
                 self.saved = re.sub(r"[^\w/.-]", "", line.split("saved vmcore in", 1)[1].split()[0])
+            if name == "cmdline" and (vote := self.identity and self.identity.console_vote()) \
+                    and vote.says == CAPTURE:
+                self.capture_started(start, "its command line on the console")
             key = {"banner": "capture_banner", "makedumpfile": "makedumpfile", "saved": "vmcore_saved",
                    "dmesg_saved": "dmesg_saved", "failed": "kdump_failed"}.get(name)
             if key and key not in s.marks:
                 s.marks[key] = time.monotonic()
                 s.timings[f"panic_to_{key}"] = round(s.marks[key] - start, 3)
-                if key == "capture_banner":
-                    hashed = time.monotonic()
-                    self.truth = distro_dump.hash_ram(s.memory, self.iomem)
-                    s.timings["hash_ram"] = round(time.monotonic() - hashed, 3)
-                    s.progress.say(f"capture kernel started; hashed {len(self.truth)} pages of the "
-                                   f"crashed kernel's RAM in {s.timings['hash_ram']:.1f} s")
-                else:
-                    s.progress.say(f"{key.replace('_', ' ')} after {s.timings[f'panic_to_{key}']:.1f} s")
+                s.progress.say(f"{key.replace('_', ' ')} after {s.timings[f'panic_to_{key}']:.1f} s")
+
+    def capture_started(self, start: float, seen: str) -> None:
+        """The capture kernel runs (this run's token, seen as `seen`): hash the crashed kernel's
+        RAM now, the truth its dump is checked against."""
+        if self.truth is not None:
+            return
+        s = self.session
+        s.marks["capture_started"] = hashed = time.monotonic()
+        s.timings["panic_to_capture_started"] = round(hashed - start, 3)
+        self.truth = distro_dump.hash_ram(s.memory, self.iomem)
+        s.timings["hash_ram"] = round(time.monotonic() - hashed, 3)
+        s.progress.say(f"capture kernel started ({seen}); hashed {len(self.truth)} pages of the "
+                       f"crashed kernel's RAM in {s.timings['hash_ram']:.1f} s")
 
     def reset(self, start: float) -> Finding:
-        """QEMU ended: kdump-tools' `reboot -f` after saving (under -no-reboot), or not."""
+        """QEMU ended: kdump-tools' `reboot -f` after saving (under -no-reboot), or not.  A
+        capture boot is claimed on identity.py's signals (its log read from the RAM file
+        once more, which outlives QEMU until the run ends); the dump on /var/crash is judged
+        after (judge_disk)."""
         s = self.session
         code = s.machine.proc.returncode if s.machine.proc else None
         if code != 0:
@@ -276,9 +325,13 @@ class DistroFlow:
         s.timings["panic_to_reboot"] = round(time.monotonic() - start, 3)
         evidence = {"qemu": s.machine.death_reason(), "saved_line": self.saved,
                     "console_marks": sorted(s.marks)}
-        if "capture_banner" in s.marks:
-            return Finding(Outcome.CAPTURE_BOOTED, evidence)
-        return Finding(Outcome.GUEST_RESET, evidence)
+        identity = self.identity or IdentityWatch(s.token)
+        if identity.ram is not None and identity.needs_ram():
+            identity.ram.scan(s.memory.find, s.memory.read, s.memory.written_ranges())
+        said = confirm(CAPTURE, [identity.console_vote(), identity.unended_vote(), *identity.ram_votes()])
+        if any(v["says"] == CAPTURE for v in said["votes"]):
+            return Finding(Outcome.CAPTURE_BOOTED, {**evidence, "identity": said})
+        return Finding(Outcome.GUEST_RESET, {**evidence, "identity_votes": said["votes"]})
 
     def judge_disk(self, finding: Finding, disk: Path, out: Path) -> Finding:
         """What kdump-tools left on /var/crash, checked against the truth."""

@@ -33,9 +33,7 @@ def positions(session) -> list[Position]:
     try:
         registers = machine.hmp("info registers -a")
         parts = cpu_parts(registers)
-        return [Position(cpu, pc, parse_gpa(machine.command(
-            "human-monitor-command", **{"command-line": f"gva2gpa {pc:#x}", "cpu-index": cpu})),
-            page_table_root(session.arch.name, parts.get(cpu, "")))
+        return [Position(cpu, pc, translate(session, cpu, pc), page_table_root(session.arch.name, parts.get(cpu, "")))
             for cpu, pc in sorted(parse_registers(registers, session.arch).items())]
     except InfraError:
         if machine.alive():
@@ -43,6 +41,13 @@ def positions(session) -> list[Position]:
         return []  # QEMU ended meanwhile: the where-signals have nothing to say
     finally:
         _cost(session, began)
+
+
+def translate(session, cpu: int, address: int) -> int | None:
+    """A virtual address through one vCPU's MMU as it is now (QEMU's gva2gpa); None when it
+    maps nothing there."""
+    return parse_gpa(session.machine.command(
+        "human-monitor-command", **{"command-line": f"gva2gpa {address:#x}", "cpu-index": cpu}))
 
 
 def confirm_capture(session, identity: IdentityWatch, *votes) -> dict:

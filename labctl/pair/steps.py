@@ -23,7 +23,16 @@ from labctl.config.arch import Arch, get_arch
 from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence import causes, dump_check, dump_cpus
-from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, decide_end, new_token, where_votes, with_token
+from labctl.evidence.identity import (
+    CAPTURE,
+    IdentityWatch,
+    RamLog,
+    decide_end,
+    fault_loop_vote,
+    new_token,
+    where_votes,
+    with_token,
+)
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, purgatory_report
@@ -416,6 +425,11 @@ class Session:
                                                     identity.unended_vote())
                     return self.finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": stopped, "identity": said},
                                                        {"registers.txt": registers}))
+                if faulted := watch.faulting(self.link.code_at, lambda cpu, pc: identify.translate(self, cpu, pc)):
+                    said = identify.confirm_capture(self, identity, identity.console_vote(),
+                                                    identity.unended_vote(), fault_loop_vote(faulted))
+                    return self.finish(start, Finding(Outcome.CAPTURE_HALTED, {"halted": faulted, "identity": said},
+                                                      {"registers.txt": registers}))
             if now - start > self.timeouts.verdict:
                 return self.finish(start, Finding(Outcome.HANG, {
                     "waited": self.timeouts.verdict, **self.seen(watch, start),

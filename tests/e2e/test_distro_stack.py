@@ -48,9 +48,38 @@ def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks, 
     dmesg = (result["_dir"] / "var-crash" / stamp / f"dmesg.{stamp}").read_text()
     assert "Kernel panic - not syncing: sysrq triggered crash" in dmesg
     timings = result["timings"]
-    assert timings["panic_to_capture_banner"] < timings["panic_to_vmcore_saved"] < timings["panic_to_reboot"]
+    assert timings["panic_to_capture_started"] < timings["panic_to_vmcore_saved"] < timings["panic_to_reboot"]
+    capture_votes = assert_capture_identified(result)
+    assert "console-cmdline" in capture_votes
     image = cached_image(result)
     assert image.stat().st_mtime < os.path.getmtime(result["_dir"] / "result.json") - timings["total"]
+
+
+def assert_capture_identified(result: dict) -> set[str]:
+    """The capture boot is claimed on two signals with none against, and only the capture
+    kernel's command line carried this run's token: the signals that said so."""
+    load, identity = result["evidence"]["load"], result["evidence"]["verdict"]["identity"]
+    token = load["capture_token"]  # on the command line kdump-config gave the capture kernel
+    assert len(token) == 16 and f"labctl_run={token}" in load["kexec_cmd"]
+    assert "disagreement" not in identity, identity
+    votes = {v["signal"] for v in identity["votes"] if v["says"] == "capture"}
+    assert len(votes) >= 2 and "panic-unended" in votes
+    return votes
+
+
+def test_a_silent_capture_kernel_is_still_seen_by_its_own_log_in_ram(no_leaks):
+    """loglevel=0 reaches the capture kernel through kdump-tools' KDUMP_CMDLINE (its
+    /proc/cmdline): no banner and no command line on the console, yet the lab must see it run
+    (its log in the reservation) and check the dump it saved."""
+    run = labctl("run", "distro-kdump-quiet", "--kernel", "debian-6.12", timeout=1800)
+    result = run.results["distro-kdump-quiet"]
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (result["expected"], result["outcome"]) == ("capture-booted", "capture-booted")
+    assert "capture_banner" not in result["evidence"]["verdict"]["console_marks"]
+    assert "console-cmdline" not in assert_capture_identified(result)
+    assert "ram-cmdline" in assert_capture_identified(result)
+    dump = result["evidence"]["verdict"]["dump"]
+    assert dump["problems"] == [] and dump["pages"]["differ"] == 0 and dump["pages"]["compared"] > 10000
 
 
 @pytest.mark.parametrize("scenario, call, kernel", [
