@@ -3,12 +3,17 @@ under TCG, judged with the same evidence as x86_64 (labctl/config/arch.py says w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import labctl
+from labctl.config.arch import get_arch
+from labctl.config.schema import load_lab
 
 pytestmark = pytest.mark.e2e
 
+ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 1800  # a first use builds the recipe (cross build: minutes)
 
 
@@ -29,9 +34,15 @@ def check_capture_booted(result: dict) -> None:
     assert verdict["vmcore"]["ok"] and verdict["vmcore"]["osrelease"] == result["kernel"]["release"]
 
 
+def result_deadline(result: dict) -> float:
+    """The verdict backstop the run had (lab.yaml's, scaled for a foreign architecture)."""
+    return load_lab(ROOT / "lab.yaml").timeouts.verdict * get_arch(result["kernel"]["arch"]).tcg_slowdown
+
+
 def test_arm64_both_methods_intact_and_corrupt(no_leaks):
     run = labctl("run", "crash-intact", "crash-corrupt", "crash-intact-kexec-load",
-                 "crash-corrupt-kexec-load", "--kernel", "tiny-6.12-arm64", timeout=RUN_TIMEOUT)
+                 "crash-corrupt-kexec-load", "corrupt-kernel-entry", "--kernel", "tiny-6.12-arm64",
+                 timeout=RUN_TIMEOUT)
     assert run.returncode == 0, run.stdout + run.stderr
     results = run.results
     for result in results.values():
@@ -46,6 +57,10 @@ def test_arm64_both_methods_intact_and_corrupt(no_leaks):
     assert file_corrupt["evidence"]["corruption"]["verified"]
     assert file_corrupt["evidence"]["corruption"]["still_corrupted"]
     check_capture_booted(results["crash-intact"])
+    # a zeroed entry, entered with the MMU off: named on evidence (a fault loop), not at the deadline
+    entry = results["corrupt-kernel-entry"]
+    assert (entry["outcome"], entry["evidence"]["verdict"]["cause"]["causes"]) == ("capture-halted", ["fault-loop"])
+    assert entry["timings"]["panic_to_verdict"] < 10 < result_deadline(entry)
     # kexec-tools 2.0.25 writes arm64 core headers vmcore-dmesg cannot read (the scenario says why)
     tool_intact = results["crash-intact-kexec-load"]
     assert tool_intact["outcome"] == "dump-mismatch" and tool_intact["evidence"]["verdict"]["helper_role"] == "capture"

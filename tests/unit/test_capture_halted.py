@@ -7,8 +7,13 @@ import json
 import pytest
 from recorded import DATA, registers
 
+from labctl.config.arch import get_arch
+from labctl.config.cause_names import FAULT_LOOP
+from labctl.evidence.causes import classify
+from labctl.evidence.identity import fault_loop_vote
 from labctl.evidence.segments import Segment, SegmentTable
-from labctl.evidence.verdict import ParkWatch, parse_halted, parse_registers
+from labctl.evidence.verdict import FAULT_LOOP_SAMPLES, ParkWatch, judge, parse_halted, parse_registers
+from labctl.result import Outcome
 
 HALTED = DATA / "recipes" / "tiny-6.12-no-digest" / "crash-corrupt-halted"
 RECORDED = json.loads((HALTED / "result.json").read_text())
@@ -117,3 +122,55 @@ def test_the_manifest_is_what_busybox_sha256sum_checks(tmp_path):
     assert subprocess.run(check, cwd=tmp_path).returncode == 0
     (tmp_path / "init").write_bytes(b"#!/bin/sh\nX")
     assert subprocess.run(check, cwd=tmp_path).returncode != 0
+
+
+# ------------------------------------------------------------ a fault loop (arm64, recorded)
+
+ENTRY = DATA / "tiny-6.12-arm64" / "corrupt-kernel-entry"
+ENTRY_RESULT = json.loads((ENTRY / "result.json").read_text())
+
+
+def arm64_watch(samples: int) -> tuple[ParkWatch, int]:
+    text = (ENTRY / "registers.txt").read_text()
+    watch = ParkWatch(SegmentTable(()), get_arch("arm64"))
+    for _ in range(samples):
+        watch.add(parse_registers(text, get_arch("arm64")), parse_halted(text))
+    return watch, parse_registers(text, get_arch("arm64"))[0]
+
+
+def test_arm64_entered_with_zeros_re_takes_a_fault_at_the_old_kernels_vectors():
+    """cpu_soft_restart() turned the MMU off and branched to a zeroed Image (x0 = the DTB):
+    the UDF's exception goes to VBAR_EL1 + 0x200, a virtual address nothing maps any more."""
+    watch, pc = arm64_watch(FAULT_LOOP_SAMPLES)
+    text = (ENTRY / "registers.txt").read_text()
+    assert pc & 0x7FF == 0x200 and pc >> 48 == 0xFFFF  # the synchronous current-EL vector, virtual
+    assert "X00=000000007ec00000" in text  # the DTB address cpu_soft_restart passes in x0
+    found = watch.faulting(lambda address: b"", lambda cpu, address: None)
+    assert found == {"cpu": 0, "pc": hex(pc), "samples": FAULT_LOOP_SAMPLES, "how": FAULT_LOOP,
+                     "detail": "no RAM at its pc and its MMU maps none there"}
+    assert ENTRY_RESULT["evidence"]["verdict"]["halted"]["pc"] == hex(pc)
+    assert classify(Outcome.CAPTURE_HALTED, {"halted": found}, [], "arm64") == {"causes": ["fault-loop"]}
+
+
+def test_a_fault_loop_needs_three_samples_an_unfetchable_pc_and_no_mapping():
+    watch, pc = arm64_watch(FAULT_LOOP_SAMPLES - 1)
+    assert watch.faulting(lambda address: b"", lambda cpu, address: None) is None
+    watch, pc = arm64_watch(FAULT_LOOP_SAMPLES)
+    # RAM at that address, or an MMU that maps it: a kernel idling there, not a fault loop
+    assert watch.faulting(lambda address: b"\x7f\x20\x03\xd5", lambda cpu, address: None) is None
+    assert watch.faulting(lambda address: b"", lambda cpu, address: 0x4001_0A00) is None
+    moved = (ENTRY / "registers.txt").read_text().replace(f"PC={pc:016x}", f"PC={pc + 4:016x}")
+    watch.add(parse_registers(moved, get_arch("arm64")), parse_halted(moved))
+    assert watch.faulting(lambda address: b"", lambda cpu, address: None) is None
+
+
+def test_the_recorded_fault_loop_is_named_on_two_signals_within_a_second():
+    verdict = ENTRY_RESULT["evidence"]["verdict"]
+    assert ENTRY_RESULT["outcome"] == "capture-halted" and ENTRY_RESULT["passed"]
+    assert {v["signal"] for v in verdict["identity"]["votes"] if v["says"] == "capture"} == \
+        {"panic-unended", "fault-loop"}
+    assert "disagreement" not in verdict["identity"]
+    assert fault_loop_vote(verdict["halted"]).says == "capture"
+    assert ENTRY_RESULT["timings"]["panic_to_verdict"] < 1.0  # not the (3x scaled) deadline
+    assert judge("capture-halted", "capture-halted", verdict, expected_cause="fault-loop")[0]
+    assert not judge("capture-halted", "capture-halted", verdict, expected_cause="hlt-in-kernel")[0]

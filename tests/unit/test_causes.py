@@ -101,7 +101,8 @@ def test_scenarios_expecting_a_failure_name_a_cause_of_it():
     assert named == {"capture-quiet-panic": "no-root-fs", "corrupt-elfcorehdr-pt-load": "pt-load-offset",
                      "crash-intact": "opensbi-region", "crash-intact-kexec-load": "missing-symbol",
                      "memory-hotplug-capture-acpi": "page-unreadable", "corrupt-purgatory": "opensbi-region",
-                     "crash-intact-init-exit": "opensbi-region", "lockdown-own-vmlinuz": "opensbi-region"}
+                     "crash-intact-init-exit": "opensbi-region", "lockdown-own-vmlinuz": "opensbi-region",
+                     "corrupt-kernel-entry": "fault-loop"}
 
 
 @pytest.mark.parametrize("expect, line, message", [
