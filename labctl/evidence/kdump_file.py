@@ -23,6 +23,11 @@ UTS_FIELD = 65
 PAGE_DESC = struct.Struct("<qIIQ")  # offset, size, flags, page_flags
 COMPRESSED_ZLIB = 0x1
 COMPRESSED_OTHER = 0x2 | 0x4 | 0x20  # lzo, snappy, zstd
+# kdump_sub_header (diskdump_mod.h): offset_note, size_note at 48: the ELF notes of
+# /proc/vmcore, copied whole (a few KiB per CPU)
+MAX_NOTES = 1 << 20
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243}  # utsname machine -> e_machine
+ELF64_HEADER, ELF64_PHDR, PT_NOTE = 64, 56, 4
 
 
 class KdumpFormatError(ValueError):
@@ -41,6 +46,7 @@ class KdumpFile:
     bitmap_bytes: int  # each of the two bitmaps
     descs_offset: int
     vmcoreinfo: str
+    notes: bytes = b""  # the ELF notes /proc/vmcore had (PRSTATUS per CPU, VMCOREINFO), as saved
 
     def dumped_pfns(self) -> list[int]:
         """The page frames the dump holds, in order (the second bitmap's set bits)."""
@@ -113,9 +119,28 @@ def open_kdump(path: Path) -> KdumpFile:
         if 0 < info_size <= 1 << 20:
             f.seek(info_offset)
             vmcoreinfo = f.read(info_size)
+        note_offset, note_size = struct.unpack_from("<qQ", sub, 48)
+        notes = b""
+        if 0 < note_size <= MAX_NOTES and note_offset > 0:
+            f.seek(note_offset)
+            notes = f.read(note_size)
     bitmap_offset = block_size * (1 + sub_blocks)
     bitmap_bytes = bitmap_blocks * block_size // 2
     return KdumpFile(path=path, header_version=version, release=uts[2], machine=uts[4],
                      block_size=block_size, max_mapnr=max_mapnr, bitmap_offset=bitmap_offset,
                      bitmap_bytes=bitmap_bytes, descs_offset=bitmap_offset + 2 * bitmap_bytes,
-                     vmcoreinfo=vmcoreinfo.decode("ascii", "replace"))
+                     vmcoreinfo=vmcoreinfo.decode("ascii", "replace"), notes=notes)
+
+
+def notes_as_elf_head(dump: KdumpFile) -> bytes:
+    """The dump's saved notes as the head of an ELF core with one PT_NOTE: the form in which
+    /proc/vmcore serves them and dump_cpus reads them (the PRSTATUS notes saved in the crash
+    path); b"" for a machine the lab does not read registers of."""
+    machine = ELF_MACHINES.get(dump.machine)
+    if machine is None or not dump.notes:
+        return b""
+    header = struct.pack("<4sBBBB8xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 4, machine, 1, 0,
+                         ELF64_HEADER, 0, 0, ELF64_HEADER, ELF64_PHDR, 1, 0, 0, 0)
+    offset = ELF64_HEADER + ELF64_PHDR
+    phdr = struct.pack("<IIQQQQQQ", PT_NOTE, 0, offset, 0, 0, len(dump.notes), len(dump.notes), 0)
+    return header + phdr + dump.notes

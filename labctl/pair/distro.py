@@ -36,6 +36,7 @@ from labctl.guest.accel import Accel
 from labctl.guest.machine import Machine, MachineSpec
 from labctl.pair import identify
 from labctl.pair.context import PairContext
+from labctl.pair.dump_open import check_saved
 from labctl.pair.steps import (
     END_OF_PANIC,
     LINUX_BANNER,
@@ -381,6 +382,10 @@ class DistroFlow:
         else:
             evidence["pages"] = distro_dump.check_pages(dump, self.truth)
             problems += evidence["pages"]["problems"]
+        # opened as users open it: drgn, kallsyms from VMCOREINFO, the crash-path PRSTATUS notes
+        task = evidence["log"].get("crashed_task") or {}
+        evidence["drgn"] = check_saved(out, self.session.panic_lines, {"log": {"pid": task.get("pid")}})
+        problems += evidence["drgn"]["problems"]
         if not self.pair.save_vmcore:  # --save-vmcore keeps it; kdump-tools' dmesg file stays
             (out / "vmcore").unlink()
         return {**evidence, "problems": problems}

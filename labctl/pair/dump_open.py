@@ -32,6 +32,7 @@ from elftools.elf.elffile import ELFFile
 
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence import dump_cpus
+from labctl.evidence.kdump_file import KdumpFormatError, notes_as_elf_head, open_kdump
 from labctl.kernel.debian import DOWNLOAD_SECONDS
 from labctl.tools import run_tool
 
@@ -69,16 +70,19 @@ class Opened:
 
 
 def capture_head(directory: Path) -> bytes | None:
-    """/proc/vmcore's head as the capture kernel sent it (control.log's capture hello)."""
+    """The dump's ELF notes, as an ELF head: /proc/vmcore's head as the lab's capture helper
+    sent it (control.log's capture hello), or the notes makedumpfile saved in a
+    kdump-compressed vmcore (kdump-tools' dumps: userland debian)."""
     log = directory / "control.log"
-    if not log.is_file():
-        return None
-    for line in log.read_text(errors="replace").splitlines():
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
         if (m := CONTROL_LINE.match(line)) and '"role":"capture"' in m[1]:
             hello = json.loads(m[1])
             if hello.get("vmcore_head"):
                 return bytes.fromhex(hello["vmcore_head"])
-    return None
+    try:
+        return notes_as_elf_head(open_kdump(directory / "vmcore")) or None
+    except (KdumpFormatError, OSError):  # an ELF vmcore, or none
+        return None
 
 
 def open_dump(directory: Path, vmlinux: Path | None) -> Opened:
@@ -156,7 +160,7 @@ def _unwind_crash_note(prog, directory: Path, opened: Opened, how: str) -> None:
     import drgn
     head = capture_head(directory)
     if head is None:
-        opened.unwound_by = "no PRSTATUS notes at hand (control.log has no capture hello)"
+        opened.unwound_by = "no PRSTATUS notes at hand (no capture hello in control.log, no notes in the vmcore)"
         return
     start = time.monotonic()
     crashed = _crashed_note(head, host_dmesg(opened.vmcore), prog)

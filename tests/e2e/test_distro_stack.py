@@ -44,6 +44,11 @@ def test_distro_kdump_saves_a_dump_that_is_the_crashed_kernels_memory(no_leaks, 
     dump = result["evidence"]["verdict"]["dump"]
     assert dump["problems"] == [] and dump["pages"]["differ"] == 0 and dump["pages"]["compared"] > 10000
     assert dump["log"]["found"] and dump["release"]["utsname_release"] == result["kernel"]["release"]
+    # drgn opens it as a user would (no -dbg in CI): the crashed task from its crash-path notes
+    drgn = dump["drgn"]
+    assert drgn["opened"] and drgn["problems"] == [], drgn
+    assert drgn["task"].startswith(f"pid {dump['log']['crashed_task']['pid']} ")
+    assert any("sysrq_handle_crash" in frame for frame in drgn["frames"]), drgn["frames"]
     stamp = result["evidence"]["verdict"]["var_crash"]["dump_dirs"][0]
     dmesg = (result["_dir"] / "var-crash" / stamp / f"dmesg.{stamp}").read_text()
     assert "Kernel panic - not syncing: sysrq triggered crash" in dmesg

@@ -3,17 +3,21 @@ dump, and what the report unit said on a recorded run (tests/data/debian-6.12/di
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
+from recorded import message
 
 from labctl.config.schema import load_scenario
 from labctl.errors import ConfigError
 from labctl.evidence import distro_dump
-from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
+from labctl.evidence.dump_cpus import prstatus_notes
+from labctl.evidence.kdump_file import KdumpFormatError, notes_as_elf_head, open_kdump
 from labctl.evidence.segments import parse_segment_table
 from labctl.guest import rootfs
 from labctl.kernel.image import Kernel
@@ -149,9 +153,11 @@ def test_the_dumps_log_names_the_lab_script_as_the_crashed_task():
 
 # ------------------------------------------------------------------ kdump files
 
-def kdump_bytes(pages: dict[int, bytes], release: str = "6.12.0", max_mapnr: int = 64) -> bytes:
+def kdump_bytes(pages: dict[int, bytes], release: str = "6.12.0", max_mapnr: int = 64,
+                notes: bytes = b"") -> bytes:
     """A kdump-compressed file laid out as makedumpfile's diskdump_mod.h says (header
-    version 6, one bitmap block each, zlib pages)."""
+    version 6, one bitmap block each, zlib pages; `notes` after the pages, as
+    offset_note/size_note name them)."""
     header = bytearray(PAGE)
     header[:8] = b"KDUMP   "
     struct.pack_into("<i", header, 8, 6)
@@ -172,7 +178,9 @@ def kdump_bytes(pages: dict[int, bytes], release: str = "6.12.0", max_mapnr: int
         blob = zlib.compress(pages[pfn])
         descs += struct.pack("<qIIQ", data_start + len(blobs), len(blob), 1, 0)
         blobs += blob
-    return bytes(header + sub + bitmap + bitmap + descs + blobs)
+    if notes:
+        struct.pack_into("<qQ", sub, 48, data_start + len(blobs), len(notes))
+    return bytes(header + sub + bitmap + bitmap + descs + blobs + notes)
 
 
 def test_kdump_file_pages_and_release(tmp_path):
@@ -241,3 +249,21 @@ def test_the_initramfs_modules_carry_virtio_pci_and_virtio_blk(tmp_path):
     modules = (root / "etc/initramfs-tools/modules").read_text().split()
     assert modules == ["virtio_pci", "virtio_blk"]
     assert "MODULES=list" in (root / "etc/initramfs-tools/conf.d/kexec-lab").read_text()
+
+
+def test_the_notes_makedumpfile_kept_read_as_proc_vmcores_head(tmp_path):
+    """kdump-tools' dump keeps /proc/vmcore's ELF notes in its sub-header: the PRSTATUS note
+    each CPU saved in the crash path reads the same from there as from the capture kernel's
+    own /proc/vmcore head (recorded: debian-6.12, 2 CPUs), so drgn can unwind the crashed
+    task without debug info (dump_open)."""
+    head = bytes.fromhex(message("debian-6.12", "crash-intact-cpu1", "hello", role="capture")["vmcore_head"])
+    elf = ELFFile(io.BytesIO(head))
+    raw = b"".join(head[seg["p_offset"]:seg["p_offset"] + seg["p_filesz"]]
+                   for seg in elf.iter_segments() if seg["p_type"] == "PT_NOTE")
+    path = tmp_path / "vmcore"
+    path.write_bytes(kdump_bytes({3: b"\x11" * PAGE}, notes=raw))
+    dump = open_kdump(path)
+    assert dump.notes == raw and len(prstatus_notes(head)) == 2
+    assert prstatus_notes(notes_as_elf_head(dump)) == prstatus_notes(head)
+    path.write_bytes(kdump_bytes({3: b"\x11" * PAGE}))
+    assert notes_as_elf_head(open_kdump(path)) == b""  # none saved: nothing to unwind from
