@@ -18,19 +18,18 @@ from labctl.artifacts import pair_dir
 from labctl.config.arch import HOST, Arch, get_arch
 from labctl.config.schema import Expected, LabConfig, LoadStep, MachineConfig, Scenario, key_error
 from labctl.errors import ConfigError, InfraError, Interrupted, LabError
-from labctl.evidence.applicability import NotApplicable, RequirementUnmet, after_boot, symbols
+from labctl.evidence.applicability import NotApplicable, RequirementUnmet, after_boot
 from labctl.evidence.smp import cpu_watch, resolve_cpus
 from labctl.evidence.verdict import judge
 from labctl.guest.accel import Accel, AccelChooser, KvmUnusable, kvm_unusable
 from labctl.guest.assets import GuestAssets, build_assets
 from labctl.guest.machine import MachineSpec
-from labctl.kernel.facts import KernelFacts, UnknownFact, from_sysfs, needed_symbols
-from labctl.kernel.facts import resolve as resolve_expectation
+from labctl.kernel.facts import UnknownFact
 from labctl.kernel.load_images import BAD_IMAGES, SIGNED_IMAGES
 from labctl.kernel.providers import Kernel
-from labctl.kernel.signing import trusted_lab_keys
 from labctl.pair import distro, reboot
 from labctl.pair.applies import needs_for, skipped_pair
+from labctl.pair.expectation import PairExpectation
 from labctl.pair.hotplug import (
     bytes_changed,
     describe_headers,
@@ -78,6 +77,9 @@ def capture_cmdline(machine: MachineConfig, load: LoadStep | None = None, arch: 
 
 @dataclass
 class PairRun:
+    """One kernel x scenario pair being run: its guests (a KVM failure falls back to TCG, a
+    snapshot that cannot be restored to a fresh boot), its steps, its evidence."""
+
     lab: LabConfig
     kernel: Kernel
     scenario: Scenario
@@ -88,23 +90,12 @@ class PairRun:
     attempts: list = field(default_factory=list)
     cpu_facts: dict = field(default_factory=dict)  # the helper's latest CPU report
     images: dict | None = None  # guest image kind -> signatures (guest_assets manifest)
-    facts: KernelFacts = field(default_factory=KernelFacts)
     save_vmcore: bool = False  # --save-vmcore: makedumpfile in the capture initramfs
     assets: GuestAssets | None = None  # the run's initramfs images, once built
+    snapshots: bool = False  # fork from a snapshot of the booted or loaded guest where the scenario can
 
     def __post_init__(self) -> None:
-        if self.kernel.config and self.kernel.config.exists():
-            self.facts.config_file = self.kernel.config_symbols()
-            self.facts.config_file_source = f"config file {self.kernel.config}"
-
-    def learn_facts(self, session: Session, hello: dict) -> None:
-        """The options the expectation needs, from the running kernel: its sysfs, and its
-        /proc/config.gz when sysfs does not tell and the kernel has one."""
-        self.facts.running = from_sysfs(hello.get("sysfs"))
-        needed = [*needed_symbols(self.scenario.expect), *symbols(needs_for(self.lab, self.scenario))]
-        if any(s not in self.facts.running for s in needed) and (hello.get("sysfs") or {}).get("config_gz"):
-            self.facts.config_gz = session.kernel_config()
-    snapshots: bool = False  # fork from a snapshot of the booted or loaded guest where the scenario can
+        self.expectation = PairExpectation(self.lab, self.kernel, self.scenario, self.evidence)
 
     @cached_property
     def loaded_kernel(self) -> Kernel:
@@ -126,36 +117,15 @@ class PairRun:
                            hotplug_memory_mib=self.scenario.hotplug.memory_mib if self.scenario.hotplug else 0,
                            arch=self.arch.name)
 
-    @cached_property
-    def trusted_keys(self) -> list[str] | None:
-        """The lab keys built into this kernel, found in its image; None if unknown."""
-        try:
-            return trusted_lab_keys(self.kernel.bzimage, self.lab.cache_dir)
-        except InfraError as exc:
-            self.evidence["kernel_facts_error"] = str(exc)
-            return None
-
     @property
     def expected(self) -> Expected:
-        """The scenario's expectation for this kernel: its options (kernel_facts.py: the running
-        kernel's word once it booted, else its config file) and what the lab found (lab keys);
-        UnknownFact when it depends on an option nothing told.  Each fact and its source go
-        into the evidence."""
-        keys = self.trusted_keys
-        found = {"lab_key": None if keys is None else "lab" in keys}
-        self.evidence["kernel_facts"] = {**found, "trusted_lab_keys": keys,
-                                         **self.facts.to_json(needed_symbols(self.scenario.expect))}
-        return resolve_expectation(self.scenario.expect, self.kernel.name, self.facts, found,
-                                   self.kernel.arch)
+        """The scenario's expectation for this kernel (expectation.py); UnknownFact when it
+        depends on a fact nothing told."""
+        return self.expectation.resolve()
 
     @property
     def then_intact(self) -> bool:
-        """Whether a rejection is followed by a valid load and crash on this kernel."""
-        try:
-            case = self.expected.then_intact
-        except UnknownFact:  # the run ends as a configuration-class result anyway
-            case = None
-        return self.scenario.then_intact if case is None else case
+        return self.expectation.then_intact()
 
     def attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
         """Boot one guest and take it through the scenario's steps."""
@@ -188,7 +158,7 @@ class PairRun:
             if snap is None:
                 return self._steps(session)
             hello, loaded = restore_pair(self, session, snap, started, out)
-            self.learn_facts(session, hello)  # the running kernel's word, as on a boot
+            self.expectation.learn(session, hello)  # the running kernel's word, as on a boot
             self.take_cpu_facts(hello, spec)
             return self._after_load(session, loaded or self.step_load(session))
 
@@ -213,18 +183,11 @@ class PairRun:
         """Why this pair loads on its own run (forking from the booted guest), or None."""
         if why := load_reason(self.scenario):
             return why
-        expected, then_intact = self._expected_outcome(), self.then_intact
+        expected, then_intact = self.expectation.outcome_known_now(), self.then_intact
         if expected == Outcome.LOAD_REJECTED or then_intact:
             return (f"on this kernel the load itself is under test (expected {expected}"
                     + (", then an intact crash)" if then_intact else ")"))
         return None
-
-    def _expected_outcome(self) -> str | None:
-        """The expected outcome as far as it is known before any boot."""
-        try:
-            return self.expected.outcome
-        except UnknownFact:  # the running kernel will tell; the snapshot's boot is that kernel
-            return None
 
     def load_inputs(self) -> dict:
         """The load step as it shapes a snapshot (part of its key)."""
@@ -262,7 +225,7 @@ class PairRun:
         hello = session.boot()
         self.evidence["primary"] = {k: hello.get(k) for k in ("release", "crashkernel", "cmdline",
                                                               "system_ram", "sysfs")}
-        self.learn_facts(session, hello)
+        self.expectation.learn(session, hello)
         self.take_cpu_facts(hello, session.machine.spec)
         return hello
 
@@ -271,7 +234,7 @@ class PairRun:
         here (applicability.after_boot: skipped, or a failure if its config file said otherwise)."""
         self.cpu_facts = hello
         self.evidence["requirements"] = [c.to_json() for c in after_boot(
-            needs_for(self.lab, self.scenario), self.arch.name, self.facts, hello, spec.smp,
+            needs_for(self.lab, self.scenario), self.arch.name, self.expectation.facts, hello, spec.smp,
             spec.maxcpus or spec.smp)]
 
     def step_trigger(self, session: Session) -> None:
@@ -380,7 +343,7 @@ class PairRun:
         image = self.scenario.load.kernel
         assets = build_assets(self.lab.cache_dir, self.loaded_kernel.capture_image,
                               bad_images=image in BAD_IMAGES, signed_images=image in SIGNED_IMAGES,
-                              sign_default="lab" in (self.trusted_keys or ()),
+                              sign_default="lab" in (self.expectation.trusted_keys or ()),
                               dump_tools=self.save_vmcore, arch=self.arch,
                               modules=reboot.guest_modules(self.kernel, self.loaded_kernel))
         self.images, self.assets = assets.images, assets
