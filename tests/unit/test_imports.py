@@ -106,23 +106,26 @@ def test_the_order_check_names_an_import_that_goes_up(module, target, why):
     assert [p for p in order_violations({module: {target}}) if why in p]
 
 
-def test_the_order_check_catches_a_bad_import_in_a_copy_of_the_package(tmp_path):
+def copy_with(tmp_path: Path, module: str, added: str) -> Path:
+    """A copy of labctl/ with `added` appended to one of its modules."""
     copy = tmp_path / "labctl"
     shutil.copytree(LABCTL, copy, ignore=shutil.ignore_patterns("__pycache__", "templates"))
-    memory = copy / "guest" / "memory.py"
-    memory.write_text(memory.read_text() + "\n\ndef _late():\n    from labctl.pair.runner import run_pair\n"
-                      "    return run_pair\n")
+    path = copy / module
+    path.write_text(path.read_text() + added)
+    return copy
+
+
+def test_the_order_check_catches_a_bad_import_in_a_copy_of_the_package(tmp_path):
+    copy = copy_with(tmp_path, "guest/memory.py",
+                     "\n\ndef _late():\n    from labctl.pair.runner import run_pair\n    return run_pair\n")
     assert order_violations(import_graph(copy)) == [
         "guest.memory (guest) imports pair.runner (pair): pair is not below guest"]
 
 
 def test_a_type_only_back_import_is_a_cycle(tmp_path):
     """The back-imports pair/distro.py and pair/reboot.py once had (runner imports them)."""
-    copy = tmp_path / "labctl"
-    shutil.copytree(LABCTL, copy, ignore=shutil.ignore_patterns("__pycache__", "templates"))
-    distro = copy / "pair" / "distro.py"
-    distro.write_text(distro.read_text() + "\n\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
-                      "    from labctl.pair.runner import PairRun\n")
+    copy = copy_with(tmp_path, "pair/distro.py", "\n\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                                                "    from labctl.pair.runner import PairRun\n")
     with pytest.raises(graphlib.CycleError) as cycle:
         graphlib.TopologicalSorter(import_graph(copy)).prepare()
     assert {"pair.distro", "pair.runner"} <= set(cycle.value.args[1])
