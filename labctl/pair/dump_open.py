@@ -42,6 +42,8 @@ CONTROL_LINE = re.compile(r"^\[\s*[\d.]+\] < (.*)$")
 # PRSTATUS note's pr_reg (struct user_regs_struct) in the same order.
 PT_REGS = "r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di orig_ax ip cs flags sp ss".split()
 DMESG_SECONDS = 60.0
+MIN_WALKED_FRAMES = 3  # fewer named frames from drgn's walk: scan the stack as UNWINDER_GUESS does
+THREAD_SIZE = 16 << 10  # x86_64 without KASAN (arch/x86/include/asm/page_64_types.h)
 
 
 @dataclass
@@ -177,7 +179,39 @@ def _unwind_crash_note(prog, directory: Path, opened: Opened, how: str) -> None:
     trace = prog.stack_trace(drgn.Object.from_bytes_(prog, pt_regs, note_regs))
     opened.frames = [str(frame) for frame in trace]
     opened.unwound_by = f"{how} from the crash-path PRSTATUS registers"
+    if sum(_named(prog, frame.pc) for frame in trace) < MIN_WALKED_FRAMES:
+        # no frame pointers and no ORC to walk (a kernel built with UNWINDER_GUESS): do what
+        # its own dump_stack() does, every kernel-text address on the stack, marked "?"
+        sp = int.from_bytes(note_regs[8 * PT_REGS.index("sp"):8 * PT_REGS.index("sp") + 8], "little")
+        opened.frames += guess_frames(prog, sp)
+        opened.unwound_by += ("; then the words on the stack that point into kernel text, as the "
+                              "kernel's UNWINDER_GUESS prints them (the walk stopped: no frame pointers)")
     opened.seconds["unwind"] = round(time.monotonic() - start, 3)
+
+
+def _named(prog, address: int) -> bool:
+    import drgn
+    try:
+        return prog.symbol(address).kind == drgn.SymbolKind.FUNC
+    except LookupError:
+        return False
+
+
+def guess_frames(prog, sp: int) -> list[str]:
+    """`? function+0xoff` for each word from sp to the top of its THREAD_SIZE stack that is
+    an address inside a kernel function (arch/x86/kernel/unwind_guess.c reads the stack
+    the same way); what the dump left out ends the scan."""
+    import drgn
+    frames = []
+    for address in range(sp & ~7, (sp | (THREAD_SIZE - 1)) + 1, 8):
+        try:
+            word = prog.read_u64(address)
+            symbol = prog.symbol(word)
+        except (drgn.FaultError, LookupError):
+            continue
+        if symbol.kind == drgn.SymbolKind.FUNC and word != symbol.address:
+            frames.append(f"? {symbol.name}+{word - symbol.address:#x}/{symbol.size:#x} (at {address:#x})")
+    return frames
 
 
 def _crashed_note(head: bytes, log: list[str], prog) -> tuple[int, bytes, dict | None, int] | None:

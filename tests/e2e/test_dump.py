@@ -39,7 +39,13 @@ def test_saved_vmcore_opens_on_the_host_with_the_panic_in_it(tmp_path, no_leaks)
     assert opened.returncode == 0, opened.stdout + opened.stderr
     crashed = result["evidence"]["verdict"]["dump"]["cpus"]["by_cpu"]["0"]
     assert f"crashed task: pid {crashed['pid']} on CPU 0" in opened.stdout, opened.stdout
-    assert "sysrq_handle_crash+" in opened.stdout.split("backtrace (", 1)[1], opened.stdout
+    # tiny-6.12 has no frame pointers and no ORC (UNWINDER_GUESS): drgn's walk stops in the
+    # crash path, and the stack scan the kernel itself would print goes on: the write to
+    # /proc/sysrq-trigger and the panic (its build tail-calls panic from sysrq_handle_crash,
+    # so that function leaves no return address; Debian's ORC builds show it, test_dump_open)
+    backtrace = opened.stdout.split("backtrace (", 1)[1]
+    assert "UNWINDER_GUESS" in backtrace and "? write_sysrq_trigger+" in backtrace, opened.stdout
+    assert "? __handle_sysrq+" in backtrace and "panic+" in backtrace, opened.stdout
     assert "panic: Kernel panic - not syncing: sysrq triggered crash (" in opened.stdout
 
 
