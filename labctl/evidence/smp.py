@@ -85,6 +85,15 @@ class VcpuState:
                 and not (self.rflags | previous.rflags) & X86_IF
                 and abs(self.rip - previous.rip) < SPIN_BYTES)
 
+    def left_halt(self, previous: "VcpuState | None") -> bool:
+        """Halted with interrupts off in the previous sample, now awake in the kernel with
+        interrupts still off: crash_nmi_callback's halt() ended and its `for (;;) cpu_relax();`
+        began between the two samples (only an NMI, SMI or INIT ends such a halt; the stop
+        path check by symbol still applies).  Seen on debian-6.1 crash-intact-cpu1: the last
+        sample at crash_nmi_callback+0x3f, not halted, IF=0."""
+        return (previous is not None and previous.stopped_shape and self.in_kernel
+                and not self.rflags & X86_IF)
+
     def to_json(self) -> dict:
         return {"rip": hex(self.rip), "cpl": self.cpl, "halted": self.halted,
                 "interrupts": bool(self.rflags & X86_IF), "kernel_text": self.in_kernel}
@@ -236,7 +245,8 @@ class CpuWatch:
     def _others(self, runner: int | None, problems: list[str]) -> dict:
         """Every vCPU but the one that panicked: stopped means the same state in the last two
         samples, kernel text, CPL 0, halted with interrupts off; or, with interrupts off in
-        both, spinning within a few bytes of kernel text."""
+        both, spinning within a few bytes of kernel text; or leaving such a halt for a spin
+        with interrupts still off."""
         if len(self.samples) < 2:
             if self._online_vcpus() - {runner}:
                 problems.append(f"{len(self.samples)} register sample(s) after the trigger: "
@@ -250,7 +260,8 @@ class CpuWatch:
                 continue
             still = previous.get(cpu) == state
             role = "stopped" if still and state.stopped_shape else \
-                "stopped (spinning)" if state.spins_with(previous.get(cpu)) else "not stopped"
+                "stopped (spinning)" if state.spins_with(previous.get(cpu)) else \
+                "stopped (halt, then spinning)" if state.left_halt(previous.get(cpu)) else "not stopped"
             out[str(cpu)] = {**state.to_json(), "unchanged": still, "role": role}
             if cpu in self._online_vcpus() and role == "not stopped":
                 problems.append(f"vCPU {cpu} was not stopped after the panic: {state.to_json()}")

@@ -249,6 +249,23 @@ def test_a_cpu_spinning_with_interrupts_off_is_stopped_one_with_interrupts_on_is
     assert far.evidence({"parked": {"cpu": 1}})["others"]["0"]["role"] == "not stopped"
 
 
+def test_a_cpu_leaving_its_crash_halt_for_the_spin_between_two_samples_is_stopped():
+    """debian-6.1 crash-intact-cpu1 (fresh-machine CI, 2026-12-02): vCPU 0 halted with IF=0 in
+    the previous sample, awake at crash_nmi_callback+0x3f with IF=0 in the last; woken with
+    interrupts on, or never halted, it is not."""
+    def sample(rip: int, rfl: str, hlt: int) -> str:
+        return (f"CPU#0\nRIP={rip:016x} RFL={rfl} [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT={hlt}\n"
+                "CPU#1\nRIP=00000000004104c5 RFL=00000202 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0\n")
+    for before, after, role in ((("00000046", 1), ("00000046", 0), "stopped (halt, then spinning)"),
+                                (("00000046", 1), ("00000246", 0), "not stopped"),
+                                (("00000246", 1), ("00000046", 0), "not stopped"),
+                                (("00000046", 0), ("00000046", 0), "not stopped")):
+        watch = CpuWatch(online=[0, 1], apicids=[[0, 0], [1, 1]], requested=1, pinned=1)
+        watch.sample(sample(0xFFFFFFFF81000000, *before))
+        watch.sample(sample(0xFFFFFFFF8106058F, *after))
+        assert watch.evidence({"parked": {"cpu": 1}})["others"]["0"]["role"] == role, (before, after)
+
+
 def test_a_scenario_needing_cpus_the_kernel_cannot_use_does_not_apply():
     """The booted kernel's own masks decide: 2 CPUs online on 6.1 -> the cpu1 scenario
     applies; the same hello asked for 4 CPUs, or a 1-CPU kernel (no CONFIG_SMP brings up
