@@ -165,6 +165,7 @@ class DistroFlow:
         self.iomem: dict = {}
         self.saved: str | None = None
         self.identity: IdentityWatch | None = None  # which kernel printed what (identity.py)
+        self.where: list = []  # where the vCPUs ran when the capture kernel's log was found in RAM
 
     def steps(self) -> Finding:
         report = self.boot()
@@ -276,7 +277,8 @@ class DistroFlow:
                 if ended_in_ram := identify.scan_ram(s, identity):
                     claim, said = ended_in_ram
                     return Finding(Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED, said)
-                if identity.ram_votes():
+                if identity.ram_votes() and not self.where:  # and where the vCPUs run then
+                    self.where = where_votes(identify.positions(s), s.primary.get("crashkernel"))
                     self.capture_started(start, "its own log in the reservation")
             s.progress.tick("the capture boot, the dump and the reboot (or a parked vCPU)", start)
         return Finding(Outcome.HANG, {"waited": CAPTURE_SECONDS, "vcpus": watch.last_positions(),
@@ -317,8 +319,8 @@ class DistroFlow:
     def reset(self, start: float) -> Finding:
         """QEMU ended: kdump-tools' `reboot -f` after saving (under -no-reboot), or not.  A
         capture boot is claimed on identity.py's signals (its log read from the RAM file
-        once more, which outlives QEMU until the run ends); the dump on /var/crash is judged
-        after (judge_disk)."""
+        once more, which outlives QEMU until the run ends, and where the vCPUs ran when that
+        log was first found); the dump on /var/crash is judged after (judge_disk)."""
         s = self.session
         code = s.machine.proc.returncode if s.machine.proc else None
         if code != 0:
@@ -329,7 +331,8 @@ class DistroFlow:
         identity = self.identity or IdentityWatch(s.token)
         if identity.ram is not None and identity.needs_ram():
             identity.ram.scan(s.memory.find, s.memory.read, s.memory.written_ranges())
-        said = confirm(CAPTURE, [identity.console_vote(), identity.unended_vote(), *identity.ram_votes()])
+        said = confirm(CAPTURE, [identity.console_vote(), identity.unended_vote(), *identity.ram_votes(),
+                                 *self.where])
         if any(v["says"] == CAPTURE for v in said["votes"]):
             return Finding(Outcome.CAPTURE_BOOTED, {**evidence, "identity": said})
         return Finding(Outcome.GUEST_RESET, {**evidence, "identity_votes": said["votes"]})
