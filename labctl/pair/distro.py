@@ -27,7 +27,7 @@ from pathlib import Path
 from labctl.errors import InfraError
 from labctl.evidence import distro_dump
 from labctl.evidence.applicability import UNMET, Check, Need, NotApplicable
-from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, confirm, decide_end, new_token, where_votes
+from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, confirm, new_token, where_votes
 from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
 from labctl.evidence.verdict import ParkWatch
@@ -256,10 +256,7 @@ class DistroFlow:
             identity.console(hits)
             self.mark(hits, start)
             if ended := [line for name, line in hits if name == "end"]:
-                positions = identify.positions(s)
-                claim, said = decide_end(identity, ended[0], where_votes(positions, s.primary.get("crashkernel")),
-                                         positions)
-                outcome = Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED
+                outcome, said = identify.console_end(s, identity, ended[0])
                 return Finding(outcome, {"console": ended[0].strip(), "identity": said})
             if not s.machine.alive():
                 return self.reset(start)
@@ -276,7 +273,7 @@ class DistroFlow:
                 next_scan = now + RAM_SCAN_SECONDS  # a quiet capture kernel: its own log says it runs
                 if ended_in_ram := identify.scan_ram(s, identity):
                     claim, said = ended_in_ram
-                    return Finding(Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED, said)
+                    return Finding(identify.ended(claim), said)
                 if identity.ram_votes() and not self.where:  # and where the vCPUs run then
                     self.where = where_votes(identify.positions(s), s.primary.get("crashkernel"))
                     self.capture_started(start, "its own log in the reservation")

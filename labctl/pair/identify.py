@@ -17,6 +17,7 @@ from labctl.evidence.identity import (
     where_votes,
 )
 from labctl.evidence.verdict import cpu_parts, parse_registers
+from labctl.result import Outcome
 
 COST = "identity_checks"  # timings key: what these checks cost the run, in seconds
 
@@ -56,6 +57,20 @@ def confirm_capture(session, identity: IdentityWatch, *votes) -> dict:
     now = positions(session)
     return confirm(CAPTURE, [*votes, *identity.ram_votes(),
                              *where_votes(now, session.primary.get("crashkernel"))], now)
+
+
+def ended(claim: str) -> Outcome:
+    """Whose panic ended: a capture kernel's (capture-panicked) or the crashed kernel's, which
+    gave up on kexec (panic-halted)."""
+    return Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED
+
+
+def console_end(session, identity: IdentityWatch, end_line: str) -> tuple[Outcome, dict]:
+    """An end-of-panic line on the console: whose it is on identity.py's votes and where the
+    vCPUs run now, never on a banner alone: (outcome, identity evidence)."""
+    now = positions(session)
+    claim, evidence = decide_end(identity, end_line, where_votes(now, session.primary.get("crashkernel")), now)
+    return ended(claim), evidence
 
 
 def scan_ram(session, identity: IdentityWatch) -> tuple[str, dict] | None:

@@ -24,13 +24,10 @@ from labctl.config.schema import Corruption, Timeouts
 from labctl.errors import ConfigError, InfraError
 from labctl.evidence import causes, dump_check, dump_cpus
 from labctl.evidence.identity import (
-    CAPTURE,
     IdentityWatch,
     RamLog,
-    decide_end,
     fault_loop_vote,
     new_token,
-    where_votes,
     with_token,
 )
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
@@ -387,12 +384,7 @@ class Session:
                 return self.finish(start, Finding(Outcome.CAPTURE_DAMAGED, {"console": damaged[0].strip()[:2000],
                                                                      "identity": said}))
             if ended := [line for name, line in hits if name == "end"]:
-                # Whose panic ended: the crashed kernel's (it gave up on kexec) or a capture
-                # kernel's, on the signals of identity.py, never on a banner alone.
-                positions = identify.positions(self)
-                claim, evidence = decide_end(identity, ended[0], where_votes(
-                    positions, self.primary.get("crashkernel")), positions)
-                outcome = Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED
+                outcome, evidence = identify.console_end(self, identity, ended[0])
                 return self.finish(start, Finding(outcome, {"console": ended[0].strip(), "identity": evidence}))
             for message in messages:
                 # After the panic only a kexec'd kernel can say hello, even one that
@@ -418,7 +410,7 @@ class Session:
                     if ended_in_ram := identify.scan_ram(self, identity):
                         claim, evidence = ended_in_ram
                         return self.finish(start, Finding(
-                            Outcome.CAPTURE_PANICKED if claim == CAPTURE else Outcome.PANIC_HALTED, evidence))
+                            identify.ended(claim), evidence))
                 if stopped := watch.stopped(self.link.code_at, self.primary.get("crashkernel")):
                     stopped["capture_banner_seen"] = "capture_banner" in self.marks
                     said = identify.confirm_capture(self, identity, identity.console_vote(),
