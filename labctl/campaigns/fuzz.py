@@ -164,17 +164,20 @@ def summary_markdown(kernel: str, method: str, seed: int, snapshot: str, rows: l
     return "\n".join(lines) + "\n"
 
 
-_WORKER = {"stopping": False, "active": False}  # per worker process
+_WORKER = {"active": False}  # per worker process: a pair is running in it
 STOP_GRACE_SECONDS = 30.0
 
 
 def _worker_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     """A stop signal in a worker: its running pair stops cleanly (guest gone, result says
-    interrupted), and a run it has not started yet is never started."""
-    _WORKER["stopping"] = True
+    interrupted), and a run it has not started yet is never started.  The request is
+    recorded whatever the moment, so a signal that lands between two runs (before the
+    next one marks itself active) still stops that next one at its first check."""
+    reason = f"received {signal.Signals(signum).name}"
     if _WORKER["active"]:
         _WORKER["active"] = False  # a second signal must not cut the pair's cleanup short
-        stopping.interrupt_here(f"received {signal.Signals(signum).name}")
+        stopping.interrupt_here(reason)
+    stopping.request(reason)
 
 
 def _worker_init() -> None:
@@ -186,10 +189,9 @@ def _worker_init() -> None:
 def _run_one(lab: LabConfig, kernel: Kernel, method: str, draw: Draw, model: dict,
              run_id: str) -> dict:
     """One corruption forked from the snapshot (runs in a worker process)."""
-    if _WORKER["stopping"]:
-        raise Interrupted("the fuzz run is stopping")
     _WORKER["active"] = True
     try:
+        stopping.check()  # a stop that came before this run: never start it
         outcome = run_pair(lab, kernel, fuzz_scenario(method, draw, model), run_id,
                            AccelChooser(lab.cache_dir), quiet=True)
     finally:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from labctl.campaigns.coverage import digest_model
@@ -102,3 +104,24 @@ def test_a_surprise_is_a_scenario_that_replays_it(tmp_path):
     assert "debian-6.12" in yaml.safe_load(path.read_text())["description"]
     generated = fuzz_scenario("kexec_load", draw, model)
     assert generated.corrupt == scenario.corrupt and generated.expect.outcome == "purgatory-refused"
+
+
+def test_a_stop_between_two_runs_keeps_the_next_run_from_starting():
+    """The worker's handler records a stop that lands while no pair runs (after one run
+    returned, before the next marked itself active): the next run raises at once, before
+    booting anything (the fuzz-stop leak: a run started after the stop outlived the grace)."""
+    from labctl import stopping
+    from labctl.campaigns import fuzz
+    from labctl.errors import Interrupted
+
+    fuzz._worker_init()
+    try:
+        fuzz._worker_stop(signal.SIGTERM, None)  # no pair active: only recorded
+        assert stopping.requested() == "received SIGTERM"
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            fuzz._run_one(None, None, "kexec_file_load", None, {}, "run")  # never reaches run_pair
+        assert fuzz._WORKER["active"] is False
+    finally:
+        stopping.reset()
+        for sig in stopping.STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
