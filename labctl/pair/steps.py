@@ -30,6 +30,8 @@ from labctl.evidence.identity import (
     new_token,
     with_token,
 )
+from labctl.evidence.oops import MAX_LINES as MAX_OOPS_LINES
+from labctl.evidence.oops import OOPS_START, OopsReport, parse_oops, report_ended
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, purgatory_report
@@ -81,8 +83,8 @@ SIGNATURE_LOG = re.compile(r"Lockdown:|signature|PKCS#?7|PEFILE|X\.509", re.I)
 SIGNATURE_LOG_MAX = 10
 # The running kernel failing inside the load (tiny-6.12-arm64's machine_kexec_post_load()
 # on a reboot load): kexec-tools dies with it, or the helper does, inside the syscall.
-KERNEL_OOPS = re.compile(r"\bOops: |Unable to handle kernel|general protection fault")
-OOPS_LINE = re.compile(rf"(?:{KERNEL_OOPS.pattern})[^\r\n]*\r?\n")  # whole console lines
+CONSOLE_LINE = re.compile(r"[^\r\n]+")  # every console line, once
+OOPS_REPORT_SECONDS = 5.0  # an oops report prints in well under a second, even under TCG
 
 
 def kexec_tools_errno(output: list[str]) -> dict:
@@ -123,9 +125,18 @@ class Loaded:
         said = [line for line in self.message.get("log", []) if SIGNATURE_LOG.search(line)]
         if said:
             facts["kernel_log"] = said[:SIGNATURE_LOG_MAX]
-        if oops := [line for line in self.message.get("log", []) if KERNEL_OOPS.search(line)]:
+        if oops := [line for line in self.message.get("log", []) if OOPS_START.search(line)]:
             facts["kernel_oops"] = oops[:SIGNATURE_LOG_MAX]
         return {**facts, "segments": self.table.to_json()}
+
+
+def load_oops_error(report: OopsReport | None) -> InfraError:
+    """No verdict: the running kernel oopsed while a load ran; where, as its report says."""
+    assert report is not None  # called once an oops line was read
+    within = {True: "inside kexec_file_load", False: "outside kexec_file_load, while it ran",
+              None: "while kexec_file_load ran (its report does not say where)"}[report.in_kexec()]
+    return InfraError(f"the running kernel oopsed {within}, {report.where()}: "
+                      f"{report.first_line!r} (see serial.log)")
 
 
 def placement_offset(corruption: Corruption, segment: Segment) -> int:
@@ -266,16 +277,24 @@ class Session:
         return loaded
 
     def _await_load_reply(self) -> dict:
-        """The helper's answer to a load; an oops on the console instead is said at once (the
-        helper died in the syscall and will never answer)."""
+        """The helper's answer to a load.  An oops on the console instead is read to the end
+        of its report (OOPS_REPORT_SECONDS at most) and named with where it happened: when it
+        is kexec_file_load's, the helper died in the syscall and will never answer."""
+        report: list[str] = []  # the console's lines from an oops on
+        since: dict[str, float] = {}
+
         def found(messages: list[dict], hits: list[tuple[str, str]]) -> dict | None:
-            if oops := [line for name, line in hits if name == "oops"]:
-                raise InfraError(f"the running kernel oopsed inside kexec_file_load: "
-                                 f"{oops[0].strip()!r} (see serial.log)")
+            report.extend(line for _, line in hits if report or OOPS_START.search(line))
+            if report:
+                since.setdefault("oops", time.monotonic())
+                if report_ended(report) or len(report) >= MAX_OOPS_LINES \
+                        or time.monotonic() - since["oops"] > OOPS_REPORT_SECONDS:
+                    raise load_oops_error(parse_oops(report))
+                return None
             return next((m for m in messages if m["type"] in ("loaded", "error")), None)
         return self.link.wait(found, self.timeouts.load, "the load to finish",
-                          f"timed out after {self.timeouts.load:g} s waiting for the load to finish",
-                          patterns={"oops": OOPS_LINE})
+                              f"timed out after {self.timeouts.load:g} s waiting for the load to finish",
+                              patterns={"line": CONSOLE_LINE})
 
     def _say_loaded(self, loaded: Loaded) -> None:
         message = loaded.message
