@@ -35,6 +35,13 @@ class LabRun:
         return out
 
 
+def shared_cache() -> Path:
+    """The cache lab.yaml uses ($XDG_CACHE_HOME/kexec-lab unless it names one): where
+    `make setup` put the kernels and `make recipes` the recipe builds."""
+    from labctl.config.schema import load_lab
+    return load_lab(ROOT / "lab.yaml").cache_dir
+
+
 def labctl(*args: str, timeout: float = 600, env: dict | None = None) -> LabRun:
     """Run the CLI as a user would (python -m labctl), from the repository root."""
     proc = subprocess.run([sys.executable, "-m", "labctl", *args], cwd=ROOT, capture_output=True,

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from test_faults import PROMPT_EXIT, LiveRun, assert_gone
 
-from conftest import ROOT, labctl
+from conftest import ROOT, labctl, shared_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -128,7 +128,7 @@ def make_private_lab(tmp_path: Path) -> tuple[Path, Path]:
     """lab.yaml with a cache of its own (the Debian kernels and the accelerator verdict
     linked from the shared one), so its snapshots can be broken without touching anyone's;
     returns it and its snapshot store."""
-    shared = Path.home() / ".cache" / "kexec-lab"
+    shared = shared_cache()
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "kernels").symlink_to(shared / "kernels")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from bs4 import BeautifulSoup
 
-from conftest import MARK, ROOT, labctl, marked_processes
+from conftest import MARK, ROOT, labctl, marked_processes, shared_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def make_lab(tmp_path: Path, scenarios: dict[str, str], boot_timeout: int = 90,
     (lab / "scenarios").mkdir(parents=True)
     for name, text in scenarios.items():
         (lab / "scenarios" / f"{name}.yaml").write_text(text)
-    bzimage = next((Path.home() / ".cache/kexec-lab/kernels").glob("linux-image-6.12*/boot/vmlinuz-*"))
+    bzimage = next((shared_cache() / "kernels").glob("linux-image-6.12*/boot/vmlinuz-*"))
     (lab / "bzImage-truncated").write_bytes(bzimage.read_bytes()[:1_000_000])
     data = yaml.safe_load((ROOT / "lab.yaml").read_text())
     data["timeouts"]["boot"] = boot_timeout
