@@ -55,6 +55,13 @@ ROOTFS_KERNELS := debian-6.12
 # Kernels the end-to-end tests boot (the default kernel comes first).
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
+# The suite runs on TEST_JOBS pytest-xdist workers, a test file at a time each (--dist
+# loadfile: a module's fixtures run once), in collection order (the end-to-end files first,
+# heaviest first: conftest.py); every e2e test marks what it starts (tests/e2e/conftest.py
+# no_leaks), so one worker's guests never count as the other's leaks.  TEST_JOBS=1 runs it
+# in one process.
+TEST_JOBS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: ci-venv ci-merge-setup ci-shard-setup ci-local
 .PHONY: setup run-setup run test test-full unit e2e lint bench clean distclean matrix bench-matrix recipes bench-recipe bench-repeat bench-smp bench-snapshot bench-distro
@@ -154,7 +161,7 @@ run: run-setup
 	$(LABCTL) run crash-corrupt
 
 test: setup recipes lint
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_PARALLEL) --durations=20 $(PYTEST_ARGS)
 
 # The lint and type gate: ruff (pyflakes, pycodestyle, isort, bugbear) over the code and the
 # tests, mypy over labctl/ (pyproject.toml has both settings). `make test` runs it first.
@@ -167,11 +174,11 @@ unit: $(STAMPS)/venv-test
 	$(PYTEST) -m 'not e2e' $(PYTEST_ARGS)
 
 e2e: setup recipes
-	$(PYTEST) -m e2e $(PYTEST_ARGS)
+	$(PYTEST) -m e2e $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # make test plus the tests over the whole catalogue (fresh vs forked on both Debian kernels).
 test-full: setup recipes lint
-	$(PYTEST) --full $(PYTEST_ARGS)
+	$(PYTEST) --full $(PYTEST_PARALLEL) --durations=20 $(PYTEST_ARGS)
 
 # Build the recipe kernels the tests boot (first time a few minutes each, then cache hits).
 recipes: setup

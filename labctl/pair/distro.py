@@ -27,7 +27,7 @@ from pathlib import Path
 from labctl.errors import InfraError
 from labctl.evidence import distro_dump
 from labctl.evidence.applicability import UNMET, Check, Need, NotApplicable
-from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, confirm, new_token, where_votes
+from labctl.evidence.identity import CAPTURE, IdentityWatch, RamLog, confirm, new_token
 from labctl.evidence.kdump_file import KdumpFormatError, open_kdump
 from labctl.evidence.segments import SegmentTable, parse_segment_table
 from labctl.evidence.verdict import ParkWatch
@@ -271,11 +271,12 @@ class DistroFlow:
                     return Finding(Outcome.PURGATORY_REFUSED, {"parked": parked}, {"registers.txt": registers})
             if now >= next_scan and now - s.console.last_output >= RAM_SCAN_QUIET_SECONDS and identity.needs_ram():
                 next_scan = now + RAM_SCAN_SECONDS  # a quiet capture kernel: its own log says it runs
-                if ended_in_ram := identify.scan_ram(s, identity):
+                ended_in_ram, where = identify.scan_ram(s, identity)
+                if ended_in_ram:
                     claim, said = ended_in_ram
                     return Finding(identify.ended(claim), said)
-                if identity.ram_votes() and not self.where:  # and where the vCPUs run then
-                    self.where = where_votes(identify.positions(s), s.primary.get("crashkernel"))
+                if identity.ram_votes() and not self.where:  # and where the vCPUs ran then
+                    self.where = where
                     self.capture_started(start, "its own log in the reservation")
             s.progress.tick("the capture boot, the dump and the reboot (or a parked vCPU)", start)
         return Finding(Outcome.HANG, {"waited": CAPTURE_SECONDS, "vcpus": watch.last_positions(),

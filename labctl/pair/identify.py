@@ -73,20 +73,21 @@ def console_end(session, identity: IdentityWatch, end_line: str) -> tuple[Outcom
     return ended(claim), evidence
 
 
-def scan_ram(session, identity: IdentityWatch) -> tuple[str, dict] | None:
+def scan_ram(session, identity: IdentityWatch) -> tuple[tuple[str, dict] | None, list]:
     """While a vCPU runs mapped code in the reservation, read the capture kernel's own log
     from its memory (identity.RamLog); a panic it did not print ends there too: (capture or
-    primary, evidence) once its end-of-panic record is there."""
+    primary, evidence) once its end-of-panic record is there, else None; and the
+    where-votes of the vCPUs read for it (one register read serves both)."""
     now = positions(session)
     where = where_votes(now, session.primary.get("crashkernel"))
     if identity.ram is None or not any(v.says == CAPTURE for v in where) or \
             all(p.physical in (None, p.pc) for p in now):  # nothing runs mapped yet
-        return None
+        return None, where
     began = time.monotonic()
     memory = session.memory
     identity.ram.scan(memory.find, memory.read, memory.written_ranges())
     _cost(session, began)
     if identity.ram.end_line is None:
-        return None
+        return None, where
     claim, evidence = decide_end(identity, identity.ram.end_line, where, now)
-    return claim, {"log_in_ram": identity.ram.end_line, "identity": evidence}
+    return (claim, {"log_in_ram": identity.ram.end_line, "identity": evidence}), where

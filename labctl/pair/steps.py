@@ -426,7 +426,8 @@ class Session:
                 if now >= next_scan and now - self.console.last_output >= RAM_SCAN_QUIET_SECONDS \
                         and identity.needs_ram():
                     next_scan = now + RAM_SCAN_SECONDS
-                    if ended_in_ram := identify.scan_ram(self, identity):
+                    ended_in_ram, _ = identify.scan_ram(self, identity)
+                    if ended_in_ram:
                         claim, evidence = ended_in_ram
                         return self.finish(start, Finding(
                             identify.ended(claim), evidence))
