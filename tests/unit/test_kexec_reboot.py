@@ -14,7 +14,7 @@ from recorded import DATA, control_messages, registers, result
 from labctl.config.schema import LoadStep, MachineConfig, find_scenario, load_lab, load_scenario
 from labctl.errors import ConfigError
 from labctl.evidence.identity import TOKEN_PARAM, token_in, with_token
-from labctl.evidence.oops import OOPS_START
+from labctl.evidence.oops import OOPS_START, parse_oops
 from labctl.evidence.reboot import CONSOLE_CMDLINE, loaded_kernel_problem, reboot_problem, rebooted_evidence
 from labctl.evidence.segments import parse_segment_table
 from labctl.evidence.verdict import ParkWatch, judge, parse_registers
@@ -285,5 +285,10 @@ def test_an_oops_inside_kexec_file_load_is_named_from_the_console():
     recorded = result(ARM64, "kexec-reboot-intact")
     assert recorded["outcome"] == "infra-error" and lines[0].strip() in recorded["reason"]
     assert recorded["timings"]["total"] < 60  # named at once, not after the load timeout
+    # read to the report's end, and named from it: the helper's task, the faulting function
+    report = parse_oops([line.split("] ", 1)[-1] for line in serial.splitlines()])
+    assert report.complete and report.task == "kexec-lab-helpe" and report.in_kexec() is True
+    assert report.frames[:3] == ["trans_pgd_create_copy", "machine_kexec_post_load", "__arm64_sys_kexec_file_load"]
+    assert recorded["reason"].startswith("the running kernel oopsed inside kexec_file_load, " + report.where())
     clean = (DATA / "debian-6.12" / "kexec-reboot-intact" / "serial.log").read_text()
     assert not any(OOPS_START.search(line) for line in clean.splitlines())
