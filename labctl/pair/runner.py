@@ -49,7 +49,7 @@ from labctl.pair.snapshot import (
     obtain,
     restore_pair,
 )
-from labctl.pair.steps import Finding, Loaded, Session, opened_session
+from labctl.pair.steps import Finding, Loaded, PrimaryOops, Session, opened_session
 from labctl.progress import Progress
 from labctl.result import Outcome, PairResult
 
@@ -139,13 +139,17 @@ class PairRun:
             raise
 
     def _attempt(self, spec: MachineSpec, out: Path, t0: float) -> Finding:
-        snap = self._snapshot(spec, out, t0)
-        if snap is not None:
-            try:
-                return self._guest(spec, out, t0, snap)
-            except RestoreFailed as exc:
-                self._fresh_after(str(exc), out)
-        return self._guest(spec, out, t0, None)
+        try:
+            snap = self._snapshot(spec, out, t0)
+            if snap is not None:
+                try:
+                    return self._guest(spec, out, t0, snap)
+                except RestoreFailed as exc:
+                    self._fresh_after(str(exc), out)
+            return self._guest(spec, out, t0, None)
+        except PrimaryOops as exc:  # once: a second oops is the answer (no verdict)
+            self._fresh_after(str(exc), out, "oops", exc.report.to_json())
+            return self._guest(spec, out, t0, None)
 
     def _guest(self, spec: MachineSpec, out: Path, t0: float, snap: Snapshot | None) -> Finding:
         """One QEMU: booted fresh, or restored from a snapshot of the booted or loaded guest."""
@@ -209,13 +213,15 @@ class PairRun:
             accel = self.chooser.record_failure(str(exc))
             return obtain(self, self.machine_spec(accel, assets), self.load_inputs(), time.monotonic())
 
-    def _fresh_after(self, reason: str, out: Path) -> None:
-        """A snapshot that could not be made or restored: say so, keep its logs, boot fresh."""
+    def _fresh_after(self, reason: str, out: Path, kind: str = "snapshot", report: dict | None = None) -> None:
+        """A snapshot that could not be made or restored, or a primary kernel that oopsed
+        outside kexec (kind "oops", with its report): say so, keep the attempt's logs
+        (KIND-attempt-serial.log ...) and its record in result.json's attempts, boot fresh."""
         stopping.check()  # a failure the stop caused is the stop, never a reason to boot again
         for name in ("serial.log", "control.log", "qemu.log"):
             if (out / name).exists():
-                (out / name).rename(out / f"snapshot-attempt-{name}")
-        self.attempts.append({"snapshot": reason})
+                (out / name).rename(out / f"{kind}-attempt-{name}")
+        self.attempts.append({kind: reason, **({"report": report} if report else {})})
         self.evidence["snapshot"] = {"fresh_boot": f"fell back to a fresh boot: {reason}"}
         self.progress.say(f"{reason}; falling back to a fresh boot")
         self.session = None

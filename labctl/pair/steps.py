@@ -130,13 +130,23 @@ class Loaded:
         return {**facts, "segments": self.table.to_json()}
 
 
+class PrimaryOops(InfraError):
+    """The running kernel oopsed outside kexec while a load ran (its report names another
+    task and no kexec frame): no evidence about kexec either way, so the pair boots it again
+    once (runner.PairRun), keeping this attempt's logs and report."""
+
+    def __init__(self, message: str, report: OopsReport):
+        super().__init__(message)
+        self.report = report
+
+
 def load_oops_error(report: OopsReport | None) -> InfraError:
     """No verdict: the running kernel oopsed while a load ran; where, as its report says."""
     assert report is not None  # called once an oops line was read
     within = {True: "inside kexec_file_load", False: "outside kexec_file_load, while it ran",
               None: "while kexec_file_load ran (its report does not say where)"}[report.in_kexec()]
-    return InfraError(f"the running kernel oopsed {within}, {report.where()}: "
-                      f"{report.first_line!r} (see serial.log)")
+    message = f"the running kernel oopsed {within}, {report.where()}: {report.first_line!r} (see serial.log)"
+    return PrimaryOops(message, report) if report.in_kexec() is False else InfraError(message)
 
 
 def placement_offset(corruption: Corruption, segment: Segment) -> int:
