@@ -56,8 +56,8 @@ ROOTFS_KERNELS := debian-6.12
 TEST_KERNELS := debian-6.12 debian-6.1
 PYTEST_ARGS ?=
 # The suite runs on TEST_JOBS pytest-xdist workers, a test file at a time each (--dist
-# loadfile: a module's fixtures run once), in collection order (the end-to-end files first,
-# heaviest first: conftest.py); every e2e test marks what it starts (tests/e2e/conftest.py
+# loadfile: a module's fixtures run once), in collection order (tests/e2e before tests/unit,
+# so the long files start first); every e2e test marks what it starts (tests/e2e/conftest.py
 # no_leaks), so one worker's guests never count as the other's leaks.  TEST_JOBS=1 runs it
 # in one process.
 TEST_JOBS ?= 2
