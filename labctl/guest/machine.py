@@ -234,7 +234,8 @@ class Machine:
         self.ram_path = self._make_ram_file()
         paths = {name: self.rundir / f"{name}.sock" for name in ("console", "control", "qmp")}
         listeners = {name: _listen(paths[name]) for name in ("console", "control")}
-        self.qmp = QEMUMonitorProtocol(str(paths["qmp"]), server=True)
+        with stopping.foreign_loop():
+            self.qmp = QEMUMonitorProtocol(str(paths["qmp"]), server=True)
         argv = qemu_argv(self.spec, self.ram_path, paths["console"], paths["control"],
                          paths["qmp"], binary, incoming=self.ram_source is not None)
         self.argv = argv
@@ -251,8 +252,10 @@ class Machine:
                 self.console = relay(self.console)
             self.control = self._accept(listeners["control"])
             try:
-                self.qmp.accept(timeout=10)
+                with stopping.foreign_loop():
+                    self.qmp.accept(timeout=10)
                 self.qmp.settimeout(self.qmp_seconds)
+                stopping.check()
             except Interrupted:  # SIGTERM during the handshake: not a QEMU failure
                 raise
             except Exception as exc:  # noqa: BLE001 - qemu.qmp raises several kinds
@@ -337,7 +340,8 @@ class Machine:
         raised for it.  A stop that came while the command completed is acted on too."""
         assert self.qmp is not None, "QMP is used on a launched machine"
         try:
-            answer = self.qmp.cmd(command, **args)
+            with stopping.foreign_loop():
+                answer = self.qmp.cmd(command, **args)
         except Exception as exc:  # noqa: BLE001 - sorted out below; the stop comes first
             stopping.check()
             raise self._qmp_failure(command, args, exc) from None
@@ -368,7 +372,8 @@ class Machine:
         try:
             assert self.qmp is not None  # created before QEMU starts
             self.qmp.settimeout(QUIT_SECONDS)
-            self.qmp.cmd("quit")
+            with stopping.foreign_loop():
+                self.qmp.cmd("quit")
         except Exception:  # noqa: BLE001 - any QMP failure (or a stuck QEMU) means: kill it
             pass
         try:

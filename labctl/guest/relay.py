@@ -17,6 +17,8 @@ import selectors
 import socket
 import threading
 
+from labctl import stopping
+
 CHUNK = 65536
 
 
@@ -52,6 +54,6 @@ def relay(qemu: socket.socket) -> socket.socket:
     accepted socket it replaces); closing it ends the relay thread."""
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    threading.Thread(target=_pump, args=(qemu, theirs), name="console-relay", daemon=True).start()
+    stopping.start_helper(threading.Thread(target=_pump, args=(qemu, theirs), name="console-relay", daemon=True))
     ours.setblocking(False)
     return ours

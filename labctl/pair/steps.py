@@ -376,8 +376,7 @@ class Session:
             if self.cpus is not None:
                 self.cpus.pinned = reply.get("cpu")
         if trigger == "nmi":
-            assert self.machine.qmp is not None
-            self.machine.qmp.cmd("inject-nmi")
+            self.machine.command("inject-nmi")
 
     def observe(self, table: SegmentTable, release: str, within: float | None = None) -> Finding:
         """After the panic: capture kernel's hello, a parked vCPU, a reset, or a hang.

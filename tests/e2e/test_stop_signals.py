@@ -51,13 +51,18 @@ def stop_handler():
 
 
 def _signal_later(delay: float, sent: list[float]) -> threading.Thread:
+    """A thread (not started) that sends SIGINT to the main thread after `delay`, as the
+    kernel gives it to labctl, whose helper threads block stop signals
+    (stopping.start_helper); os.kill would let it land on any thread of this process (a
+    pytest-xdist worker has an I/O thread of its own)."""
+    main = threading.main_thread().ident
+    assert main is not None
+
     def send() -> None:
         time.sleep(delay)
         sent.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread
+        signal.pthread_kill(main, signal.SIGINT)
+    return threading.Thread(target=send, daemon=True)
 
 
 def test_sigint_inside_qmp_commands_interrupts_every_time(machine, stop_handler):
@@ -69,6 +74,7 @@ def test_sigint_inside_qmp_commands_interrupts_every_time(machine, stop_handler)
         sent: list[float] = []
         thread = _signal_later(rng.uniform(0.0, 0.03), sent)
         with pytest.raises(Interrupted, match="received SIGINT"):
+            thread.start()  # the signal may land before start() returns
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # back-to-back QMP: mostly inside the loop
                 machine.command("query-status")
