@@ -42,10 +42,8 @@ from labctl.pair.snapshot import (
     RestoreFailed,
     Snapshot,
     SnapshotUnavailable,
-    fresh_reason,
+    choose_fork,
     launched,
-    load_reason,
-    machine_fresh_reason,
     obtain,
     restore_pair,
 )
@@ -168,30 +166,17 @@ class PairRun:
 
     def _snapshot(self, spec: MachineSpec, out: Path, t0: float) -> Snapshot | None:
         """The snapshot this pair forks from (of the loaded guest, or of the booted one when
-        the load is under test), made now if needed; None: boot fresh."""
-        why = (fresh_reason(self.scenario) or machine_fresh_reason(spec) if self.snapshots
-               else "--fresh (or a caller that boots fresh)")
-        if why:
-            self.evidence["snapshot"] = {"fresh_boot": why}
+        the load is under test: snapshot.choose_fork), made now if needed; None: boot fresh."""
+        choice = choose_fork(self.scenario, spec, self.snapshots, self.expectation)
+        if choice.evidence():
+            self.evidence["snapshot"] = choice.evidence()
+        if choice.fresh:
             return None
-        loads_itself = self._load_reason()
-        if loads_itself:
-            self.evidence["snapshot"] = {"loads_on_this_run": loads_itself}
         try:
-            return obtain(self, spec, None if loads_itself else self.load_inputs(), t0, out)
+            return obtain(self, spec, None if choice.loads_itself else self.load_inputs(), t0, out)
         except (RestoreFailed, SnapshotUnavailable) as exc:
             self._fresh_after(str(exc), out)
             return None
-
-    def _load_reason(self) -> str | None:
-        """Why this pair loads on its own run (forking from the booted guest), or None."""
-        if why := load_reason(self.scenario):
-            return why
-        expected, then_intact = self.expectation.outcome_known_now(), self.then_intact
-        if expected == Outcome.LOAD_REJECTED or then_intact:
-            return (f"on this kernel the load itself is under test (expected {expected}"
-                    + (", then an intact crash)" if then_intact else ")"))
-        return None
 
     def load_inputs(self) -> dict:
         """The load step as it shapes a snapshot (part of its key)."""

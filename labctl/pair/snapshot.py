@@ -43,7 +43,9 @@ from labctl.evidence.segments import Segment, SegmentTable
 from labctl.guest.machine import OWNER_FILE, Machine, MachineSpec, owner_gone
 from labctl.guest.ramcopy import allocated_bytes, sparse_copy
 from labctl.pair.context import PairContext
+from labctl.pair.expectation import PairExpectation
 from labctl.pair.steps import Loaded, Session, opened_session
+from labctl.result import Outcome
 
 FORMAT = 4  # bump when what a snapshot holds or means changes: old ones become stale
 RAM, STATE, META = "ram", "state", "snapshot.json"
@@ -410,6 +412,38 @@ def load_reason(scenario) -> str | None:
     if scenario.trigger == "kexec-reboot":
         return "a kexec reboot's load carries this run's own token on its command line"
     return None
+
+
+@dataclass(frozen=True)
+class ForkChoice:
+    """What one pair forks from, decided before any guest starts: nothing (`fresh` says
+    why it boots cold), the booted guest (`loads_itself` says why the load must be this
+    run's own), or the loaded guest (both None).  `evidence` is result.json's record."""
+
+    fresh: str | None = None
+    loads_itself: str | None = None
+
+    def evidence(self) -> dict:
+        if self.fresh:
+            return {"fresh_boot": self.fresh}
+        return {"loads_on_this_run": self.loads_itself} if self.loads_itself else {}
+
+
+def choose_fork(scenario, spec, snapshots: bool, expectation: PairExpectation) -> ForkChoice:
+    """The fork for a pair: the scenario's and the machine's reasons to boot fresh, then
+    whether the load is under test here (the scenario says so, or on this kernel the
+    expected outcome is a rejected load, or a rejection followed by an intact crash)."""
+    if not snapshots:
+        return ForkChoice(fresh="--fresh (or a caller that boots fresh)")
+    if why := fresh_reason(scenario) or machine_fresh_reason(spec):
+        return ForkChoice(fresh=why)
+    if why := load_reason(scenario):
+        return ForkChoice(loads_itself=why)
+    expected, then_intact = expectation.outcome_known_now(), expectation.then_intact()
+    if expected == Outcome.LOAD_REJECTED or then_intact:
+        return ForkChoice(loads_itself=f"on this kernel the load itself is under test (expected {expected}"
+                          + (", then an intact crash)" if then_intact else ")"))
+    return ForkChoice()
 
 
 @contextmanager

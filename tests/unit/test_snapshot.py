@@ -20,8 +20,10 @@ from labctl.pair.snapshot import (
     META,
     RAM,
     STATE,
+    ForkChoice,
     RestoreFailed,
     SnapshotStore,
+    choose_fork,
     fresh_reason,
     load_reason,
     snapshot_inputs,
@@ -222,3 +224,37 @@ def test_over_its_budget_the_store_drops_the_least_recently_used_never_the_new_o
     newest = make("newest")
     assert not paths["used"].exists()
     assert paths["old"].exists() and paths["new"].exists() and newest.exists()
+
+
+class KnownExpectation:
+    """What choose_fork asks of a pair's expectation, as a kernel's catalogue entry would
+    answer it (PairExpectation resolves it from the kernel's facts)."""
+
+    def __init__(self, outcome: str | None, then_intact: bool = False):
+        self.outcome, self.intact = outcome, then_intact
+
+    def outcome_known_now(self) -> str | None:
+        return self.outcome
+
+    def then_intact(self) -> bool:
+        return self.intact
+
+
+def test_the_fork_choice_is_decided_before_any_guest_and_recorded():
+    x86 = MachineSpec(Path("k"), Path("i"), "x")
+    arm64 = replace(x86, arch="arm64")
+    scenario = {n: load_scenario(ROOT / "scenarios" / f"{n}.yaml")
+                for n in ("crash-intact", "cpu-hotplug", "load-garbage")}
+    intact = KnownExpectation("capture-booted")
+    assert choose_fork(scenario["crash-intact"], x86, True, intact) == ForkChoice()  # the loaded guest
+    assert choose_fork(scenario["crash-intact"], x86, True, intact).evidence() == {}
+    assert choose_fork(scenario["crash-intact"], x86, False, intact).fresh.startswith("--fresh")
+    assert "x86_64 guests only" in choose_fork(scenario["crash-intact"], arm64, True, intact).fresh
+    assert "hot-adds CPUs" in choose_fork(scenario["cpu-hotplug"], x86, True, intact).evidence()["fresh_boot"]
+    assert "garbage image" in choose_fork(scenario["load-garbage"], x86, True, intact).loads_itself
+    # on a kernel where the catalogue expects the load to be refused, the load is the question
+    refused = choose_fork(scenario["crash-intact"], x86, True, KnownExpectation("load-rejected"))
+    assert refused.evidence() == {"loads_on_this_run": "on this kernel the load itself is under test "
+                                                       "(expected load-rejected)"}
+    then = choose_fork(scenario["crash-intact"], x86, True, KnownExpectation("load-rejected", then_intact=True))
+    assert then.loads_itself.endswith(", then an intact crash)")
