@@ -450,10 +450,16 @@ def _ccache_summary(record: dict) -> str:
 
 
 def _patched_source(recipe: Recipe, tree: Path, copy: Path, log: Path, progress: Progress) -> Path:
-    """The tree itself when there are no patches (make O= only reads it), else a patched copy."""
-    if not recipe.patches:
+    """The source make reads: a hard-linked copy in the work directory (patched if the recipe
+    has patches).  Every recipe built from the lab's unpacked Debian source then compiles at
+    the same paths, so ccache's hashes match across recipes with and without patches
+    (tiny-6.12 after tiny-6.12-serial: hits instead of a cold compile).  A tree of the
+    user's own (perhaps on another file system, where the copy would be a real one) is read
+    in place when there is nothing to patch (make O= only reads it)."""
+    in_cache = tree.is_relative_to(copy.parent.parent.parent)  # <cache>/kernel-builds/.work-KEY/src
+    if not recipe.patches and not in_cache:
         return tree
-    progress.say(f"copying the source tree and applying {len(recipe.patches)} patch(es)")
+    progress.say(f"copying the source tree (hard links) and applying {len(recipe.patches)} patch(es)")
     private_copy(tree, copy)
     for patch in recipe.patches:
         apply_patch(patch, copy)
