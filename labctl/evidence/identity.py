@@ -123,9 +123,14 @@ def _inside(address: int | None, region: tuple[int, int]) -> bool:
     return address is not None and region[0] <= address <= region[1]
 
 
-def where_votes(positions: list[Position], region: tuple[int, int] | None) -> list[Vote]:
+def where_votes(positions: list[Position], region: tuple[int, int] | None,
+                shared: tuple[tuple[int, int], ...] = ()) -> list[Vote]:
     """The pc and page-table votes: a capture kernel runs on some vCPU inside the
-    reservation; the crashed kernel's vCPUs are all outside it."""
+    reservation; the crashed kernel's vCPUs are all outside it.  `shared` is memory either
+    kernel may own (a DIMM the crashed kernel hot-added, which a capture kernel that finds
+    its ACPI memory device onlines as its own RAM and may run in): a position there says
+    nothing, so a signal whose positions are all outside the reservation and some in shared
+    memory does not vote."""
     if not region or region[1] <= region[0] or not positions:
         return []
     span = f"crashkernel {region[0]:#x}-{region[1]:#x}"
@@ -139,7 +144,7 @@ def where_votes(positions: list[Position], region: tuple[int, int] | None) -> li
         if inside:
             votes.append(Vote(signal, CAPTURE, f"vCPU {inside[0].cpu}'s {what} "
                               f"{value(inside[0]):#x} is inside the {span}"))
-        else:
+        elif not any(_inside(value(p), r) for p in known for r in shared):
             listed = ", ".join(f"vCPU {p.cpu} {value(p):#x}" for p in known)
             votes.append(Vote(signal, PRIMARY, f"every {what} is outside the {span} ({listed})"))
     return votes

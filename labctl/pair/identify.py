@@ -44,6 +44,13 @@ def positions(session) -> list[Position]:
         _cost(session, began)
 
 
+def where_of(session, now: list[Position]) -> list:
+    """identity.where_votes for this guest: its reservation, and the DIMMs it hot-added as
+    memory either kernel may own."""
+    shared = tuple((address, address + path.stat().st_size) for address, path in session.hot_memory_files)
+    return where_votes(now, session.primary.get("crashkernel"), shared)
+
+
 def translate(session, cpu: int, address: int) -> int | None:
     """A virtual address through one vCPU's MMU as it is now (QEMU's gva2gpa); None when it
     maps nothing there."""
@@ -56,7 +63,7 @@ def confirm_capture(session, identity: IdentityWatch, *votes) -> dict:
     the log in RAM if read, and where the vCPUs are now."""
     now = positions(session)
     return confirm(CAPTURE, [*votes, *identity.ram_votes(),
-                             *where_votes(now, session.primary.get("crashkernel"))], now)
+                             *where_of(session, now)], now)
 
 
 def ended(claim: str) -> Outcome:
@@ -69,7 +76,7 @@ def console_end(session, identity: IdentityWatch, end_line: str) -> tuple[Outcom
     """An end-of-panic line on the console: whose it is on identity.py's votes and where the
     vCPUs run now, never on a banner alone: (outcome, identity evidence)."""
     now = positions(session)
-    claim, evidence = decide_end(identity, end_line, where_votes(now, session.primary.get("crashkernel")), now)
+    claim, evidence = decide_end(identity, end_line, where_of(session, now), now)
     return ended(claim), evidence
 
 
@@ -79,7 +86,7 @@ def scan_ram(session, identity: IdentityWatch) -> tuple[tuple[str, dict] | None,
     primary, evidence) once its end-of-panic record is there, else None; and the
     where-votes of the vCPUs read for it (one register read serves both)."""
     now = positions(session)
-    where = where_votes(now, session.primary.get("crashkernel"))
+    where = where_of(session, now)
     if identity.ram is None or not any(v.says == CAPTURE for v in where) or \
             all(p.physical in (None, p.pc) for p in now):  # nothing runs mapped yet
         return None, where

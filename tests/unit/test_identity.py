@@ -268,3 +268,20 @@ def test_other_architectures_are_identified_by_pc_too(kernel, run, signals):
     positions = positions_of(result)
     assert where_votes(positions, region_of(result))[0].says == CAPTURE
     assert all(p.pc != p.physical for p in positions)  # a kernel virtual address, translated
+
+
+def test_a_capture_kernel_running_in_a_hot_added_dimm_is_not_outvoted_by_its_page_tables():
+    """memory-hotplug-capture-acpi on debian-6.12: the capture kernel onlines the DIMM the
+    crashed kernel hot-added and keeps its page tables there, outside the reservation.  A
+    root in memory either kernel may own says nothing (the matrix run that found it FAILed
+    on 'page-tables says the primary kernel ... vCPU 0 0x1014ca000')."""
+    result = json.loads((DATA / "debian-6.12" / "memory-hotplug-capture-acpi" / "result.json").read_text())
+    positions, region = positions_of(result), region_of(result)
+    dimm = result["evidence"]["hotplug"]["memory"]["dimm"]
+    shared = ((int(dimm["address"], 16), int(dimm["address"], 16) + int(dimm["size"], 16)),)
+    assert all(shared[0][0] <= p.root < shared[0][1] for p in positions)  # the capture kernel's tables
+    assumed = {v.signal: v.says for v in where_votes(positions, region)}
+    assert assumed == {"pc": CAPTURE, "page-tables": PRIMARY}  # what the DIMM-blind rule said
+    votes = where_votes(positions, region, shared)
+    assert [(v.signal, v.says) for v in votes] == [("pc", CAPTURE)]
+    assert result["passed"] and "disagreement" not in result["evidence"]["verdict"]["identity"]
