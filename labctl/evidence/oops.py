@@ -79,9 +79,3 @@ def parse_oops(lines: list[str]) -> OopsReport | None:
                 and not frame[1]:  # "? sym": an unreliable guess of the unwinder, not a caller
             report.frames.append(frame[2])
     return report
-
-
-def report_ended(lines: list[str]) -> bool:
-    """Whether the report that starts in `lines` has printed its last line."""
-    report = parse_oops(lines)
-    return report is not None and report.complete

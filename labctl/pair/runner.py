@@ -168,8 +168,8 @@ class PairRun:
         """The snapshot this pair forks from (of the loaded guest, or of the booted one when
         the load is under test: snapshot.choose_fork), made now if needed; None: boot fresh."""
         choice = choose_fork(self.scenario, spec, self.snapshots, self.expectation)
-        if choice.evidence():
-            self.evidence["snapshot"] = choice.evidence()
+        if record := choice.evidence():
+            self.evidence["snapshot"] = record
         if choice.fresh:
             return None
         try:

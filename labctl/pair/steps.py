@@ -31,7 +31,7 @@ from labctl.evidence.identity import (
     with_token,
 )
 from labctl.evidence.oops import MAX_LINES as MAX_OOPS_LINES
-from labctl.evidence.oops import OOPS_START, OopsReport, parse_oops, report_ended
+from labctl.evidence.oops import OOPS_START, OopsReport, parse_oops
 from labctl.evidence.segments import Segment, SegmentTable, parse_segment_table
 from labctl.evidence.smp import CpuWatch
 from labctl.evidence.verdict import PURGATORY_REPORT, ParkWatch, purgatory_report
@@ -291,17 +291,19 @@ class Session:
         of its report (OOPS_REPORT_SECONDS at most) and named with where it happened: when it
         is kexec_file_load's, the helper died in the syscall and will never answer."""
         report: list[str] = []  # the console's lines from an oops on
-        since: dict[str, float] = {}
+        oops_at: float | None = None
 
         def found(messages: list[dict], hits: list[tuple[str, str]]) -> dict | None:
+            nonlocal oops_at
             report.extend(line for _, line in hits if report or OOPS_START.search(line))
-            if report:
-                since.setdefault("oops", time.monotonic())
-                if report_ended(report) or len(report) >= MAX_OOPS_LINES \
-                        or time.monotonic() - since["oops"] > OOPS_REPORT_SECONDS:
-                    raise load_oops_error(parse_oops(report))
-                return None
-            return next((m for m in messages if m["type"] in ("loaded", "error")), None)
+            if not report:
+                return next((m for m in messages if m["type"] in ("loaded", "error")), None)
+            oops_at = oops_at or time.monotonic()
+            oops = parse_oops(report)
+            if oops is None or oops.complete or len(report) >= MAX_OOPS_LINES \
+                    or time.monotonic() - oops_at > OOPS_REPORT_SECONDS:
+                raise load_oops_error(oops)
+            return None
         return self.link.wait(found, self.timeouts.load, "the load to finish",
                               f"timed out after {self.timeouts.load:g} s waiting for the load to finish",
                               patterns={"line": CONSOLE_LINE})
