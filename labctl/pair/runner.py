@@ -39,6 +39,7 @@ from labctl.pair.hotplug import (
     read_headers,
 )
 from labctl.pair.snapshot import (
+    EVIDENCE_LOGS,
     RestoreFailed,
     Snapshot,
     SnapshotUnavailable,
@@ -203,9 +204,7 @@ class PairRun:
         outside kexec (kind "oops", with its report): say so, keep the attempt's logs
         (KIND-attempt-serial.log ...) and its record in result.json's attempts, boot fresh."""
         stopping.check()  # a failure the stop caused is the stop, never a reason to boot again
-        for name in ("serial.log", "control.log", "qemu.log"):
-            if (out / name).exists():
-                (out / name).rename(out / f"{kind}-attempt-{name}")
+        keep_attempt_logs(out, kind)
         self.attempts.append({kind: reason, **({"report": report} if report else {})})
         self.evidence["snapshot"] = {"fresh_boot": f"fell back to a fresh boot: {reason}"}
         self.progress.say(f"{reason}; falling back to a fresh boot")
@@ -345,14 +344,19 @@ class PairRun:
         except KvmUnusable as exc:
             if self.lab.accel != "auto":
                 raise LabError(f"KVM cannot run this guest ({exc}); set accel: tcg or auto") from None
-            for name in ("serial.log", "control.log", "qemu.log"):
-                if (out / name).exists():
-                    (out / name).rename(out / f"kvm-attempt-{name}")
+            keep_attempt_logs(out, "kvm")
             self.attempts.append({"accel": "kvm", "failure": str(exc)})
             accel = self.chooser.record_failure(str(exc))
             self.progress.say(accel.reason)
             self.session = None
             return accel, self.attempt(self.machine_spec(accel, assets), out, t0)
+
+
+def keep_attempt_logs(out: Path, kind: str) -> None:
+    """A failed attempt's logs renamed KIND-attempt-NAME, so the next attempt writes its own."""
+    for name in EVIDENCE_LOGS:
+        if (out / name).exists():
+            (out / name).rename(out / f"{kind}-attempt-{name}")
 
 
 def corruption_at_verdict(session: Session, corruption: dict) -> dict:
